@@ -1,0 +1,82 @@
+# orbit_mq developer tasks. `make` alone lists them.
+# Variables: PYTHON (interpreter for the venv, default python3, must be >= 3.11),
+#            PYTEST_ARGS (extra pytest arguments), ORBIT_MQ_URL (broker; passed through).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# Pass the broker URL through to scripts and tests (only when set: an empty value would be a bad URL).
+ifdef ORBIT_MQ_URL
+export ORBIT_MQ_URL
+endif
+
+.PHONY: help venv broker slurm test demo lint schemas bench clean
+
+help:
+	@echo "orbit_mq make targets:"
+	@echo "  venv     create .venv ($(PYTHON) >= 3.11) and pip install -e '.[test]' (only when pyproject.toml changed)"
+	@echo "  broker   make sure an AMQP broker is reachable (scripts/ensure-broker.sh)"
+	@echo "  slurm    make sure a Slurm cluster is usable (scripts/ensure-slurm.sh; as root it sets one up)"
+	@echo "  test     venv + broker, then pytest -q -ra \$$(PYTEST_ARGS)"
+	@echo "  demo     venv + broker, then orbit-mq demo"
+	@echo "  lint     ruff check, ruff format --check, mypy -p orbit_mq"
+	@echo "  schemas  orbit-mq schemas"
+	@echo "  bench    python bench/rpc.py"
+	@echo "  clean    remove .venv and caches"
+	@echo "Variables: PYTHON=$(PYTHON) PYTEST_ARGS='$(PYTEST_ARGS)' ORBIT_MQ_URL (from the environment; default: local broker)"
+
+venv: $(STAMP)
+
+# The interpreter: created once. Order-only below, so the venv dir's mtime never forces a reinstall.
+$(VPY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: '$(PYTHON)' not found; orbit_mq needs Python >= 3.11 (e.g.: make PYTHON=python3.11 $(MAKECMDGOALS))" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: orbit_mq needs Python >= 3.11, but '$(PYTHON)' is $$($(PYTHON) -V 2>&1)." >&2; \
+	  echo "       Install a newer Python and run e.g.: make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; \
+	  exit 1; }
+	@rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "error: '$(PYTHON) -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+	$(VPY) -m pip install -q --upgrade pip || echo "warning: could not upgrade pip; continuing with $$($(VPY) -m pip -V)" >&2
+
+# The install: redone only when pyproject.toml changes (or after a failed install).
+$(STAMP): pyproject.toml | $(VPY)
+	@$(VPY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "error: $(VENV) uses $$($(VPY) -V 2>&1); orbit_mq needs >= 3.11. Run: make clean venv" >&2; exit 1; }
+	$(VENV)/bin/pip install -e '.[test]' --config-settings editable_mode=strict
+	@touch $@
+
+broker:
+	bash scripts/ensure-broker.sh
+
+slurm:
+	bash scripts/ensure-slurm.sh
+
+test: venv broker
+	$(VPY) -P -m pytest -q -ra $(PYTEST_ARGS)
+
+demo: venv broker
+	$(VENV)/bin/orbit-mq demo
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	# mypy runs outside the repo so it reads the installed package-dir mapping (orbit_mq.workers, orbit_mq.cli)
+	cd /tmp && $(CURDIR)/$(VENV)/bin/mypy -p orbit_mq --config-file $(CURDIR)/pyproject.toml
+
+schemas: venv
+	$(VENV)/bin/orbit-mq schemas
+
+bench: venv broker
+	$(VPY) bench/rpc.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +

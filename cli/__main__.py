@@ -1,0 +1,5 @@
+"""`python -m orbit_mq.cli`."""
+
+from orbit_mq.cli.main import run
+
+run()

@@ -1,0 +1,229 @@
+"""`orbit-mq demo`: a guided tour, as a list of steps run against a real endpoint.
+
+The tour starts an endpoint process on this host, finds it through discovery, calls its
+sysinfo plugin through the SDK, runs a job through its psij plugin (the local executor) while
+streaming the job's output and state events, lists the jobs and stops the endpoint again.
+A new step is a function taking the `Tour` and an entry in `STEPS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from orbit_mq.cli.common import UrlOption, guarded, optional_endpoint, run_async, settings_for
+from orbit_mq.cli.jobs_output import jobs_table, plain
+from orbit_mq.cli.output import endpoints_table
+from orbit_mq.cli.sysinfo_cmd import fetch_report, render_report
+from orbit_mq.client import Fabric
+from orbit_mq.config import Settings
+from orbit_mq.errors import OrbitError
+from orbit_mq.jobs import Job
+
+ONLINE_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+JOB_TIMEOUT = 60.0
+DEMO_PLUGINS = ("sysinfo", "psij")
+DEMO_JOB = ["/bin/sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done"]
+
+
+def default_name() -> str:
+    short = socket.gethostname().split(".")[0]
+    return "demo-" + (re.sub(r"[^A-Za-z0-9_-]", "-", short)[:58] or "host")
+
+
+@dataclass
+class Tour:
+    """What the steps share."""
+
+    name: str
+    settings: Settings
+    fabric: Fabric
+    console: Console
+    log: IO[str]
+    process: asyncio.subprocess.Process | None = None
+
+    def show_log(self, lines: int = 20) -> None:
+        """The end of the endpoint's log, on stderr."""
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace").splitlines()
+        Console(stderr=True, highlight=False).print("\n".join(text[-lines:]), markup=False)
+
+
+async def start_endpoint(tour: Tour) -> None:
+    """Start an endpoint serving sysinfo and psij as a separate process."""
+    online = [info for info in await tour.fabric.endpoints() if info.endpoint == tour.name]
+    if online:
+        info = online[0]
+        raise OrbitError(
+            f"an endpoint named {tour.name!r} is already online (pid {info.pid} on {info.host}); "
+            "stop it or pass --name"
+        )
+    command = [sys.executable, "-P", "-m", "orbit_mq.cli", "endpoint", "start"]
+    command += ["--name", tour.name, "--plugins", ",".join(DEMO_PLUGINS)]
+    env = {**os.environ, "ORBIT_MQ_URL": tour.settings.url}  # not on the command line: ps shows it
+    tour.process = await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.DEVNULL, stdout=tour.log, stderr=tour.log, env=env
+    )
+    plugins = ",".join(DEMO_PLUGINS)
+    tour.console.print(f"  [dim]$ orbit-mq endpoint start --name {tour.name} --plugins {plugins}")
+    tour.console.print(f"  [dim]pid {tour.process.pid} (its log is shown if something fails)")
+
+
+async def wait_online(tour: Tour) -> None:
+    """Wait until the endpoint answers discovery."""
+    assert tour.process is not None
+    deadline = time.monotonic() + ONLINE_TIMEOUT
+    while time.monotonic() < deadline:
+        infos = await tour.fabric.endpoints(window=0.3)
+        if any(i.endpoint == tour.name and i.pid == tour.process.pid for i in infos):
+            return
+        if tour.process.returncode is not None:
+            tour.show_log()
+            raise OrbitError(f"the endpoint exited with {tour.process.returncode} (log above)")
+    raise OrbitError(f"the endpoint was not online after {ONLINE_TIMEOUT:.0f} s")
+
+
+async def list_endpoints(tour: Tour) -> None:
+    """List the endpoints online (orbit-mq endpoints)."""
+    tour.console.print(endpoints_table(await tour.fabric.endpoints()))
+
+
+async def ask_sysinfo(tour: Tour) -> None:
+    """Call sysinfo.homedir, sysinfo.host_role and sysinfo.metrics through the SDK."""
+    for line in (
+        "async with orbit_mq.connect() as fabric:",
+        f"    sysinfo = await fabric.endpoint({tour.name!r}).plugin('sysinfo')",
+        "    home, role, metrics = await sysinfo.homedir(), ...",
+    ):
+        tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
+    tour.console.print(render_report(await fetch_report(tour.fabric, tour.name)))
+
+
+async def _show_states(tour: Tour, job: Job) -> None:
+    async for transition in job.watch():
+        tour.console.print(f"  [dim]event[/] seq {transition.seq} {transition.state}")
+
+
+async def _show_output(tour: Tour, job: Job) -> None:
+    async for chunk in job.output(follow=True):
+        for line in chunk.text.splitlines():
+            tour.console.print(f"  [dim]{chunk.stream}[/] {escape(line)}")
+
+
+async def run_job(tour: Tour) -> None:
+    """Submit a job on the local executor; stream its output and its state events."""
+    for line in (
+        f"psij = await fabric.endpoint({tour.name!r}).plugin('psij')",
+        "job = await psij.submit_job(spec={'executable': '/bin/sh', ...})",
+        "async for status in job.watch(): ...",
+        "async for chunk in job.output(follow=True): ...",
+    ):
+        tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
+    psij = await tour.fabric.endpoint(tour.name).plugin("psij", session=False)
+    spec = {"executable": DEMO_JOB[0], "arguments": DEMO_JOB[1:], "name": "demo"}
+    job: Job = await psij.submit_job(spec=spec, executor="local")
+    tour.console.print(f"  [dim]job {job.job_id} runs")
+    tour.console.print(f"  [dim]$ {escape(shlex.join(DEMO_JOB))}")
+    async with asyncio.timeout(JOB_TIMEOUT):
+        await asyncio.gather(_show_states(tour, job), _show_output(tour, job))
+
+
+async def list_jobs(tour: Tour) -> None:
+    """List the endpoint's jobs (orbit-mq jobs)."""
+    psij = await tour.fabric.endpoint(tour.name).plugin("psij", session=False)
+    listing = plain(await psij.list_jobs(limit=5))
+    tour.console.print(jobs_table(listing, tour.name))
+
+
+async def stop_endpoint(tour: Tour) -> None:
+    """Stop the endpoint with SIGTERM and wait for it to say goodbye."""
+    process, tour.process = tour.process, None
+    if process is None or process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await asyncio.wait_for(process.wait(), 5)
+        raise OrbitError(
+            f"the endpoint did not stop within {STOP_TIMEOUT:.0f} s; killed it"
+        ) from None
+    if code != 0:
+        tour.show_log()
+        raise OrbitError(f"the endpoint exited with {code} (log above)")
+
+
+Step = tuple[str, Callable[[Tour], Awaitable[None]]]
+
+STEPS: list[Step] = [
+    ("Starting an endpoint", start_endpoint),
+    ("Waiting for it to come online", wait_online),
+    ("Discovering endpoints", list_endpoints),
+    ("Asking its sysinfo plugin about the host", ask_sysinfo),
+    ("Running a job through its psij plugin", run_job),
+    ("Listing its jobs", list_jobs),
+    ("Stopping the endpoint (SIGTERM)", stop_endpoint),
+]
+
+
+async def run_step(
+    tour: Tour, number: int, title: str, step: Callable[[Tour], Awaitable[None]]
+) -> None:
+    console = tour.console
+    console.print(f"\n[bold]{number}/{len(STEPS)} {title}[/]")
+    began = time.monotonic()
+    with console.status(f"{title} …"):
+        await step(tour)
+    console.print(f"  [green]✓[/] [dim]{time.monotonic() - began:.1f} s")
+
+
+async def run_tour(settings: Settings, name: str, console: Console) -> None:
+    """Run every step in order; whatever happens, the endpoint is stopped at the end."""
+    with tempfile.NamedTemporaryFile("w+", prefix="orbit-mq-demo-", suffix=".log") as log:
+        async with Fabric(settings) as fabric:
+            tour = Tour(name, settings, fabric, console, log)
+            try:
+                for number, (title, step) in enumerate(STEPS, 1):
+                    await run_step(tour, number, title, step)
+            finally:
+                with contextlib.suppress(OrbitError):
+                    await stop_endpoint(tour)
+    console.print("\n[bold green]Demo complete.[/] More: orbit-mq --help")
+
+
+@guarded
+def demo(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            help="Name of the demo endpoint.",
+            show_default="demo-<short hostname>",
+            callback=optional_endpoint,
+        ),
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """A guided tour: start an endpoint here, discover it, call it, run a job, stop it."""
+    settings = settings_for(ctx, url=url)
+    run_async(run_tour(settings, name or default_name(), Console(highlight=False)))

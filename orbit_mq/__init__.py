@@ -1,0 +1,85 @@
+"""orbit_mq: run and watch work on HPC machines through a RabbitMQ broker.
+
+The public API is what `__all__` lists; everything else may change between releases.
+"""
+
+__version__ = "0.1.0"
+
+from orbit_mq.client import EndpointHandle, Fabric, connect
+from orbit_mq.config import Settings
+from orbit_mq.errors import (
+    AccessRefused,
+    BrokerError,
+    BrokerUnavailable,
+    CallTimeout,
+    ConfigError,
+    Conflict,
+    ConnectionLost,
+    EndpointError,
+    EndpointNotFound,
+    EndpointOffline,
+    InternalError,
+    InvalidRequest,
+    MethodNotFound,
+    NotFound,
+    OperationTimeout,
+    OrbitError,
+    PayloadTooLarge,
+    RemoteError,
+    SessionNotFound,
+    Unauthorized,
+    Unavailable,
+)
+from orbit_mq.jobs import Job, OutputChunk, Transition
+from orbit_mq.protocol import (
+    PROTOCOL_VERSION,
+    EndpointInfo,
+    ErrorCode,
+    Event,
+    HostRole,
+    PluginInfo,
+    SessionInfo,
+)
+from orbit_mq.proxy import PluginProxy
+from orbit_mq.subscribe import Subscription
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AccessRefused",
+    "BrokerError",
+    "BrokerUnavailable",
+    "CallTimeout",
+    "ConfigError",
+    "Conflict",
+    "ConnectionLost",
+    "EndpointError",
+    "EndpointHandle",
+    "EndpointInfo",
+    "EndpointNotFound",
+    "EndpointOffline",
+    "ErrorCode",
+    "Event",
+    "Fabric",
+    "HostRole",
+    "InternalError",
+    "InvalidRequest",
+    "Job",
+    "MethodNotFound",
+    "NotFound",
+    "OperationTimeout",
+    "OrbitError",
+    "OutputChunk",
+    "PayloadTooLarge",
+    "PluginInfo",
+    "PluginProxy",
+    "RemoteError",
+    "SessionInfo",
+    "SessionNotFound",
+    "Settings",
+    "Subscription",
+    "Transition",
+    "Unauthorized",
+    "Unavailable",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,150 @@
+"""The one seam between orbit_mq and the AMQP libraries.
+
+Connecting, declaring the fixed topology, and translating aio-pika/aiormq exceptions into
+`OrbitError`s (`raise … from`) all happen here, for the endpoint and the SDK alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
+from yarl import URL
+
+from orbit_mq.config import Settings, redact_url
+from orbit_mq.errors import AccessRefused, BrokerError, BrokerUnavailable, ConnectionLost
+from orbit_mq.protocol import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EVENTS_EXCHANGE,
+    RPC_EXCHANGE,
+    TOPOLOGY_EXCHANGE,
+)
+
+# Dead letters are kept for inspection, but bounded so a flood of expired requests cannot fill
+# the broker's disk.
+DEAD_LETTER_LIMIT = 100_000
+
+
+def request_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """Arguments of every request queue; endpoint and waiting clients must declare them alike."""
+    return {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-queue-type": settings.queue_type}
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.url.startswith("amqps://"):
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    return context
+
+
+@contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Re-raise broker library errors as OrbitErrors that say what failed and what to do."""
+    try:
+        yield
+    except BrokerError:
+        raise
+    except aiormq.exceptions.ChannelAccessRefused as exc:
+        raise AccessRefused(f"{action}: the broker refused access: {exc}") from exc
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise AccessRefused(
+            f"{action}: the broker refused the login; check user and password"
+        ) from exc
+    except (aiormq.exceptions.ConnectionClosed, aiormq.exceptions.ChannelInvalidStateError) as exc:
+        raise ConnectionLost(f"{action}: the broker connection was lost ({exc})") from exc
+    except aiormq.exceptions.AMQPError as exc:
+        raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
+
+
+class _CorkedWriter:
+    """Sends what aiormq writes during one event-loop turn with a single socket write.
+
+    aiormq writes every frame group separately, so a reply and its ack, or a burst of
+    publishes, each cost a send(2); on virtualised hosts that syscall is the largest part
+    of a call's cost (see docs/performance.md).
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._chunks: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._chunks:
+            self._loop.call_soon(self._flush)
+        self._chunks.append(data)
+
+    def _flush(self) -> None:
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            if not self._writer.is_closing():
+                self._writer.write(data)
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+class _CorkedTransports(TransportFactory):
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        plain = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
+        reader, writer = await plain.create(url, **kwargs)
+        return reader, _CorkedWriter(writer)  # type: ignore[return-value]
+
+
+async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
+    """A robust connection: it reconnects and re-declares what was declared through it."""
+    where = redact_url(settings.url)
+    try:
+        with translated(f"connecting to {where}"):
+            connection = aio_pika.RobustConnection(
+                URL(settings.url),
+                ssl_context=_ssl_context(settings),
+                client_properties={"connection_name": name},
+                reconnect_interval=settings.reconnect_interval,
+            )
+            connection.kwargs["transport_factory"] = _CorkedTransports()
+            await connection.connect(timeout=10)
+            return connection
+    except AccessRefused:
+        raise
+    except (OSError, TimeoutError, BrokerError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {where} ({exc}); is RabbitMQ running? "
+            "Set ORBIT_MQ_URL or --url to another broker"
+        ) from exc
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    """Declare the fixed exchanges and the dead-letter queue (idempotent)."""
+    with translated("declaring the orbit exchanges"):
+        await channel.declare_exchange(RPC_EXCHANGE, ExchangeType.DIRECT, durable=True)
+        await channel.declare_exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True)
+        await channel.declare_exchange(TOPOLOGY_EXCHANGE, ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(
+            DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT, durable=True
+        )
+        queue = await channel.declare_queue(
+            DEAD_LETTER_QUEUE,
+            durable=True,
+            arguments={"x-max-length": DEAD_LETTER_LIMIT, "x-overflow": "drop-head"},
+        )
+        await queue.bind(dlx)

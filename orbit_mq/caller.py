@@ -1,0 +1,269 @@
+"""The SDK's request/reply engine: one channel, direct reply-to, many calls in flight.
+
+Calls to the same plugin made in the same event-loop turn are coalesced into one
+`orbit.batch` message (each keeps its own id, deadline and error); a lone call goes out
+as a plain request. This runs below aio-pika's convenience layer (straight aiormq frames)
+because it is the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiormq
+import orjson
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
+
+from orbit_mq.broker import translated
+from orbit_mq.config import Settings
+from orbit_mq.errors import BrokerError, CallTimeout, ConnectionLost, EndpointNotFound
+from orbit_mq.protocol import (
+    BATCH_TYPE,
+    CONTENT_TYPE,
+    HEADER_DEADLINE,
+    HEADER_PROTOCOL,
+    HEADER_SESSION,
+    PROTOCOL_VERSION,
+    REPLY_TO,
+    RPC_EXCHANGE,
+)
+
+Target = tuple[str, str]  # (endpoint, plugin)
+
+# Ids are a random per-process prefix and a counter: unique everywhere, and cheaper than a
+# uuid4 per call on the hot path.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ids)}"
+
+
+@dataclass
+class Call:
+    target: Target
+    method: str
+    body: bytes  # JSON object of parameters
+    session: str | None
+    deadline: float  # time.time()
+    message_id: str
+    persistent: bool = False
+    id: str = field(default_factory=lambda: new_id())
+    future: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def deadline_ms(self) -> int:
+        return int(self.deadline * 1000)
+
+
+class Caller:
+    def __init__(self, connection: AbstractRobustConnection, settings: Settings, user: str) -> None:
+        self._connection = connection
+        self._settings = settings
+        self._user = user
+        self._pending: dict[str, Call] = {}
+        self._buffers: dict[tuple[Target, str | None], list[Call]] = {}
+        self._flushing: set[asyncio.Future[None]] = set()
+        # batch correlation id -> its calls, for an error that answers the batch as a whole
+        self._batches: dict[str, list[Call]] = {}
+
+    async def open(self) -> None:
+        # Two lanes, each consuming its own direct replies: plain calls go without publisher
+        # confirms (the endpoint's queue was checked before); calls that must wait in a
+        # queue are persistent and confirmed, with mandatory routing.
+        with translated("opening the request channels"):
+            self._fast = await self._open_lane(confirms=False)
+            self._safe = await self._open_lane(confirms=True)
+
+    async def _open_lane(self, confirms: bool) -> AbstractRobustChannel:
+        channel = await self._connection.channel(publisher_confirms=confirms)
+        assert isinstance(channel, AbstractRobustChannel)
+
+        async def consume_replies(*_: Any) -> None:
+            amqp = await channel.get_underlay_channel()
+            await amqp.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+            amqp.closing.add_done_callback(lambda _: self._fail_pending())
+
+        channel.reopen_callbacks.add(consume_replies)
+        await consume_replies()
+        return channel
+
+    def _fail_pending(self) -> None:
+        # Direct replies are bound to the channel that sent the request: once it is gone, no
+        # reply can arrive. The request itself may still run.
+        error = ConnectionLost(
+            "the broker connection dropped while the call waited; it may or may not have run"
+        )
+        for call in list(self._pending.values()):
+            if not call.future.done():
+                call.future.set_exception(error)
+
+    async def call(self, call: Call) -> Any:
+        """Send `call` and wait for its reply: the raw reply object (`{"ok": …}`)."""
+        self._pending[call.id] = call
+        try:
+            if self._settings.coalesce and not call.persistent:
+                self._enqueue(call)
+            else:
+                await self._publish_one(call)
+            # A plain timer instead of asyncio.wait_for: one handle, no extra future.
+            timer = asyncio.get_running_loop().call_later(
+                max(call.deadline - time.time(), 0.001), _expire, call
+            )
+            try:
+                return await call.future
+            finally:
+                timer.cancel()
+        finally:
+            self._pending.pop(call.id, None)
+
+    def _enqueue(self, call: Call) -> None:
+        key = (call.target, call.session)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = []
+            asyncio.get_running_loop().call_soon(self._start_flush, key)
+        buffer.append(call)
+
+    def _start_flush(self, key: tuple[Target, str | None]) -> None:
+        calls = self._buffers.pop(key)
+        task = asyncio.ensure_future(self._flush(calls))
+        self._flushing.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, calls: list[Call]) -> None:
+        try:
+            if len(calls) == 1:
+                await self._publish_one(calls[0])
+            else:
+                await self._publish_batch(calls)
+        except Exception as exc:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+
+    async def _publish_one(self, call: Call) -> None:
+        await self._publish(
+            call.target,
+            call.body,
+            method=call.method,
+            correlation_id=call.id,
+            message_id=call.message_id,
+            session=call.session,
+            deadline=call.deadline,
+            persistent=call.persistent,
+        )
+
+    async def _publish_batch(self, calls: list[Call]) -> None:
+        items = b",".join(
+            b'{"id":"%s","method":%s,"params":%s,"message_id":%s,"deadline":%d%s}'
+            % (
+                call.id.encode(),
+                orjson.dumps(call.method),
+                call.body,
+                orjson.dumps(call.message_id),
+                call.deadline_ms,
+                b',"session":' + orjson.dumps(call.session) if call.session else b"",
+            )
+            for call in calls
+        )
+        batch_id = new_id()
+        deadline = max(call.deadline for call in calls)
+        self._batches[batch_id] = calls
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(deadline - time.time(), 0) + 1, self._batches.pop, batch_id, None)
+        await self._publish(
+            calls[0].target,
+            b'{"calls":[' + items + b"]}",
+            method=BATCH_TYPE,
+            correlation_id=batch_id,
+            message_id=batch_id,
+            session=calls[0].session,
+            deadline=deadline,
+            persistent=False,
+        )
+
+    async def _publish(
+        self,
+        target: Target,
+        body: bytes,
+        *,
+        method: str,
+        correlation_id: str,
+        message_id: str,
+        session: str | None,
+        deadline: float,
+        persistent: bool,
+    ) -> None:
+        headers: dict[str, Any] = {
+            HEADER_PROTOCOL: PROTOCOL_VERSION,
+            HEADER_DEADLINE: int(deadline * 1000),
+        }
+        if session:
+            headers[HEADER_SESSION] = session
+        properties = aiormq.spec.Basic.Properties(
+            content_type=CONTENT_TYPE,
+            correlation_id=correlation_id,
+            reply_to=REPLY_TO,
+            message_id=message_id,
+            message_type=method,
+            user_id=self._user,
+            expiration=str(max(int((deadline - time.time()) * 1000), 1)),
+            delivery_mode=2 if persistent else 1,
+            headers=headers,
+        )
+        with translated(f"publishing a request to {target[0]}.{target[1]}"):
+            lane = self._safe if persistent else self._fast
+            amqp = cast(aiormq.Channel, await lane.get_underlay_channel())
+            confirmation = await amqp.basic_publish(
+                body,
+                exchange=RPC_EXCHANGE,
+                routing_key=f"{target[0]}.{target[1]}",
+                properties=properties,
+                mandatory=persistent,
+                wait=persistent,
+            )
+        if isinstance(confirmation, DeliveredMessage):
+            raise EndpointNotFound(
+                f"nothing serves {target[0]}.{target[1]}", endpoint=target[0], plugin=target[1]
+            )
+        if isinstance(confirmation, aiormq.spec.Basic.Nack):
+            raise BrokerError(f"the broker refused the request to {target[0]}.{target[1]}")
+
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        try:
+            reply = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            return  # not ours to parse; the waiting call will time out
+        if properties.message_type == BATCH_TYPE:
+            for item in reply.get("replies", ()):
+                self._resolve(item.pop("id", None), item)
+        elif properties.correlation_id in self._batches:  # refused before any call ran
+            for call in self._batches.pop(properties.correlation_id):
+                self._resolve(call.id, reply)
+        else:
+            self._resolve(properties.correlation_id, reply)
+
+    def _resolve(self, call_id: str | None, reply: Any) -> None:
+        call = self._pending.get(call_id or "")
+        if call is not None and not call.future.done():
+            call.future.set_result(reply)
+
+
+def _expire(call: Call) -> None:
+    if not call.future.done():
+        call.future.set_exception(
+            CallTimeout(
+                f"no reply from {call.target[0]}.{call.target[1]}.{call.method} before the deadline"
+            )
+        )

@@ -1,0 +1,306 @@
+"""The async SDK.
+
+async with orbit_mq.connect("amqp://guest:guest@127.0.0.1:5672/") as fabric:
+    sysinfo = await fabric.endpoint("hpc1").plugin("sysinfo")
+    home = await sysinfo.homedir()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Generator
+from contextlib import suppress
+from typing import Any, Self
+
+import aiormq
+import orjson
+from aio_pika.abc import AbstractRobustConnection
+
+from orbit_mq import broker
+from orbit_mq.caller import Call, Caller, new_id
+from orbit_mq.config import Settings, load_settings, url_user
+from orbit_mq.errors import (
+    ConfigError,
+    EndpointNotFound,
+    EndpointOffline,
+    OrbitError,
+    PayloadTooLarge,
+    from_error_info,
+)
+from orbit_mq.protocol import (
+    CONTENT_TYPE,
+    DISCOVER_KEY,
+    DISCOVER_TYPE,
+    EVENTS_EXCHANGE,
+    PROTOCOL_VERSION,
+    REPLY_TO,
+    RPC_EXCHANGE,
+    TOPOLOGY_EXCHANGE,
+    EndpointInfo,
+    ErrorInfo,
+    Event,
+    check_name,
+    request_key,
+    request_queue,
+)
+from orbit_mq.proxy import PluginProxy
+from orbit_mq.subscribe import Subscription
+
+log = logging.getLogger("orbit_mq.client")
+
+
+def connect(url: str | None = None, **settings: Any) -> Fabric:
+    """A Fabric for `url` (default: settings). Use `async with` or `await`."""
+    return Fabric(load_settings(url=url, **settings))
+
+
+class Fabric:
+    """One broker connection shared by every call, proxy and subscription made through it."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.user = url_user(self.settings.url)
+        self._connection: AbstractRobustConnection | None = None
+        self._caller: Caller | None = None
+        self._served: dict[str, float] = {}  # request queue -> when last seen with a consumer
+        self._proxies: list[PluginProxy] = []
+        self._subscriptions: list[Subscription[Any]] = []
+
+    async def open(self) -> Self:
+        if self._connection is None:
+            self._connection = await broker.connect(self.settings, f"orbit-mq client {self.user}")
+            self._caller = Caller(self._connection, self.settings, self.user)
+            await self._caller.open()
+        return self
+
+    async def close(self) -> None:
+        for proxy in self._proxies:
+            with suppress(OrbitError, asyncio.CancelledError):
+                await asyncio.wait_for(proxy.close(), 2)
+        for subscription in self._subscriptions:
+            with suppress(Exception):
+                await subscription.close()
+        if self._connection is not None:
+            with suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.open().__await__()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.close()
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise ConfigError("the fabric is not open; use `async with orbit_mq.connect(...)`")
+        return self._connection
+
+    # -- discovery -------------------------------------------------------------------------
+
+    async def endpoints(self, window: float | None = None) -> list[EndpointInfo]:
+        """The live endpoints: every endpoint answering a discovery request within `window` s."""
+        window = self.settings.discovery_window if window is None else window
+        answers: list[EndpointInfo] = []
+        with broker.translated("discovering endpoints"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                amqp = await channel.get_underlay_channel()
+
+                async def on_answer(message: aiormq.abc.DeliveredMessage) -> None:
+                    with suppress(ValueError):
+                        answers.append(EndpointInfo.model_validate_json(message.body))
+
+                await amqp.basic_consume(REPLY_TO, on_answer, no_ack=True)
+                properties = aiormq.spec.Basic.Properties(
+                    reply_to=REPLY_TO,
+                    message_type=DISCOVER_TYPE,
+                    content_type=CONTENT_TYPE,
+                    user_id=self.user,
+                    expiration=str(int(window * 1000)) or "1",
+                    headers={"orbit-protocol": PROTOCOL_VERSION},
+                )
+                await amqp.basic_publish(
+                    b"{}", exchange=RPC_EXCHANGE, routing_key=DISCOVER_KEY, properties=properties
+                )
+                await asyncio.sleep(window)  # the collection window itself: answers have no count
+            finally:
+                await channel.close()
+        latest = {info.endpoint: info for info in answers}
+        return sorted(latest.values(), key=lambda info: info.endpoint)
+
+    def endpoint(self, name: str) -> EndpointHandle:
+        return EndpointHandle(self, check_name("endpoint", name))
+
+    async def _served_by(self, endpoint: str, plugin: str) -> bool:
+        """Whether the plugin queue has a consumer; EndpointNotFound when there is no queue."""
+        queue = request_queue(endpoint, plugin)
+        seen = self._served.get(queue)
+        if seen is not None and time.monotonic() - seen < self.settings.presence_cache:
+            return True
+        with broker.translated(f"checking {queue}"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                amqp = await channel.get_underlay_channel()
+                declared = await amqp.queue_declare(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise await self._not_found(endpoint, plugin) from None
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        if declared.consumer_count:
+            self._served[queue] = time.monotonic()
+            return True
+        self._served.pop(queue, None)
+        return False
+
+    async def _online_summary(self) -> str:
+        infos = await self.endpoints()
+        return (
+            ", ".join(
+                f"{info.endpoint} ({', '.join(p.name for p in info.plugins)})" for info in infos
+            )
+            or "none"
+        )
+
+    async def _not_found(self, endpoint: str, plugin: str) -> EndpointNotFound:
+        infos = {info.endpoint: info for info in await self.endpoints()}
+        if endpoint in infos:
+            served = ", ".join(p.name for p in infos[endpoint].plugins)
+            message = f"endpoint {endpoint!r} does not serve plugin {plugin!r}; it serves: {served}"
+        else:
+            online = ", ".join(sorted(infos)) or "none"
+            message = f"endpoint {endpoint!r} is not known to the broker; online: {online}"
+        return EndpointNotFound(message, endpoint=endpoint, plugin=plugin)
+
+    async def _offline(self, endpoint: str, plugin: str) -> EndpointOffline:
+        return EndpointOffline(
+            f"endpoint {endpoint!r} is not online (nothing consumes its {plugin} queue); "
+            f"online: {await self._online_summary()}. To queue the call until it comes back, "
+            "pass wait=True (CLI: --wait)",
+            endpoint=endpoint,
+            plugin=plugin,
+        )
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def call(
+        self,
+        endpoint: str,
+        plugin: str,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        wait: bool = False,
+        session: str | None = None,
+        message_id: str | None = None,
+    ) -> Any:
+        """Call `plugin.method` on `endpoint`; returns the result's JSON value.
+
+        `wait=False` fails at once with EndpointOffline when the endpoint is not serving;
+        `wait=True` leaves the request in the endpoint's queue until the deadline.
+        """
+        await self.open()
+        assert self._caller is not None
+        timeout = self.settings.timeout if timeout is None else timeout
+        body = orjson.dumps(params or {})
+        if len(body) > self.settings.max_message_size:
+            raise PayloadTooLarge(
+                f"request of {len(body)} bytes exceeds the {self.settings.max_message_size}-byte "
+                "limit",
+                {"size": len(body), "limit": self.settings.max_message_size},
+            )
+        if wait:
+            await self._ensure_request_queue(endpoint, plugin)
+        elif not await self._served_by(endpoint, plugin):
+            raise await self._offline(endpoint, plugin)
+        call = Call(
+            target=(endpoint, plugin),
+            method=method,
+            body=body,
+            session=session,
+            deadline=time.time() + timeout,
+            message_id=message_id or new_id(),
+            persistent=wait,
+        )
+        try:
+            reply = await self._caller.call(call)
+        except EndpointNotFound:
+            raise await self._not_found(endpoint, plugin) from None
+        except OrbitError as error:
+            if not wait and not await self._served_by(endpoint, plugin):
+                raise await self._offline(endpoint, plugin) from error
+            raise
+        if reply.get("ok") is True:
+            return reply.get("result")
+        raise from_error_info(ErrorInfo.model_validate(reply.get("error")))
+
+    async def _ensure_request_queue(self, endpoint: str, plugin: str) -> None:
+        """Declare the plugin queue the way its endpoint does, so a waiting request is kept."""
+        with broker.translated(f"declaring {request_queue(endpoint, plugin)} to wait in"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(
+                    request_queue(endpoint, plugin),
+                    durable=True,
+                    arguments=broker.request_queue_arguments(self.settings),
+                )
+                await queue.bind(RPC_EXCHANGE, request_key(endpoint, plugin))
+            finally:
+                await channel.close()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def subscribe(self, *patterns: str, durable: str | None = None) -> Subscription[Event]:
+        """Events on orbit.events whose key `{endpoint}.{plugin}.{topic}` matches a pattern."""
+        subscription = Subscription(
+            self.connection, EVENTS_EXCHANGE, patterns, Event, durable=durable
+        )
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def presence(self, *patterns: str) -> Subscription[EndpointInfo]:
+        """Presence messages on orbit.topology (`{endpoint}.online|heartbeat|offline`)."""
+        subscription = Subscription(
+            self.connection, TOPOLOGY_EXCHANGE, patterns or ("#",), EndpointInfo
+        )
+        self._subscriptions.append(subscription)
+        return subscription
+
+
+class EndpointHandle:
+    def __init__(self, fabric: Fabric, name: str) -> None:
+        self.fabric = fabric
+        self.name = name
+
+    async def plugin(
+        self,
+        name: str,
+        *,
+        session: bool = True,
+        ttl: float | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> PluginProxy:
+        """A proxy for one plugin; with `session=True` it registers a session first."""
+        proxy = PluginProxy(self.fabric, self.name, check_name("plugin", name), wait, timeout)
+        if session:
+            await proxy.open_session(ttl)
+            self.fabric._proxies.append(proxy)
+        return proxy
+
+    async def info(self) -> EndpointInfo:
+        for info in await self.fabric.endpoints():
+            if info.endpoint == self.name:
+                return info
+        raise EndpointOffline(
+            f"endpoint {self.name!r} did not answer; online: {await self.fabric._online_summary()}",
+            endpoint=self.name,
+        )

@@ -1,0 +1,159 @@
+"""The exception tree. Every error orbit_mq raises is an `OrbitError`.
+
+    OrbitError
+    ├── ConfigError                 bad settings or arguments, found before anything is sent
+    ├── BrokerError                 talking to RabbitMQ failed
+    │   ├── BrokerUnavailable       cannot connect
+    │   ├── ConnectionLost          the connection dropped while a call waited
+    │   └── AccessRefused           the broker user lacks a permission
+    ├── EndpointError
+    │   ├── EndpointNotFound        nothing is bound for that endpoint/plugin
+    │   └── EndpointOffline         the plugin queue exists but nobody consumes it
+    ├── CallTimeout                 no reply before the caller's deadline
+    └── RemoteError                 the endpoint answered with an error (has .code)
+        ├── InvalidRequest          invalid_request
+        │   └── PayloadTooLarge
+        ├── NotFound                not_found
+        │   ├── MethodNotFound
+        │   └── SessionNotFound
+        ├── Conflict                conflict
+        ├── Unauthorized            unauthorized
+        ├── Unavailable             unavailable
+        ├── OperationTimeout        timeout (the endpoint gave up on the work)
+        └── InternalError           internal
+
+Plugins raise `RemoteError` subclasses (their own too, e.g. `class JobNotFound(NotFound)`);
+`to_error_info` turns them into wire errors and `from_error_info` turns wire errors back into
+the most specific class the caller knows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from orbit_mq.protocol import ErrorCode, ErrorInfo
+
+
+class OrbitError(Exception):
+    """Root of every orbit_mq error."""
+
+
+class ConfigError(OrbitError):
+    pass
+
+
+class BrokerError(OrbitError):
+    pass
+
+
+class BrokerUnavailable(BrokerError):
+    pass
+
+
+class ConnectionLost(BrokerError):
+    pass
+
+
+class AccessRefused(BrokerError):
+    pass
+
+
+class EndpointError(OrbitError):
+    def __init__(self, message: str, endpoint: str, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.plugin = plugin
+
+
+class EndpointNotFound(EndpointError):
+    pass
+
+
+class EndpointOffline(EndpointError):
+    pass
+
+
+class CallTimeout(OrbitError):
+    pass
+
+
+class RemoteError(OrbitError):
+    """An error reply. `code` is the wire code; `details` its machine-readable context."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+
+    # Subclasses register themselves so the SDK can raise the most specific class.
+    _by_name: ClassVar[dict[str, type[RemoteError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RemoteError._by_name[cls.__name__] = cls
+
+
+class InvalidRequest(RemoteError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class PayloadTooLarge(InvalidRequest):
+    pass
+
+
+class NotFound(RemoteError):
+    code = ErrorCode.NOT_FOUND
+
+
+class MethodNotFound(NotFound):
+    pass
+
+
+class SessionNotFound(NotFound):
+    pass
+
+
+class Conflict(RemoteError):
+    code = ErrorCode.CONFLICT
+
+
+class Unauthorized(RemoteError):
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Unavailable(RemoteError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class OperationTimeout(RemoteError):
+    code = ErrorCode.TIMEOUT
+
+
+class InternalError(RemoteError):
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[ErrorCode, type[RemoteError]] = {
+    ErrorCode.INVALID_REQUEST: InvalidRequest,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.UNAUTHORIZED: Unauthorized,
+    ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.TIMEOUT: OperationTimeout,
+    ErrorCode.INTERNAL: InternalError,
+}
+
+
+def to_error_info(error: RemoteError) -> ErrorInfo:
+    details = {**error.details, "type": type(error).__name__}
+    return ErrorInfo(code=error.code, message=error.message, details=details)
+
+
+def from_error_info(info: ErrorInfo) -> RemoteError:
+    base = _BY_CODE[info.code]
+    details = dict(info.details or {})
+    specific = RemoteError._by_name.get(str(details.get("type", "")))
+    cls = specific if specific is not None and issubclass(specific, base) else base
+    return cls(info.message, details)

@@ -1,0 +1,217 @@
+"""The wire contract: AMQP names, headers and the message models.
+
+Everything a foreign client needs is named here and documented in docs/protocol.md;
+the JSON Schemas in schemas/ are generated from these models (`orbit-mq schemas`).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = "1"
+
+RPC_EXCHANGE = "orbit.rpc"
+EVENTS_EXCHANGE = "orbit.events"
+TOPOLOGY_EXCHANGE = "orbit.topology"
+DEAD_LETTER_EXCHANGE = "orbit.dlx"
+DEAD_LETTER_QUEUE = "orbit.dlx"
+REPLY_TO = "amq.rabbitmq.reply-to"  # endpoints answer only addresses that start with this
+# Every endpoint binds a private queue to orbit.rpc with this key; a request published
+# with it reaches all live endpoints at once (endpoint names cannot start with "_").
+DISCOVER_KEY = "_orbit.discover"
+DISCOVER_TYPE = "orbit.discover"
+# A message carrying several coalesced calls to one plugin (see docs/protocol.md).
+BATCH_TYPE = "orbit.batch"
+
+HEADER_SESSION = "orbit-session"
+HEADER_PROTOCOL = "orbit-protocol"
+HEADER_DEADLINE = "orbit-deadline"
+CONTENT_TYPE = "application/json"
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def check_name(kind: str, name: str) -> str:
+    """Endpoint and plugin names become routing-key words, so dots and wildcards are out."""
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def request_queue(endpoint: str, plugin: str) -> str:
+    return f"orbit.ep.{endpoint}.{plugin}"
+
+
+def request_key(endpoint: str, plugin: str) -> str:
+    return f"{endpoint}.{plugin}"
+
+
+def event_key(endpoint: str, plugin: str, topic: str) -> str:
+    return f"{endpoint}.{plugin}.{topic}"
+
+
+def presence_key(endpoint: str, status: PresenceStatus | str) -> str:
+    return f"{endpoint}.{status}"
+
+
+class ErrorCode(StrEnum):
+    """The closed set of error codes a reply may carry."""
+
+    INVALID_REQUEST = "invalid_request"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored, not refused: within a major protocol version fields are only
+    # ever added, and an older reader must still accept a newer writer's messages.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorInfo(_Wire):
+    """Why a call failed."""
+
+    code: ErrorCode
+    message: str = Field(description="One human-readable line saying what went wrong.")
+    details: dict[str, Any] | None = Field(
+        default=None,
+        description="Machine-readable context; `type` names the specific error class.",
+    )
+
+
+class SuccessReply(_Wire):
+    ok: Literal[True] = True
+    result: Any = None
+
+
+class ErrorReply(_Wire):
+    ok: Literal[False] = False
+    error: ErrorInfo
+
+
+Reply = Annotated[SuccessReply | ErrorReply, Field(discriminator="ok")]
+
+
+class BatchCall(_Wire):
+    """One call inside a coalesced `orbit.batch` request."""
+
+    id: str = Field(description="The call's own correlation id; its reply carries it back.")
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    message_id: str | None = None
+    session: str | None = None
+    deadline: int | None = Field(default=None, description="Absolute deadline, ms since epoch.")
+
+
+class BatchRequest(_Wire):
+    calls: list[BatchCall] = Field(min_length=1)
+
+
+class BatchReplyItem(_Wire):
+    id: str
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+class BatchReply(_Wire):
+    replies: list[BatchReplyItem]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(_Wire):
+    """A message on orbit.events, routing key `{endpoint}.{plugin}.{topic}`."""
+
+    endpoint: str
+    plugin: str
+    topic: str
+    time: datetime = Field(default_factory=utcnow)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class HostRole(StrEnum):
+    LOGIN = "login"
+    COMPUTE = "compute"
+    STANDALONE = "standalone"
+
+
+class PresenceStatus(StrEnum):
+    ONLINE = "online"
+    HEARTBEAT = "heartbeat"
+    OFFLINE = "offline"
+
+
+class PluginInfo(_Wire):
+    name: str
+    version: str
+    methods: list[str]
+
+
+class EndpointInfo(_Wire):
+    """Presence on orbit.topology (key `{endpoint}.{status}`); also the discovery reply."""
+
+    endpoint: str
+    status: PresenceStatus
+    time: datetime = Field(default_factory=utcnow)
+    protocol: str = PROTOCOL_VERSION
+    version: str = Field(description="orbit_mq version of the endpoint.")
+    host: str
+    host_role: HostRole
+    pid: int
+    user: str = Field(description="The broker user the endpoint connects as.")
+    started: datetime
+    uptime: float = Field(description="Seconds since the endpoint started.")
+    heartbeat_interval: float
+    plugins: list[PluginInfo]
+
+
+SessionStatus = Literal["active", "closed", "expired"]
+
+
+class SessionInfo(_Wire):
+    """The result of `register_session` and the data of `session_status` events."""
+
+    session_id: str
+    plugin: str
+    user: str
+    ttl: float = Field(description="Seconds of inactivity after which the session expires.")
+    expires: datetime
+    status: SessionStatus = "active"
+
+
+class HealthInfo(_Wire):
+    plugin: str
+    version: str
+    healthy: bool
+    uptime: float
+    sessions: int
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+WIRE_MODELS: dict[str, type[BaseModel]] = {
+    "error": ErrorInfo,
+    "reply-success": SuccessReply,
+    "reply-error": ErrorReply,
+    "batch-request": BatchRequest,
+    "batch-reply": BatchReply,
+    "event": Event,
+    "endpoint-info": EndpointInfo,
+    "session-info": SessionInfo,
+    "health": HealthInfo,
+}

@@ -1,0 +1,169 @@
+"""The dispatcher, registry and public API without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from echo_plugin import Echo
+
+import orbit_mq
+from orbit_mq.config import Settings
+from orbit_mq.errors import ConfigError, from_error_info, to_error_info
+from orbit_mq.protocol import ErrorInfo
+from orbit_mq.workers.dispatch import Dispatcher, Request
+from orbit_mq.workers.plugin import PluginContext
+from orbit_mq.workers.registry import known_plugins, load_plugins
+
+Sent = list[tuple[bytes, str | None]]
+
+
+async def _no_events(plugin: str, topic: str, data: dict[str, Any]) -> None:
+    pass
+
+
+async def _dispatcher() -> tuple[Dispatcher, Sent]:
+    plugin = Echo(PluginContext("unit", Settings(), _no_events))
+    await plugin.start()
+    return Dispatcher(plugin, allowed_users=frozenset({"me"}), max_message_size=4096), []
+
+
+def _request(method: str, body: bytes = b"{}", **extra: Any) -> Request:
+    return Request(body=body, method=method, user="me", reply_to="amq.rabbitmq.reply-to.x", **extra)
+
+
+async def _handle(dispatcher: Dispatcher, sent: Sent, request: Request) -> None:
+    async def send(reply_to: str, cid: str | None, body: bytes, kind: str | None) -> None:
+        sent.append((body, kind))
+
+    await dispatcher.handle(request, send)
+
+
+async def test_expired_request_is_not_executed() -> None:
+    dispatcher, sent = await _dispatcher()
+    past = int(time.time() * 1000) - 1000
+    await _handle(dispatcher, sent, _request("sleep", b'{"seconds": 0}', deadline_ms=past))
+    assert not dispatcher.plugin.sleeping.is_set()  # type: ignore[attr-defined]
+    assert orjson.loads(sent[0][0])["error"]["code"] == "timeout"
+
+
+async def test_batch_answers_fast_calls_before_slow_ones() -> None:
+    dispatcher, sent = await _dispatcher()
+    batch = {
+        "calls": [
+            {"id": "slow", "method": "sleep", "params": {"seconds": 0.3}},
+            {"id": "a", "method": "echo", "params": {"text": "a"}},
+            {"id": "bad", "method": "echo", "params": {"text": 1}},
+            {"id": "gone", "method": "nope"},
+        ]
+    }
+    await _handle(dispatcher, sent, _request("orbit.batch", orjson.dumps(batch)))
+    assert all(kind == "orbit.batch" for _, kind in sent)
+    groups = [[item["id"] for item in orjson.loads(body)["replies"]] for body, _ in sent]
+    assert groups[-1] == ["slow"] and len(groups) >= 2
+    replies = {item["id"]: item for body, _ in sent for item in orjson.loads(body)["replies"]}
+    assert replies["a"] == {"id": "a", "ok": True, "result": ["a"]}
+    assert replies["bad"]["error"]["code"] == "invalid_request"
+    assert replies["gone"]["error"]["code"] == "not_found"
+
+
+async def test_unknown_user_is_refused_before_the_body_is_read() -> None:
+    dispatcher, sent = await _dispatcher()
+    request = _request("echo", b"\x00garbage")
+    request = Request(**{**request.__dict__, "user": "eve"})
+    await _handle(dispatcher, sent, request)
+    assert orjson.loads(sent[0][0])["error"]["code"] == "unauthorized"
+
+
+def test_error_info_round_trip_keeps_the_specific_class() -> None:
+    error = orbit_mq.PayloadTooLarge("too big", {"size": 5})
+    back = from_error_info(ErrorInfo.model_validate(to_error_info(error).model_dump()))
+    assert type(back) is orbit_mq.PayloadTooLarge and back.details["size"] == 5
+    unknown = ErrorInfo(code="conflict", message="x", details={"type": "SomethingElse"})
+    assert type(from_error_info(unknown)) is orbit_mq.Conflict
+
+
+def test_unknown_plugin_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"known plugins: .*sysinfo"):
+        load_plugins(["sysinfo", "nope"])
+
+
+def test_third_party_plugins_are_found_through_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "thirdparty_plugin.py"
+    package.write_text(
+        textwrap.dedent(
+            """
+            from orbit_mq.workers.plugin import Plugin
+            from orbit_mq.workers.rpc import rpc
+
+            class Greeter(Plugin):
+                name = "greeter"
+
+                @rpc
+                async def greet(self, who: str) -> str:
+                    return f"hello {who}"
+            """
+        )
+    )
+    dist = tmp_path / "thirdparty_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[orbit_mq.plugins]\ngreeter = thirdparty_plugin:Greeter\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "greeter" in known_plugins()
+    (greeter,) = load_plugins(["greeter"])
+    assert set(greeter.rpc_methods) >= {"greet", "health", "register_session"}
+    sys.modules.pop("thirdparty_plugin", None)
+
+
+def test_public_api_is_exactly_all() -> None:
+    exported = {name for name in dir(orbit_mq) if not name.startswith("_")}
+    modules = {
+        "broker",
+        "caller",
+        "client",
+        "config",
+        "errors",
+        "jobs",
+        "protocol",
+        "proxy",
+        "subscribe",
+    }
+    assert exported - modules - {"workers", "cli", "schemas"} == set(orbit_mq.__all__) - {
+        "__version__"
+    }
+    for name in orbit_mq.__all__:
+        assert getattr(orbit_mq, name) is not None
+    assert issubclass(orbit_mq.EndpointOffline, orbit_mq.OrbitError)
+    assert all(
+        issubclass(getattr(orbit_mq, name), orbit_mq.OrbitError)
+        for name in orbit_mq.__all__
+        if name.endswith(("Error", "Timeout", "NotFound", "Offline", "Refused", "Lost"))
+    )
+
+
+async def test_sync_methods_run_off_the_event_loop() -> None:
+    dispatcher, sent = await _dispatcher()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    await _handle(dispatcher, sent, _request("blocking_sleep", b'{"seconds": 0.2}'))
+    task.cancel()
+    assert orjson.loads(sent[0][0])["ok"] is True
+    assert ticks > 5  # the loop kept running while the call blocked its thread

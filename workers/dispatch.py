@@ -1,0 +1,350 @@
+"""From a request message to its reply, independent of AMQP.
+
+Admission (size, protocol, caller, deadline) comes first, then method lookup, JSON parsing,
+parameter validation (the `@rpc` signature's model), the session, the call, and the result's
+serialisation. Every failure becomes a structured error reply here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from orbit_mq.errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotFound,
+    OperationTimeout,
+    PayloadTooLarge,
+    RemoteError,
+    SessionNotFound,
+    Unauthorized,
+    to_error_info,
+)
+from orbit_mq.protocol import (
+    BATCH_TYPE,
+    PROTOCOL_VERSION,
+    REPLY_TO,
+    BatchCall,
+    BatchRequest,
+)
+from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.rpc import CallContext, RpcSpec, Session
+
+log = logging.getLogger("orbit_mq.endpoint")
+
+# reply_to, correlation_id, body, message type
+ReplySink = Callable[[str, str | None, bytes, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parts of a request message the dispatcher reads."""
+
+    body: bytes
+    method: str | None
+    user: str | None
+    reply_to: str | None
+    correlation_id: str | None = None
+    message_id: str | None = None
+    session: str | None = None
+    deadline_ms: int | None = None
+    protocol: str | None = None
+
+
+def error_body(error: RemoteError) -> bytes:
+    return orjson.dumps({"ok": False, "error": to_error_info(error).model_dump(mode="json")})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Dispatcher:
+    """Serves the requests of one plugin."""
+
+    def __init__(
+        self,
+        plugin: Plugin,
+        *,
+        allowed_users: frozenset[str],
+        max_message_size: int,
+        executor: Executor | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.allowed_users = allowed_users
+        self.max_message_size = max_message_size
+        self.executor = executor
+        self.label = plugin.name
+        self._running: dict[str, asyncio.Future[bytes]] = {}
+
+    async def handle(self, request: Request, send: ReplySink) -> None:
+        """Answer one request message; never raises for anything the message contains."""
+        if not request.reply_to or not request.reply_to.startswith(REPLY_TO):
+            # Answering any other address would let a caller make this endpoint write into
+            # queues the caller itself may not write to.
+            log.warning(
+                "%s: dropped a %r request with reply_to %r (message_id=%s): only direct "
+                "reply-to addresses (%s) are answered",
+                self.label,
+                request.method,
+                request.reply_to,
+                request.message_id,
+                REPLY_TO,
+            )
+            return
+        try:
+            self._admit(request)
+            if request.method == BATCH_TYPE:
+                await self._handle_batch(request, send)
+                return
+            body = await self._answer_one(
+                request.method,
+                request.body,
+                request.user or "",
+                request.session,
+                request.message_id,
+                request.deadline_ms,
+            )
+        except RemoteError as error:
+            body = error_body(error)
+        await send(request.reply_to, request.correlation_id, body, None)
+
+    def _admit(self, request: Request) -> None:
+        size = len(request.body)
+        if size > self.max_message_size:
+            raise PayloadTooLarge(
+                f"request of {size} bytes exceeds the {self.max_message_size}-byte limit; "
+                "send large data in chunks (staging plugin)",
+                {"size": size, "limit": self.max_message_size},
+            )
+        if request.protocol and request.protocol.split(".")[0] != PROTOCOL_VERSION:
+            raise InvalidRequest(
+                f"protocol version {request.protocol!r} is not supported; "
+                f"this endpoint speaks {PROTOCOL_VERSION}",
+                {"supported": [PROTOCOL_VERSION]},
+            )
+        if request.user not in self.allowed_users:
+            log.warning(
+                "%s: refused %r from user %r (allowed: %s)",
+                self.label,
+                request.method,
+                request.user,
+                ", ".join(sorted(self.allowed_users)),
+            )
+            raise Unauthorized(
+                f"user {request.user!r} may not use this endpoint"
+                if request.user
+                else "request has no user_id property; set it to your broker user",
+                {"user": request.user},
+            )
+
+    async def _answer_one(
+        self,
+        method: str | None,
+        params: bytes | dict[str, Any],
+        user: str,
+        session_id: str | None,
+        message_id: str | None,
+        deadline_ms: int | None,
+    ) -> bytes:
+        """The reply body of one call, success or error."""
+        try:
+            if deadline_ms is not None and deadline_ms < _now_ms():
+                raise OperationTimeout(
+                    f"request expired {_now_ms() - deadline_ms} ms before it could run; "
+                    "it was not executed",
+                    {"deadline": deadline_ms},
+                )
+            spec = self._lookup(method)
+            call = functools.partial(
+                self._run, spec, params, user, session_id, message_id, deadline_ms
+            )
+            if spec.dedupe and message_id:
+                return await self._once(message_id, call)
+            return await call()
+        except RemoteError as error:
+            if isinstance(error, InvalidRequest | MethodNotFound):
+                log.warning("%s.%s: %s", self.label, method, error)
+            return error_body(error)
+
+    async def _run(
+        self,
+        spec: RpcSpec,
+        params: bytes | dict[str, Any],
+        user: str,
+        session_id: str | None,
+        message_id: str | None,
+        deadline_ms: int | None,
+    ) -> bytes:
+        arguments = self._validate(spec, params)
+        session = self._session(spec, session_id, user)
+        ctx = CallContext(
+            endpoint=self.plugin.context.endpoint,
+            plugin=self.plugin.name,
+            method=spec.name,
+            user=user,
+            message_id=message_id,
+            deadline_ms=deadline_ms,
+            session=session,
+        )
+        result = await self._invoke(spec, arguments, ctx)
+        return self._serialise(spec, result)
+
+    async def _once(self, message_id: str, run: Callable[[], Awaitable[bytes]]) -> bytes:
+        """Run a dedupe method once per message_id: a repeat gets the stored reply, and a
+        repeat arriving while the first still runs waits for its reply."""
+        journal = self.plugin.context.journal
+        stored = journal.stored_reply(self.label, message_id)
+        if stored is not None:
+            log.info("%s: answered repeated message %s from the journal", self.label, message_id)
+            return stored
+        running = self._running.get(message_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._running[message_id] = future
+        try:
+            body = await run()
+            if body.startswith(b'{"ok":true'):  # errors may be transient: those run again
+                journal.store_reply(self.label, message_id, body)
+            future.set_result(body)
+            return body
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; a waiting repeat re-raises it
+            raise
+        finally:
+            del self._running[message_id]
+
+    def _lookup(self, method: str | None) -> RpcSpec:
+        spec = self.plugin.rpc_methods.get(method or "")
+        if spec is None:
+            methods = sorted(self.plugin.rpc_methods)
+            raise MethodNotFound(
+                f"plugin {self.label!r} has no method {method!r}; it has: {', '.join(methods)}",
+                {"method": method, "methods": methods},
+            )
+        return spec
+
+    def _validate(self, spec: RpcSpec, params: bytes | dict[str, Any]) -> dict[str, Any]:
+        if isinstance(params, bytes | bytearray):
+            try:
+                params = orjson.loads(params) if params.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(
+                    f"request body is not valid JSON ({exc}); send a JSON object of parameters",
+                    {"reason": "malformed_json"},
+                ) from None
+        if not isinstance(params, dict):
+            raise InvalidRequest(
+                f"request body must be a JSON object of parameters, not {type(params).__name__}",
+                {"reason": "not_an_object"},
+            )
+        try:
+            model = spec.params.model_validate(params)
+        except ValidationError as exc:
+            errors = [
+                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            summary = "; ".join(f"{e['loc'] or '(body)'}: {e['msg']}" for e in errors[:5])
+            raise InvalidRequest(
+                f"invalid parameters for {self.label}.{spec.name}: {summary}",
+                {"reason": "invalid_params", "errors": errors},
+            ) from None
+        return dict(model)
+
+    def _session(self, spec: RpcSpec, session_id: str | None, user: str) -> Session | None:
+        if spec.session_param is None:
+            if session_id:  # use keeps a session alive even on session-less methods
+                with suppress(RemoteError):
+                    self.plugin.sessions.use(session_id, user)
+            return None
+        if not session_id:
+            if spec.session_required:
+                raise SessionNotFound(
+                    f"{self.label}.{spec.name} needs a session: call register_session and send "
+                    "its session_id in the orbit-session header",
+                    {"session": None},
+                )
+            return None
+        return self.plugin.sessions.use(session_id, user)
+
+    async def _invoke(self, spec: RpcSpec, arguments: dict[str, Any], ctx: CallContext) -> Any:
+        if spec.session_param is not None:
+            arguments[spec.session_param] = ctx.session
+        if spec.context_param is not None:
+            arguments[spec.context_param] = ctx
+        try:
+            if spec.is_async:
+                return await spec.func(self.plugin, **arguments)
+            call = functools.partial(spec.func, self.plugin, **arguments)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        except RemoteError:
+            raise
+        except Exception as exc:
+            log.exception("%s.%s failed", self.label, spec.name)
+            raise InternalError(
+                f"{self.label}.{spec.name} failed: {type(exc).__name__}: {exc}; "
+                "see the endpoint log",
+                {"exception": type(exc).__name__},
+            ) from exc
+
+    def _serialise(self, spec: RpcSpec, result: Any) -> bytes:
+        try:
+            payload = spec.result.dump_json(result)
+        except Exception as exc:
+            log.exception("%s.%s returned an unserialisable result", self.label, spec.name)
+            raise InternalError(
+                f"{self.label}.{spec.name} returned a result that is not JSON: {exc}"
+            ) from exc
+        if len(payload) > self.max_message_size:
+            raise InternalError(
+                f"{self.label}.{spec.name} result is {len(payload)} bytes, over the "
+                f"{self.max_message_size}-byte limit",
+                {"size": len(payload), "limit": self.max_message_size},
+            )
+        return b'{"ok":true,"result":' + payload + b"}"
+
+    async def _handle_batch(self, request: Request, send: ReplySink) -> None:
+        """Run coalesced calls concurrently; answer each group that finishes together at once."""
+        assert request.reply_to is not None
+        try:
+            batch = BatchRequest.model_validate_json(request.body)
+        except ValidationError as exc:
+            raise InvalidRequest(
+                f"malformed orbit.batch request: {exc.error_count()} errors"
+            ) from None
+        user = request.user or ""
+        pending = {
+            asyncio.ensure_future(self._answer_item(call, user, request.session))
+            for call in batch.calls
+        }
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            items = b",".join(task.result() for task in done)
+            body = b'{"replies":[' + items + b"]}"
+            await send(request.reply_to, request.correlation_id, body, BATCH_TYPE)
+
+    async def _answer_item(self, call: BatchCall, user: str, session: str | None) -> bytes:
+        """One BatchReplyItem as JSON: the call's reply body with its id spliced in."""
+        body = await self._answer_one(
+            call.method,
+            call.params,
+            user,
+            call.session or session,
+            call.message_id,
+            call.deadline,
+        )
+        return b'{"id":' + orjson.dumps(call.id) + b"," + body[1:]

@@ -1,0 +1,154 @@
+"""The endpoint's journal: what must survive a crash or a restart, in one SQLite file.
+
+`$ORBIT_MQ_HOME/endpoints/{endpoint}/journal.sqlite3` holds
+- the event outbox: every event is written here before it is published (with publisher
+  confirms) and deleted once the broker confirmed it, so an event is never lost;
+- the replies of requests to `@rpc(dedupe=True)` methods, by message_id, so a redelivered or
+  re-sent request gets the stored answer instead of running twice;
+- sessions, so they outlive an endpoint restart;
+- whatever plugins keep in their own tables (`journal.db`), e.g. the jobs of the psij plugin.
+
+WAL mode with synchronous=NORMAL: a commit survives the process being killed (only a power
+loss may take the last transactions). All access is from the event-loop thread; statements
+are short, so they run inline.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# Stored replies are kept this long; a request re-sent later than that runs again.
+REPLY_RETENTION = 7 * 24 * 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replies (
+    plugin TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    stored REAL NOT NULL,
+    PRIMARY KEY (plugin, message_id)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    user TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    state BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    exchange: str
+    routing_key: str
+    body: bytes
+
+
+def journal_path(home: Path, endpoint: str) -> Path:
+    return home / "endpoints" / endpoint / "journal.sqlite3"
+
+
+class Journal:
+    def __init__(self, path: Path | None) -> None:
+        """A journal in the file `path`, or in memory (for tests) when `path` is None."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        target = ":memory:" if path is None else str(path)
+        self.db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def add_event(self, exchange: str, routing_key: str, body: bytes) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO outbox (exchange, routing_key, body) VALUES (?, ?, ?)",
+            (exchange, routing_key, body),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def pending_events(self, limit: int = 500) -> list[OutboxEntry]:
+        rows = self.db.execute(
+            "SELECT id, exchange, routing_key, body FROM outbox ORDER BY id LIMIT ?", (limit,)
+        )
+        return [OutboxEntry(*row) for row in rows]
+
+    def published(self, ids: list[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    # -- replies (idempotency) -------------------------------------------------------------
+
+    def stored_reply(self, plugin: str, message_id: str) -> bytes | None:
+        row = self.db.execute(
+            "SELECT body FROM replies WHERE plugin = ? AND message_id = ?", (plugin, message_id)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def store_reply(self, plugin: str, message_id: str, body: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO replies (plugin, message_id, body, stored) VALUES (?,?,?,?)",
+            (plugin, message_id, body, time.time()),
+        )
+
+    def forget_old_replies(self, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - REPLY_RETENTION
+        return self.db.execute("DELETE FROM replies WHERE stored < ?", (cutoff,)).rowcount
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def save_session(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO sessions (id, plugin, user, ttl, created, last_used, state) "
+            "VALUES (:id, :plugin, :user, :ttl, :created, :last_used, :state)",
+            {**row, "state": orjson.dumps(row.get("state") or {})},
+        )
+
+    def delete_session(self, session_id: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def load_sessions(self, plugin: str) -> list[dict[str, Any]]:
+        cursor = self.db.execute(
+            "SELECT id, plugin, user, ttl, created, last_used, state FROM sessions "
+            "WHERE plugin = ?",
+            (plugin,),
+        )
+        names = [column[0] for column in cursor.description]
+        sessions = [dict(zip(names, row, strict=True)) for row in cursor]
+        for session in sessions:
+            session["state"] = orjson.loads(session["state"])
+        return sessions

@@ -1,0 +1,287 @@
+"""PSI/J executors on this endpoint: which are installed, how each is configured, and how a
+`JobSpec` becomes a `psij.JobSpec`. psij is imported only here, and only inside functions.
+
+Executor configuration, later sources winning:
+1. defaults: `work_directory` = `$ORBIT_MQ_HOME/endpoints/{endpoint}/psij` (batch executors
+   add `/{executor}`; on a cluster it must be on a filesystem the compute nodes see), and for
+   batch executors `queue_polling_interval` = `PsiJ.queue_polling_interval` (5 s; PSI/J's own
+   30 s is slow for interactive use) and `initial_queue_polling_delay` = 1 s;
+2. the class attribute `PsiJ.executor_options[executor]`: a dict of options, or a ready
+   `psij.JobExecutorConfig`, used as it is;
+3. the environment: `ORBIT_MQ_PSIJ_{EXECUTOR}_{OPTION}`, e.g.
+   `ORBIT_MQ_PSIJ_SLURM_QUEUE_POLLING_INTERVAL=1`, `ORBIT_MQ_PSIJ_PBS_KEEP_FILES=1` (keep the
+   generated submit scripts to diagnose a site), `ORBIT_MQ_PSIJ_SLURM_WORK_DIRECTORY=/scratch/x`.
+
+Site default custom attributes (e.g. `{"pbs.filesystems": "home"}`, which some PBS sites require
+on every job): `PsiJ.site_custom_attributes[executor]`, then
+`ORBIT_MQ_PSIJ_{EXECUTOR}_CUSTOM_ATTRIBUTES` (a JSON object); the caller's attributes win.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import threading
+import typing
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orbit_mq.workers.plugins.psij.errors import ExecutorUnavailable, InvalidJobSpec
+from orbit_mq.workers.plugins.psij.models import JobSpec
+
+if TYPE_CHECKING:
+    import psij
+
+log = logging.getLogger("orbit_mq.plugin.psij")
+
+LOCAL = "local"
+ENV_PREFIX = "ORBIT_MQ_PSIJ_"
+# psij's local attach reports exit code 0 for every attached process, so local jobs run
+# through this wrapper, which leaves the program's exit status in the file named by $0:
+# after an endpoint restart that file is the only record of how the job ended.
+EXIT_WRAPPER = 'rc=0; "$@" || rc=$?; echo "$rc" > "$0"; exit "$rc"'
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+OPTION_TYPES: dict[str, Callable[[str], Any]] = {
+    "queue_polling_interval": int,
+    "initial_queue_polling_delay": int,
+    "queue_polling_error_threshold": int,
+    "keep_files": _flag,
+    "work_directory": Path,
+    "launcher_log_file": Path,
+}
+
+
+def env_name(executor: str, option: str) -> str:
+    return f"{ENV_PREFIX}{executor.upper()}_{option.upper()}"
+
+
+def env_options(executor: str) -> dict[str, Any]:
+    """The options set for `executor` in the environment (unreadable values are skipped)."""
+    options: dict[str, Any] = {}
+    for option, convert in OPTION_TYPES.items():
+        raw = os.environ.get(env_name(executor, option))
+        if raw is None:
+            continue
+        try:
+            options[option] = convert(raw)
+        except ValueError:
+            log.warning("ignoring %s=%r: not a valid value", env_name(executor, option), raw)
+    return options
+
+
+def site_custom_attributes(executor: str, configured: Mapping[str, Any]) -> dict[str, Any]:
+    attributes = dict(configured)
+    raw = os.environ.get(env_name(executor, "custom_attributes"))
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            attributes.update(parsed)
+        else:
+            log.warning("ignoring %s: not a JSON object", env_name(executor, "custom_attributes"))
+    return attributes
+
+
+def installed_executors() -> list[str]:
+    """PSI/J executors whose code loads here (flux and rp need extra packages)."""
+    from psij import JobExecutor
+
+    # psij keeps the load error of every registered executor; only its registry shows them.
+    registry = getattr(JobExecutor, "_executors", None)
+    if not isinstance(registry, dict):
+        return sorted(JobExecutor.get_executor_names())
+    return sorted(name for name, versions in registry.items() if versions and not versions[-1].exc)
+
+
+def _config_class(executor: str) -> type[psij.JobExecutorConfig]:
+    """The config class the executor's constructor takes (SlurmExecutorConfig, …)."""
+    from psij import JobExecutor, JobExecutorConfig
+
+    versions = getattr(JobExecutor, "_executors", {}).get(executor) or []
+    executor_class: Any = versions[-1].ecls if versions else None
+    try:
+        hint = typing.get_type_hints(executor_class.__init__)["config"]
+    except Exception:  # no hints to go by: the base class takes the common options
+        return JobExecutorConfig
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and issubclass(candidate, JobExecutorConfig):
+            return candidate
+    return JobExecutorConfig
+
+
+class ExecutorPool:
+    """One psij executor per name, made on first use. `get` blocks (a batch executor starts
+    its queue-polling thread): call it in a worker thread."""
+
+    def __init__(
+        self,
+        work_directory: Path,
+        configured: Mapping[str, Any],
+        queue_polling_interval: int,
+    ) -> None:
+        self.available = installed_executors()
+        self._configured = dict(configured)
+        self._defaults: dict[str, Any] = {
+            "work_directory": work_directory,
+            "queue_polling_interval": queue_polling_interval,
+            "initial_queue_polling_delay": 1,
+        }
+        self._instances: dict[str, psij.JobExecutor] = {}
+        self._lock = threading.Lock()
+
+    def check(self, executor: str) -> None:
+        if executor not in self.available:
+            raise ExecutorUnavailable(
+                f"executor {executor!r} is not available on this endpoint; available: "
+                f"{', '.join(self.available)}",
+                {"executor": executor, "available": self.available},
+            )
+
+    def get(self, executor: str) -> psij.JobExecutor:
+        from psij import JobExecutor
+
+        self.check(executor)
+        with self._lock:
+            instance = self._instances.get(executor)
+            if instance is None:
+                try:
+                    instance = JobExecutor.get_instance(executor, config=self.config(executor))
+                except Exception as exc:
+                    raise ExecutorUnavailable(
+                        f"executor {executor!r} could not be started: {exc}",
+                        {"executor": executor, "available": self.available},
+                    ) from exc
+                self._instances[executor] = instance
+            return instance
+
+    def config(self, executor: str) -> psij.JobExecutorConfig:
+        from psij import JobExecutorConfig
+
+        configured = self._configured.get(executor)
+        if isinstance(configured, JobExecutorConfig):
+            return configured
+        cls = _config_class(executor)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        chosen = {**(configured or {}), **env_options(executor)}
+        for unknown in sorted(set(chosen) - accepted):
+            log.warning("executor %s has no option %r; ignored", executor, unknown)
+        options = {**self._defaults, **chosen}
+        return cls(**{key: value for key, value in options.items() if key in accepted})
+
+
+# -- specs -----------------------------------------------------------------------------------
+
+
+def check_launcher(spec: JobSpec) -> None:
+    from psij import Launcher
+
+    if spec.launcher is not None and spec.launcher not in Launcher.get_launcher_names():
+        names = sorted(Launcher.get_launcher_names())
+        raise InvalidJobSpec(
+            f"spec.launcher: unknown launcher {spec.launcher!r}; known: {', '.join(names)}",
+            {"field": "spec.launcher", "launchers": names},
+        )
+
+
+def new_job() -> psij.Job:
+    """An empty psij Job; its id becomes the endpoint's job id, so the job's files and its
+    launcher's command line carry the same id."""
+    import psij
+
+    return psij.Job()
+
+
+def psij_spec(
+    spec: JobSpec, directory: Path, stdout: Path, stderr: Path, exit_file: Path | None
+) -> psij.JobSpec:
+    """The psij.JobSpec to submit; with `exit_file`, wrapped to record the exit code there."""
+    import psij
+
+    executable, arguments = spec.executable, list(spec.arguments)
+    if exit_file is not None:
+        arguments = ["-c", EXIT_WRAPPER, str(exit_file), executable, *arguments]
+        executable = "/bin/sh"
+    attributes = psij.JobAttributes(
+        queue_name=spec.attributes.queue_name,
+        account=spec.attributes.account,
+        reservation_id=spec.attributes.reservation_id,
+        custom_attributes=dict(spec.attributes.custom_attributes) or None,
+    )
+    if spec.attributes.duration is not None:
+        attributes.duration = timedelta(seconds=spec.attributes.duration)
+    resources = None
+    if spec.resources is not None:
+        resources = psij.ResourceSpecV1(**spec.resources.model_dump())
+    try:
+        return psij.JobSpec(
+            executable=executable,
+            arguments=arguments,
+            directory=directory,
+            name=spec.name or spec.executable,
+            inherit_environment=spec.inherit_environment,
+            environment=dict(spec.environment) or None,
+            stdin_path=spec.stdin_path,
+            stdout_path=stdout,
+            stderr_path=stderr,
+            resources=resources,
+            attributes=attributes,
+            pre_launch=spec.pre_launch,
+            post_launch=spec.post_launch,
+            launcher=spec.launcher,
+        )
+    except Exception as exc:  # psij checks types and constraints of its own
+        raise InvalidJobSpec(f"spec: PSI/J refuses it: {exc}", {"field": "spec"}) from exc
+
+
+def local_problem(spec: JobSpec, directory: Path) -> str | None:
+    """Why the local executor could not start the job, or None (blocking: file checks).
+
+    With a pre-launch script the program is not checked: it may change PATH or create it.
+    """
+    if not directory.is_dir():
+        return f"directory {str(directory)!r} does not exist"
+    if spec.pre_launch:
+        return None
+    name = spec.executable
+    if "/" in name:
+        path = Path(name) if os.path.isabs(name) else directory / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return None
+        return f"executable {name!r} not found or not executable"
+    search = spec.environment.get("PATH")
+    if search is None:
+        search = os.environ.get("PATH", os.defpath) if spec.inherit_environment else os.defpath
+    if shutil.which(name, path=search) is None:
+        return f"executable {name!r} not found in PATH"
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """A psij exception as one line (psij's exceptions keep their text in `message`)."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    cause = getattr(exc, "exception", None) or exc.__cause__
+    return f"{message}: {cause}" if cause is not None else str(message)
+
+
+def local_process_running(native_id: str, job_id: str) -> bool:
+    """True while the local job's launcher still runs: the pid exists, is not a zombie, and its
+    command line carries the job id (so a recycled pid is not taken for the job)."""
+    import psutil
+
+    try:
+        process = psutil.Process(int(native_id))
+        return process.status() != psutil.STATUS_ZOMBIE and job_id in process.cmdline()
+    except (ValueError, psutil.Error):
+        return False

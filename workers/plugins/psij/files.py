@@ -1,0 +1,180 @@
+"""The job directory (psik's idea: every job browsable on disk) and reading job output.
+
+    $ORBIT_MQ_HOME/endpoints/{endpoint}/jobs/{job_id}/
+        spec.json       the spec as submitted (site defaults merged in)
+        status.jsonl    one line per state transition: {"seq", "state", "time", "message"}
+        stdout, stderr  the job's output, unless the caller chose other paths
+        exit_code       written by the local executor's wrapper when the program ends
+        work/           the job's working directory, unless the caller chose one
+
+Output offsets are byte offsets; text is cut at character boundaries so a multi-byte UTF-8
+character is never split between two reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from orbit_mq.workers.plugins.psij.store import JobRow
+
+TAIL_BYTES = 4096
+CHUNK_BYTES = 64 * 1024  # largest job_output event
+
+
+@dataclass(frozen=True)
+class JobDir:
+    root: Path
+
+    @classmethod
+    def of(cls, home: Path, endpoint: str, job_id: str) -> JobDir:
+        return cls(home / "endpoints" / endpoint / "jobs" / job_id)
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.jsonl"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr"
+
+    @property
+    def exit_code(self) -> Path:
+        return self.root / "exit_code"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def prepare(self, spec_json: bytes) -> None:
+        """Create the directory with work/ and spec.json (blocking: call it in a thread)."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.spec.write_bytes(spec_json)
+
+    def append_status(self, entries: list[dict[str, Any]]) -> None:
+        # A few hundred bytes appended locally, like the journal's own inline writes.
+        with self.status.open("ab") as out:
+            out.write(b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
+
+
+def _width(lead: int) -> int:
+    """Bytes in the UTF-8 character that starts with `lead`."""
+    if lead < 0x80:
+        return 1
+    if lead >= 0xF0:
+        return 4
+    return 3 if lead >= 0xE0 else 2
+
+
+def utf8_prefix(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte & 0xC0 != 0x80:  # the last character starts here: is it complete?
+            return end if back >= _width(byte) else end - back
+    return end  # only continuation bytes: not UTF-8 anyway, keep everything
+
+
+def read_chunk(path: Path, offset: int, limit: int, complete: bool) -> tuple[bytes, int]:
+    """Up to `limit` bytes of `path` from `offset` and the offset after them. Unless the file is
+    `complete` (its writer is done) and the read reached its end, the chunk stops at a character
+    boundary. A missing file reads as empty."""
+    try:
+        with path.open("rb") as source:
+            source.seek(offset)
+            data = source.read(limit)
+            at_end = len(data) < limit or not source.read(1)
+    except FileNotFoundError:
+        return b"", offset
+    if not (complete and at_end):
+        data = data[: utf8_prefix(data)]
+    return data, offset + len(data)
+
+
+def read_page(path: Path, offset: int, limit: int, complete: bool) -> tuple[str, int]:
+    data, end = read_chunk(path, offset, limit, complete)
+    return data.decode("utf-8", errors="replace"), end
+
+
+def read_tail(path: Path, size: int = TAIL_BYTES) -> str:
+    """The last `size` bytes of `path` as text (empty when missing)."""
+    try:
+        with path.open("rb") as source:
+            length = source.seek(0, os.SEEK_END)
+            source.seek(max(0, length - size))
+            data = source.read(size)
+    except FileNotFoundError:
+        return ""
+    start = 0
+    while start < min(3, len(data)) and data[start] & 0xC0 == 0x80:
+        start += 1  # do not begin halfway through a character
+    return data[start:].decode("utf-8", errors="replace")
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_exit_code(path: Path) -> int | None:
+    """The code the local wrapper recorded, or None (not there yet, or still being written)."""
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of the file's tail, for failure messages."""
+    lines = [line.strip() for line in read_tail(path, 1024).splitlines()]
+    return next((line for line in reversed(lines) if line), "")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a job's output, `offset` bytes into its stream."""
+
+    job_id: str
+    stream: str
+    offset: int
+    data: bytes
+
+
+def read_output(row: JobRow, complete: bool, budget: int) -> list[Chunk]:
+    """Output of a streamed job written since the last chunk announced, at most `budget` bytes
+    per stream in chunks of at most CHUNK_BYTES (blocking; none for jobs not streamed)."""
+    chunks: list[Chunk] = []
+    if not row.stream_output:
+        return chunks
+    for stream, path, offset in (
+        ("stdout", row.stdout_path, row.stdout_sent),
+        ("stderr", row.stderr_path, row.stderr_sent),
+    ):
+        left = budget
+        while left > 0:
+            data, end = read_chunk(path, offset, min(CHUNK_BYTES, left), complete)
+            if not data:
+                break
+            chunks.append(Chunk(row.job_id, stream, offset, data))
+            offset, left = end, left - len(data)
+    return chunks

@@ -1,0 +1,265 @@
+"""The psij plugin's wire models: job specifications (ours and PSI/J's own JSON form), job
+states and the reports the methods return.
+
+Importing this module does not import psij: SDK and CLI users load these models too, and
+importing psij installs a SIGCHLD handler in the importing process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    model_validator,
+)
+
+
+class JobState(StrEnum):
+    """PSI/J's job states. A job goes NEW → QUEUED → ACTIVE → one terminal state; FAILED and
+    CANCELED may also follow NEW or QUEUED directly."""
+
+    NEW = "NEW"
+    QUEUED = "QUEUED"
+    ACTIVE = "ACTIVE"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def final(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELED})
+
+# -- durations -------------------------------------------------------------------------------
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_AMOUNT = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a PSI/J walltime string: "90.0 s" (what psij's serializer writes), "2h",
+    "hh:mm:ss", "hh:mm", or plain digits, which PSI/J reads as minutes."""
+    value = text.strip()
+    if ":" in value:
+        parts = value.split(":")
+        if len(parts) > 3 or not all(part.strip().isdigit() for part in parts):
+            raise ValueError(f"cannot read duration {text!r}: expected hh:mm or hh:mm:ss")
+        hours, minutes, seconds = [*(int(part) for part in parts), 0][:3]
+        return float(hours * 3600 + minutes * 60 + seconds)
+    if value.isdigit():
+        return float(int(value) * 60)
+    match = _AMOUNT.match(value)
+    if match is None:
+        raise ValueError(
+            f"cannot read duration {text!r}: use seconds (a number), 'N s|m|h|d', "
+            "'hh:mm[:ss]' or minutes as digits"
+        )
+    return float(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _env_value(value: Any) -> Any:
+    # PSI/J accepts integer environment values and turns them into strings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+AttributeValue = str | int | float | bool
+
+# -- the job specification -------------------------------------------------------------------
+
+
+class ResourceSpec(BaseModel):
+    """What the job needs (PSI/J ResourceSpecV1). Of node_count, process_count and
+    processes_per_node any two determine the third; all three must agree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_count: PositiveInt | None = Field(default=None, description="Compute nodes.")
+    process_count: PositiveInt | None = Field(default=None, description="Process instances.")
+    processes_per_node: PositiveInt | None = Field(default=None, description="Processes per node.")
+    cpu_cores_per_process: PositiveInt | None = Field(default=None, description="CPU cores each.")
+    gpu_cores_per_process: PositiveInt | None = Field(default=None, description="GPU cores each.")
+    exclusive_node_use: bool = Field(
+        default=False,
+        # PSI/J's name first; `exclusive_node_access` is accepted as well.
+        validation_alias=AliasChoices("exclusive_node_use", "exclusive_node_access"),
+        description="Nodes run no other job.",
+    )
+    memory: PositiveInt | None = Field(default=None, description="Memory for the job, bytes.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        nodes, procs, per_node = self.node_count, self.process_count, self.processes_per_node
+        if nodes and procs and per_node and procs != nodes * per_node:
+            raise ValueError(
+                f"inconsistent resources: process_count ({procs}) must equal node_count "
+                f"({nodes}) * processes_per_node ({per_node})"
+            )
+        if procs and per_node and nodes is None and procs % per_node:
+            raise ValueError(
+                f"inconsistent resources: process_count ({procs}) must be a multiple of "
+                f"processes_per_node ({per_node})"
+            )
+        if procs and nodes and per_node is None and procs % nodes:
+            raise ValueError(
+                f"inconsistent resources: process_count ({procs}) must be a multiple of "
+                f"node_count ({nodes})"
+            )
+        return self
+
+
+class JobAttributes(BaseModel):
+    """How the job is to be scheduled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: Seconds | None = Field(
+        default=None,
+        description="Walltime in seconds (a PSI/J walltime string is accepted too); "
+        "the executor's default (PSI/J: 10 minutes) when null.",
+    )
+    queue_name: str | None = Field(default=None, description="Queue or partition.")
+    account: str | None = Field(default=None, description="Account (project) to charge.")
+    reservation_id: str | None = Field(default=None, description="Advance reservation.")
+    custom_attributes: dict[str, AttributeValue] = Field(
+        default_factory=dict,
+        description="Executor-specific settings, e.g. {'slurm.constraint': 'gpu'}; merged over "
+        "the endpoint's site defaults.",
+    )
+
+
+class JobSpec(BaseModel):
+    """Everything psij.JobSpec carries. PSI/J's own JSON serialisation of a spec (psij's
+    JSONSerializer output, as an object or as a string) is accepted as well."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    executable: str = Field(min_length=1, description="Program to run, e.g. /bin/date.")
+    arguments: list[str] = Field(default_factory=list, description="Its arguments (argv[1:]).")
+    directory: str | None = Field(
+        default=None, description="Working directory; the job directory's work/ when null."
+    )
+    name: str | None = Field(default=None, description="A label; the executable when null.")
+    environment: dict[str, EnvValue] = Field(default_factory=dict)
+    inherit_environment: bool = Field(
+        default=True, description="Start from the endpoint's environment (else an empty one)."
+    )
+    stdin_path: str | None = None
+    stdout_path: str | None = Field(default=None, description="The job directory's when null.")
+    stderr_path: str | None = Field(default=None, description="The job directory's when null.")
+    resources: ResourceSpec | None = None
+    attributes: JobAttributes = Field(default_factory=JobAttributes)
+    launcher: str | None = Field(default=None, description="PSI/J launcher, e.g. mpirun, srun.")
+    pre_launch: str | None = Field(default=None, description="Script sourced before launching.")
+    post_launch: str | None = Field(default=None, description="Script sourced after the job.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_psij_form(cls, data: Any) -> Any:
+        return from_psij_form(data)
+
+
+def from_psij_form(data: Any) -> Any:
+    """Turn PSI/J's serialisation of a spec into ours; anything else passes unchanged.
+
+    PSI/J's JSONSerializer writes the resource spec with a `__version` key, durations as
+    walltime strings ("600.0 s") and the deprecated `project_name` next to `account`.
+    A psij.JobSpec object is serialised with psij's own serializer first.
+    """
+    if type(data).__module__.startswith("psij") and hasattr(data, "executable"):
+        from psij.serialize import JSONSerializer
+
+        data = JSONSerializer().dumps(data)
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise ValueError(f"a job spec given as a string must be JSON: {exc}") from None
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    resources = data.get("resources")
+    if isinstance(resources, dict) and "__version" in resources:
+        resources = dict(resources)
+        version = resources.pop("__version")
+        if version != 1:
+            raise ValueError(f"resources: only PSI/J ResourceSpecV1 is supported, not {version}")
+        data["resources"] = resources
+    attributes = data.get("attributes")
+    if isinstance(attributes, dict) and "project_name" in attributes:
+        attributes = dict(attributes)
+        project = attributes.pop("project_name")
+        attributes.setdefault("account", project)
+        data["attributes"] = attributes
+    return data
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+class JobInfo(BaseModel):
+    """A job and where it stands."""
+
+    job_id: str = Field(description="The endpoint's id for the job.")
+    native_id: str | None = Field(description="The executor's id (pid, Slurm job id, …).")
+    executor: str
+    state: JobState
+    seq: int = Field(description="Sequence number of the job's latest job_status event.")
+    exit_code: int | None = None
+    message: str | None = None
+    submitted: datetime
+    updated: datetime
+    name: str | None = None
+    session: str | None = Field(default=None, description="Session that submitted the job.")
+
+
+class HistoryEntry(BaseModel):
+    state: JobState
+    seq: int
+    time: datetime
+    message: str | None = None
+
+
+class JobStatus(JobInfo):
+    """A job with its spec summary, output from the requested offsets and its state history."""
+
+    executable: str
+    arguments: list[str]
+    directory: str | None
+    queue: str | None
+    account: str | None
+    stdout: str = Field(description="Standard output from the requested byte offset.")
+    stderr: str = Field(description="Standard error from the requested byte offset.")
+    stdout_offset: int = Field(description="Byte offset to ask for next time (stdout).")
+    stderr_offset: int = Field(description="Byte offset to ask for next time (stderr).")
+    history: list[HistoryEntry]
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo] = Field(description="Newest first.")
+    total: int = Field(description="Jobs matching the filters.")
+    offset: int
+    limit: int

@@ -1,0 +1,332 @@
+"""`psij`: submit, watch, stream, cancel and list jobs through PSI/J executors (local, slurm,
+pbs, lsf, …), with a durable journal and strongly ordered `job_status` events.
+
+Events (`{endpoint}.psij.job_status`): job_id, native_id, state, seq (1, 2, 3 … per job, no
+gaps, seq 1 = NEW), time, executor; terminal ones add exit_code, message, stdout_tail and
+stderr_tail (the last 4 KiB). `{endpoint}.psij.job_output` (jobs submitted with
+`stream_output`): job_id, stream (stdout|stderr), offset (bytes), text; at most 64 KiB each,
+polled every 0.5 s, all sent before the job's terminal state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import orjson
+from pydantic import Field, NonNegativeFloat, NonNegativeInt
+
+from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.plugins.psij import executors as ex
+from orbit_mq.workers.plugins.psij.errors import JobNotFound
+from orbit_mq.workers.plugins.psij.files import JobDir, read_page
+from orbit_mq.workers.plugins.psij.models import JobInfo, JobList, JobSpec, JobState, JobStatus
+from orbit_mq.workers.plugins.psij.monitor import recover, watch
+from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
+from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
+from orbit_mq.workers.rpc import CallContext, Session, rpc
+
+if TYPE_CHECKING:
+    import psij
+
+log = logging.getLogger("orbit_mq.plugin.psij")
+
+REPLY_MARGIN = 0.5  # s: wait_jobs answers this long before the caller's deadline
+Limit = Annotated[int, Field(ge=1, le=1000)]
+
+
+def _resolve(path: str | None, directory: Path) -> Path | None:
+    if path is None:
+        return None
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else directory / candidate
+
+
+def _budget(timeout: float | None, deadline_ms: int | None) -> float | None:
+    """How long wait_jobs may wait: its timeout, bounded by the request's deadline."""
+    limits = [] if timeout is None else [timeout]
+    if deadline_ms is not None:
+        limits.append(deadline_ms / 1000 - time.time() - REPLY_MARGIN)
+    return max(0.0, min(limits)) if limits else None
+
+
+class PsiJ(Plugin):
+    name = "psij"
+    version = "1.0.0"
+    # Per-executor options or ready psij.JobExecutorConfig objects (see executors.py);
+    # ORBIT_MQ_PSIJ_{EXECUTOR}_{OPTION} environment variables override the options.
+    executor_options: ClassVar[dict[str, Any]] = {}
+    # Per-executor custom attributes every job gets unless it sets them itself.
+    site_custom_attributes: ClassVar[dict[str, dict[str, Any]]] = {}
+    queue_polling_interval: ClassVar[int] = 5  # s, batch executors (PSI/J's default: 30)
+    output_page_size: ClassVar[int] = 1024 * 1024  # bytes per stream per get_job_status
+    stream_interval: ClassVar[float] = 0.5  # s between job_output polls
+
+    async def start(self) -> None:
+        await super().start()
+        context = self.context
+        # Absolute: job directories are handed to other processes (launchers, batch jobs).
+        self.home = context.settings.home.expanduser().absolute()
+        self.root = self.home / "endpoints" / context.endpoint
+        self.store = JobStore(context.journal.db)
+        # Deliberately on the loop's (main) thread: psij's local executor installs its
+        # SIGCHLD handler only when psij is first imported from the main thread.
+        self.pool = ex.ExecutorPool(
+            self.root / "psij", self.executor_options, self.queue_polling_interval
+        )
+        self.tracker = Tracker(context.journal, self.store, self.emit, self.pool)
+        self.tracker.start()
+        await recover(self.tracker, [self._revived(row) for row in self.store.unfinished()])
+        self._watcher = asyncio.create_task(watch(self.tracker, self.stream_interval))
+
+    async def stop(self) -> None:
+        self._watcher.cancel()
+        await asyncio.gather(self._watcher, return_exceptions=True)
+        await self.tracker.stop()
+
+    async def health_details(self) -> dict[str, Any]:
+        return {
+            "jobs": self.store.counts(),
+            "running": len(self.tracker.live),
+            "executors": self.pool.available,
+        }
+
+    # -- the API ---------------------------------------------------------------------------
+
+    @rpc(dedupe=True)
+    async def submit_job(
+        self,
+        ctx: CallContext,
+        spec: JobSpec,
+        executor: str = "local",
+        stream_output: bool = False,
+        session: Session | None = None,
+    ) -> JobInfo:
+        """Submit one job to `executor` (see `executors`); returns it once the executor has it.
+
+        The job belongs to the caller's session, if any. Its state changes follow as
+        `job_status` events (seq 1 = NEW); with `stream_output`, its output as `job_output`
+        events. A refused submission (e.g. a missing executable) ends FAILED with a message.
+        Unknown spec fields and inconsistent resources are refused before anything runs. A
+        request repeated with the same message_id returns the first job instead of a second.
+        """
+        keys = [ctx.message_id] if ctx.message_id else None
+        infos = await self._submit(ctx.user, [spec], executor, stream_output, session, keys)
+        return infos[0]
+
+    @rpc(dedupe=True)
+    async def submit_jobs(
+        self,
+        ctx: CallContext,
+        specs: list[JobSpec],
+        executor: str = "local",
+        stream_output: bool = False,
+        session: Session | None = None,
+    ) -> list[JobInfo]:
+        """Submit several jobs in one request, as `submit_job` does each; results in order.
+
+        If any spec is invalid, none is submitted.
+        """
+        keys = [f"{ctx.message_id}#{i}" for i in range(len(specs))] if ctx.message_id else None
+        return await self._submit(ctx.user, specs, executor, stream_output, session, keys)
+
+    @rpc
+    async def get_job_status(
+        self, job_id: str, stdout_offset: NonNegativeInt = 0, stderr_offset: NonNegativeInt = 0
+    ) -> JobStatus:
+        """A job's state, native id, exit code, message, times, spec summary and state history,
+        with its stdout and stderr from the given byte offsets (at most 1 MiB each); pass the
+        returned offsets next time to page through or follow the output."""
+        row = self._row(job_id)
+        page, complete = self.output_page_size, row.state.final
+        (out, out_end), (err, err_end) = await asyncio.to_thread(
+            lambda: (
+                read_page(row.stdout_path, stdout_offset, page, complete),
+                read_page(row.stderr_path, stderr_offset, page, complete),
+            )
+        )
+        attributes = row.spec.get("attributes") or {}
+        return JobStatus(
+            **row.info().model_dump(),
+            executable=row.spec["executable"],
+            arguments=row.spec.get("arguments") or [],
+            directory=row.spec.get("directory"),
+            queue=attributes.get("queue_name"),
+            account=attributes.get("account"),
+            stdout=out,
+            stderr=err,
+            stdout_offset=out_end,
+            stderr_offset=err_end,
+            history=self.store.history(job_id),
+        )
+
+    @rpc
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        session: str | None = None,
+        offset: NonNegativeInt = 0,
+        limit: Limit = 100,
+    ) -> JobList:
+        """The endpoint's jobs, newest first, optionally only those in `state` or submitted in
+        `session`; `offset` and `limit` page through them (`total` counts all matches)."""
+        rows, total = self.store.page(state, session, offset, limit)
+        return JobList(jobs=[row.info() for row in rows], total=total, offset=offset, limit=limit)
+
+    @rpc
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a queued or running job; a job that already ended is returned unchanged.
+
+        The job then ends CANCELED, even where the scheduler reports it FAILED or COMPLETED.
+        The reply may still show the job running: a batch scheduler confirms later (watch its
+        job_status events, or `wait_jobs`).
+        """
+        if not self._row(job_id).state.final:
+            await self.tracker.cancel(job_id)
+        return self._row(job_id).info()
+
+    @rpc
+    async def wait_jobs(
+        self, ctx: CallContext, job_ids: list[str], timeout: NonNegativeFloat | None = None
+    ) -> list[JobInfo]:
+        """Wait until all the jobs ended, or `timeout` s passed (at most until shortly before
+        the request's deadline); returns them in the order asked for, ended or not."""
+        unique = list(dict.fromkeys(job_ids))
+        missing = sorted(set(unique) - {row.job_id for row in self.store.many(unique)})
+        if missing:
+            raise JobNotFound(f"no such job: {', '.join(missing)}", {"job_ids": missing})
+        live = [self.tracker.live[job_id] for job_id in unique if job_id in self.tracker.live]
+        budget = _budget(timeout, ctx.deadline_ms)
+        if live and (budget is None or budget > 0):
+            waits = [asyncio.ensure_future(job.done.wait()) for job in live]
+            try:
+                await asyncio.wait(waits, timeout=budget)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        rows = {row.job_id: row for row in self.store.many(unique)}
+        return [rows[job_id].info() for job_id in job_ids]
+
+    @rpc
+    async def executors(self) -> list[str]:
+        """The PSI/J executors installed on this endpoint (values for `executor`)."""
+        return list(self.pool.available)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _row(self, job_id: str) -> JobRow:
+        row = self.store.get(job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r} on this endpoint", {"job_id": job_id})
+        return row
+
+    async def _submit(
+        self,
+        user: str,
+        specs: list[JobSpec],
+        executor: str,
+        stream_output: bool,
+        session: Session | None,
+        keys: list[str] | None,
+    ) -> list[JobInfo]:
+        self.pool.check(executor)
+        if keys:
+            # The reply of a repeated request normally comes from the dispatcher; this covers
+            # an endpoint killed after creating the jobs but before it stored the reply.
+            existing = self.store.by_request(keys)
+            if existing:
+                return [row.info() for row in existing]
+        session_id = session.id if session is not None else None
+        request_keys: list[str | None] = list(keys) if keys else [None] * len(specs)
+        jobs = [
+            self._new(user, spec, executor, stream_output, session_id, key)
+            for spec, key in zip(specs, request_keys, strict=True)
+        ]
+        await asyncio.to_thread(_make_directories, [job.row for job in jobs])
+        await self.tracker.create(jobs)
+        await asyncio.gather(*(self.tracker.submit(job) for job in jobs))
+        await self.tracker.barrier()
+        return [row.info() for row in self.store.many([job.row.job_id for job in jobs])]
+
+    def _new(
+        self,
+        user: str,
+        spec: JobSpec,
+        executor: str,
+        stream_output: bool,
+        session: str | None,
+        key: str | None,
+    ) -> LiveJob:
+        """A job ready to record: its id, directory, paths and the psij spec to submit (every
+        check that can refuse it runs here, before anything is created)."""
+        ex.check_launcher(spec)
+        spec = self._with_site_defaults(spec, executor)
+        psij_job = ex.new_job()
+        job_dir = JobDir.of(self.home, self.context.endpoint, psij_job.id)
+        directory = _resolve(spec.directory, Path.cwd()) or job_dir.work
+        stdout = _resolve(spec.stdout_path, directory) or job_dir.stdout
+        stderr = _resolve(spec.stderr_path, directory) or job_dir.stderr
+        # The stored spec says where the job ran and wrote, as spec.json shows it.
+        spec = spec.model_copy(
+            update={
+                "directory": str(directory),
+                "stdout_path": str(stdout),
+                "stderr_path": str(stderr),
+            }
+        )
+        now = time.time()
+        row = JobRow(
+            job_id=psij_job.id,
+            executor=executor,
+            native_id=None,
+            state=JobState.NEW,
+            seq=1,
+            exit_code=None,
+            message=None,
+            submitted=now,
+            updated=now,
+            name=spec.name or spec.executable,
+            session=session,
+            user=user,
+            cancel_requested=False,
+            stream_output=stream_output,
+            stdout_sent=0,
+            stderr_sent=0,
+            spec=spec.model_dump(mode="json"),
+            job_dir=job_dir.root,
+            stdout_path=stdout,
+            stderr_path=stderr,
+            exit_file=job_dir.exit_code if executor == ex.LOCAL else None,
+            request_key=key,
+        )
+        return LiveJob(row, psij_job=psij_job, psij_spec=self._psij_spec(row))
+
+    def _revived(self, row: JobRow) -> LiveJob:
+        """A journaled unfinished job, to re-attach after a restart."""
+        return LiveJob(row, psij_spec=self._psij_spec(row))
+
+    @staticmethod
+    def _psij_spec(row: JobRow) -> psij.JobSpec:
+        spec = JobSpec.model_validate(row.spec)
+        directory = Path(spec.directory) if spec.directory else row.job_dir / "work"
+        return ex.psij_spec(spec, directory, row.stdout_path, row.stderr_path, row.exit_file)
+
+    def _with_site_defaults(self, spec: JobSpec, executor: str) -> JobSpec:
+        configured = self.site_custom_attributes.get(executor, {})
+        defaults = ex.site_custom_attributes(executor, configured)
+        given = spec.attributes.custom_attributes
+        added = sorted(set(defaults) - set(given))
+        if not added:
+            return spec
+        log.info("psij: %s site defaults added to a job: %s", executor, ", ".join(added))
+        merged = {**defaults, **given}
+        attributes = spec.attributes.model_copy(update={"custom_attributes": merged})
+        return spec.model_copy(update={"attributes": attributes})
+
+
+def _make_directories(rows: list[JobRow]) -> None:
+    for row in rows:
+        JobDir(row.job_dir).prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2))

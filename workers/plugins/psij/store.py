@@ -1,0 +1,250 @@
+"""The psij plugin's tables in the endpoint journal: every job, its current state and its state
+history. A state is written in the same transaction that puts its event in the outbox, so the
+journal and the events never disagree, even across a kill -9."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orbit_mq.workers.plugins.psij.models import TERMINAL, HistoryEntry, JobInfo, JobState
+from orbit_mq.workers.plugins.psij.states import Step
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS psij_jobs (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    request_key TEXT UNIQUE,
+    executor TEXT NOT NULL,
+    native_id TEXT,
+    state TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    exit_code INTEGER,
+    message TEXT,
+    submitted REAL NOT NULL,
+    updated REAL NOT NULL,
+    name TEXT,
+    session TEXT,
+    user TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    stream_output INTEGER NOT NULL DEFAULT 0,
+    stdout_sent INTEGER NOT NULL DEFAULT 0,
+    stderr_sent INTEGER NOT NULL DEFAULT 0,
+    spec BLOB NOT NULL,
+    job_dir TEXT NOT NULL,
+    stdout_path TEXT NOT NULL,
+    stderr_path TEXT NOT NULL,
+    exit_file TEXT
+);
+CREATE INDEX IF NOT EXISTS psij_jobs_state ON psij_jobs (state);
+CREATE INDEX IF NOT EXISTS psij_jobs_session ON psij_jobs (session);
+CREATE TABLE IF NOT EXISTS psij_history (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    time REAL NOT NULL,
+    message TEXT,
+    PRIMARY KEY (job_id, seq)
+);
+"""
+
+_TERMINAL_NAMES = tuple(state.value for state in TERMINAL)
+
+
+def _when(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+@dataclass
+class JobRow:
+    """One row of psij_jobs."""
+
+    job_id: str
+    executor: str
+    native_id: str | None
+    state: JobState
+    seq: int
+    exit_code: int | None
+    message: str | None
+    submitted: float
+    updated: float
+    name: str | None
+    session: str | None
+    user: str
+    cancel_requested: bool
+    stream_output: bool
+    stdout_sent: int
+    stderr_sent: int
+    spec: dict[str, Any]
+    job_dir: Path
+    stdout_path: Path
+    stderr_path: Path
+    exit_file: Path | None
+    request_key: str | None = None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> JobRow:
+        values = {key: row[key] for key in row.keys() if key != "n"}  # noqa: SIM118
+        values["state"] = JobState(values["state"])
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        values["stream_output"] = bool(values["stream_output"])
+        values["spec"] = orjson.loads(values["spec"])
+        for key in ("job_dir", "stdout_path", "stderr_path"):
+            values[key] = Path(values[key])
+        values["exit_file"] = Path(values["exit_file"]) if values["exit_file"] else None
+        return cls(**values)
+
+    def info(self) -> JobInfo:
+        return JobInfo(
+            job_id=self.job_id,
+            native_id=self.native_id,
+            executor=self.executor,
+            state=self.state,
+            seq=self.seq,
+            exit_code=self.exit_code,
+            message=self.message,
+            submitted=_when(self.submitted),
+            updated=_when(self.updated),
+            name=self.name,
+            session=self.session,
+        )
+
+
+class JobStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.executescript(_SCHEMA)
+
+    def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row  # only this cursor: the connection is shared
+        return cursor.execute(sql, params).fetchall()
+
+    # -- writes (callers wrap them in the journal's transaction with the event) ------------
+
+    def insert(self, row: JobRow) -> None:
+        """A new job, in state NEW with seq 1 (its first history entry)."""
+        self.db.execute(
+            "INSERT INTO psij_jobs (job_id, request_key, executor, native_id, state, seq, "
+            "submitted, updated, name, session, user, stream_output, spec, job_dir, "
+            "stdout_path, stderr_path, exit_file) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                row.job_id,
+                row.request_key,
+                row.executor,
+                row.native_id,
+                JobState.NEW.value,
+                1,
+                row.submitted,
+                row.submitted,
+                row.name,
+                row.session,
+                row.user,
+                int(row.stream_output),
+                orjson.dumps(row.spec),
+                str(row.job_dir),
+                str(row.stdout_path),
+                str(row.stderr_path),
+                None if row.exit_file is None else str(row.exit_file),
+            ),
+        )
+        self._history(row.job_id, Step(1, JobState.NEW), row.submitted, None)
+
+    def record(
+        self,
+        job_id: str,
+        step: Step,
+        when: float,
+        *,
+        exit_code: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE psij_jobs SET state = ?, seq = ?, updated = ?, "
+            "exit_code = COALESCE(?, exit_code), message = COALESCE(?, message) "
+            "WHERE job_id = ?",
+            (step.state.value, step.seq, when, exit_code, message, job_id),
+        )
+        self._history(job_id, step, when, message)
+
+    def _history(self, job_id: str, step: Step, when: float, message: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO psij_history (job_id, seq, state, time, message) VALUES (?,?,?,?,?)",
+            (job_id, step.seq, step.state.value, when, message),
+        )
+
+    def set_native_id(self, job_id: str, native_id: str) -> None:
+        self.db.execute("UPDATE psij_jobs SET native_id = ? WHERE job_id = ?", (native_id, job_id))
+
+    def mark_cancel(self, job_id: str) -> None:
+        self.db.execute("UPDATE psij_jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))
+
+    def set_sent(self, job_id: str, stream: str, offset: int) -> None:
+        column = {"stdout": "stdout_sent", "stderr": "stderr_sent"}[stream]
+        self.db.execute(f"UPDATE psij_jobs SET {column} = ? WHERE job_id = ?", (offset, job_id))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRow | None:
+        rows = self._query("SELECT * FROM psij_jobs WHERE job_id = ?", (job_id,))
+        return JobRow.from_sql(rows[0]) if rows else None
+
+    def many(self, job_ids: list[str]) -> list[JobRow]:
+        """The rows of `job_ids` that exist, in the order asked for."""
+        found: dict[str, JobRow] = {}
+        for start in range(0, len(job_ids), 500):  # SQLite's limit on bound parameters
+            chunk = job_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT * FROM psij_jobs WHERE job_id IN ({marks})", chunk):
+                found[row["job_id"]] = JobRow.from_sql(row)
+        return [found[job_id] for job_id in job_ids if job_id in found]
+
+    def by_request(self, keys: list[str]) -> list[JobRow]:
+        """Jobs already created by the request(s) with these keys, in key order."""
+        marks = ",".join("?" * len(keys))
+        rows = self._query(f"SELECT * FROM psij_jobs WHERE request_key IN ({marks})", keys)
+        by_key = {row["request_key"]: JobRow.from_sql(row) for row in rows}
+        return [by_key[key] for key in keys if key in by_key]
+
+    def unfinished(self) -> list[JobRow]:
+        marks = ",".join("?" * len(_TERMINAL_NAMES))
+        sql = f"SELECT * FROM psij_jobs WHERE state NOT IN ({marks}) ORDER BY n"
+        return [JobRow.from_sql(row) for row in self._query(sql, _TERMINAL_NAMES)]
+
+    def page(
+        self, state: JobState | None, session: str | None, offset: int, limit: int
+    ) -> tuple[list[JobRow], int]:
+        """Jobs matching the filters, newest first, and how many match in all."""
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if session is not None:
+            where.append("session = ?")
+            params.append(session)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self.db.execute(f"SELECT COUNT(*) FROM psij_jobs{clause}", params).fetchone()[0]
+        rows = self._query(
+            f"SELECT * FROM psij_jobs{clause} ORDER BY n DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [JobRow.from_sql(row) for row in rows], int(total)
+
+    def history(self, job_id: str) -> list[HistoryEntry]:
+        rows = self.db.execute(
+            "SELECT state, seq, time, message FROM psij_history WHERE job_id = ? ORDER BY seq",
+            (job_id,),
+        )
+        return [
+            HistoryEntry(state=JobState(state), seq=seq, time=_when(when), message=message)
+            for state, seq, when, message in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) FROM psij_jobs GROUP BY state")
+        return {state: int(count) for state, count in rows}
