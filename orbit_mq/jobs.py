@@ -16,11 +16,13 @@ the connection was down, or published before the subscription) from the endpoint
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orbit_mq.errors import CallTimeout
+from orbit_mq.errors import BrokerError, CallTimeout, EndpointOffline, OrbitError
 
 if TYPE_CHECKING:
     from orbit_mq.protocol import Event
@@ -30,6 +32,11 @@ if TYPE_CHECKING:
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
 POLL_INTERVAL = 0.5  # s between output polls while following a running job
 RECHECK_INTERVAL = 5.0  # s without an event after which `watch` reads the journal
+RECOVERY_WINDOW = 120.0  # s a re-check may keep failing (broker or endpoint restarting)
+# What a re-check can meet while the broker or the endpoint is coming back.
+TRANSIENT = (BrokerError, EndpointOffline, CallTimeout, TimeoutError)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,7 @@ class Job:
         async with fabric.subscribe(f"{endpoint}.psij.job_status") as events:
             # Subscribed first, then read the journal: nothing can fall between the two.
             pending = await self._history()
+            failing_since: float | None = None
             while True:
                 for transition in pending:
                     if transition.seq == last + 1:
@@ -127,7 +135,15 @@ class Job:
                         yield transition
                         if transition.terminal:
                             return
-                pending = await self._after(events, last)
+                try:
+                    pending = await self._after(events, last)
+                    failing_since = None
+                except TRANSIENT as exc:
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since > RECOVERY_WINDOW:
+                        raise
+                    log.info("job %s: re-check failed (%s); trying again", self.job_id, exc)
+                    pending = []
 
     async def _after(self, events: Subscription[Event], last: int) -> list[Transition]:
         """The transitions after `last`: from the next event of this job, or from the journal
@@ -136,19 +152,24 @@ class Job:
         try:
             event = await asyncio.wait_for(self._next_event(events), RECHECK_INTERVAL)
         except TimeoutError:
-            return [t for t in await self._history() if t.seq > last]
+            return await self._history_after(last)
         transition = Transition.from_data(self.job_id, event.data)
         if transition.seq <= last:
             return []  # already seen (a repeat after an endpoint crash)
         if transition.seq > last + 1:
-            return [t for t in await self._history() if t.seq > last]
+            return await self._history_after(last)
         return [transition]
+
+    async def _history_after(self, last: int) -> list[Transition]:
+        # Bounded, so a call lost in a broker restart is retried at the next re-check.
+        async with asyncio.timeout(RECHECK_INTERVAL * 2):
+            return [t for t in await self._history() if t.seq > last]
 
     async def _next_event(self, events: Subscription[Event]) -> Event:
         async for event in events:
             if event.data.get("job_id") == self.job_id:
                 return event
-        raise CallTimeout(f"job {self.job_id}: the event subscription ended")
+        raise OrbitError(f"job {self.job_id}: the event subscription ended")
 
     async def _history(self) -> list[Transition]:
         status = _dump(await self.status())
