@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +31,10 @@ from orbit_mq.protocol import (
 # Dead letters are kept for inspection, but bounded so a flood of expired requests cannot fill
 # the broker's disk.
 DEAD_LETTER_LIMIT = 100_000
+
+# Where to open the TCP connection instead of the URL's host and port (e.g. an SSH tunnel's
+# local end); asked again before every (re)connection.
+Route = Callable[[], tuple[str, int]]
 
 
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
@@ -62,6 +66,14 @@ def translated(action: str) -> Iterator[None]:
         raise ConnectionLost(f"{action}: the broker connection was lost ({exc})") from exc
     except aiormq.exceptions.AMQPError as exc:
         raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
+    except RuntimeError as exc:
+        # aiormq has no exception class for "used while the connection is down": it raises
+        # RuntimeError("<Connection …> closed") until the robust connection is back.
+        if "closed" not in str(exc):
+            raise
+        raise ConnectionLost(
+            f"{action}: the broker connection is down and being re-established; try again"
+        ) from exc
 
 
 class _CorkedWriter:
@@ -102,16 +114,44 @@ class _CorkedWriter:
 
 
 class _CorkedTransports(TransportFactory):
+    def __init__(self, route: Route | None = None) -> None:
+        self.route = route
+
     async def create(
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        plain = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
-        reader, writer = await plain.create(url, **kwargs)
+        if self.route is not None:
+            reader, writer = await _open_routed(url, self.route, **kwargs)
+        else:
+            plain = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
+            reader, writer = await plain.create(url, **kwargs)
         return reader, _CorkedWriter(writer)  # type: ignore[return-value]
 
 
-async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A robust connection: it reconnects and re-declares what was declared through it."""
+async def _open_routed(
+    url: URL, route: Route, **kwargs: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to where `route` says; TLS still checks the certificate against the URL's host."""
+    provider = kwargs.pop("ssl_context_provider", None)
+    try:
+        host, port = route()
+        if url.scheme != "amqps" or provider is None:
+            return await asyncio.open_connection(host, port, **kwargs)
+        context = await provider.get_context()
+        return await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=url.host, **kwargs
+        )
+    except OSError as exc:
+        raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
+
+
+async def connect(
+    settings: Settings, name: str, route: Route | None = None
+) -> AbstractRobustConnection:
+    """A robust connection: it reconnects and re-declares what was declared through it.
+
+    With `route`, every (re)connection goes to the address it returns (an SSH tunnel).
+    """
     where = redact_url(settings.url)
     try:
         with translated(f"connecting to {where}"):
@@ -121,7 +161,7 @@ async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
                 client_properties={"connection_name": name},
                 reconnect_interval=settings.reconnect_interval,
             )
-            connection.kwargs["transport_factory"] = _CorkedTransports()
+            connection.kwargs["transport_factory"] = _CorkedTransports(route)
             await connection.connect(timeout=10)
             return connection
     except AccessRefused:

@@ -1,0 +1,32 @@
+"""The broker seam: library exceptions leave it as OrbitErrors that say what failed."""
+
+from __future__ import annotations
+
+import aiormq
+import pytest
+
+from orbit_mq.broker import translated
+from orbit_mq.errors import AccessRefused, BrokerError, ConnectionLost
+
+
+def test_a_closed_connection_is_connection_lost() -> None:
+    # What aiormq raises when a channel is opened while the robust connection is down.
+    expected = "checking q: the broker connection is down"
+    with pytest.raises(ConnectionLost, match=expected), translated("checking q"):
+        raise RuntimeError("<Connection: 'amqp://127.0.0.1'> closed")
+
+
+def test_other_runtime_errors_pass_through() -> None:
+    with pytest.raises(RuntimeError, match="unrelated"), translated("x"):
+        raise RuntimeError("unrelated")
+
+
+def test_amqp_errors_are_translated_with_their_cause() -> None:
+    with pytest.raises(ConnectionLost) as lost, translated("publishing"):
+        raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED")
+    assert isinstance(lost.value.__cause__, aiormq.exceptions.ConnectionClosed)
+    with pytest.raises(AccessRefused), translated("declaring"):
+        raise aiormq.exceptions.ChannelAccessRefused("ACCESS_REFUSED")
+    expected = "consuming: ChannelNotFoundEntity"
+    with pytest.raises(BrokerError, match=expected), translated("consuming"):
+        raise aiormq.exceptions.ChannelNotFoundEntity("NOT_FOUND")
