@@ -97,6 +97,18 @@ class Job:
     def __repr__(self) -> str:
         return f"<Job {self.job_id} on {self.proxy.endpoint} state={self.state}>"
 
+    @classmethod
+    async def attach(cls, psij: PluginProxy, job_id: str) -> Job:
+        """A handle for a job submitted earlier (by anyone the endpoint serves):
+
+        job = await orbit_mq.Job.attach(psij, "0b6f…")
+        await job.wait()
+
+        Raises `JobNotFound` (a `NotFound`) when the endpoint does not know the id."""
+        job = cls(psij, {"job_id": job_id})
+        await job.status()
+        return job
+
     @property
     def state(self) -> str:
         state = _field(self.info, "state")

@@ -9,7 +9,7 @@ from conftest import StartEndpoint
 from test_broker_restart import _rabbitmqctl, _restartable
 
 import orbit_mq
-from orbit_mq.workers.plugins.psij import PsiJ
+from orbit_mq.workers.plugins.psij import JobNotFound, PsiJ
 
 
 async def test_watch_wait_and_output(
@@ -31,6 +31,18 @@ async def test_watch_wait_and_output(
     async with asyncio.timeout(20):
         chunks = [chunk async for chunk in job.output()]
     assert {(c.stream, c.text) for c in chunks} == {("stdout", "one\n"), ("stderr", "two\n")}
+
+
+async def test_attaching_to_a_job_by_id(
+    start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str
+) -> None:
+    await start_endpoint(plugins=[PsiJ])
+    psij = await fabric.endpoint(name).plugin("psij")
+    submitted = await psij.submit_job(spec={"executable": "/bin/true"})
+    job = await orbit_mq.Job.attach(psij, submitted.job_id)
+    assert (await job.wait(timeout=20)).state == "COMPLETED"
+    with pytest.raises(JobNotFound, match="no-such-job"):
+        await orbit_mq.Job.attach(psij, "no-such-job")
 
 
 async def test_following_output_and_cancel(
