@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
 POLL_INTERVAL = 0.5  # s between output polls while following a running job
 RECHECK_INTERVAL = 5.0  # s without an event after which `watch` reads the journal
+NO_OUTPUT = 2**53 - 1  # an output offset no file reaches (and a safe JSON integer)
 RECOVERY_WINDOW = 120.0  # s a re-check may keep failing (broker or endpoint restarting)
 # What a re-check can meet while the broker or the endpoint is coming back.
 TRANSIENT = (BrokerError, EndpointOffline, CallTimeout, TimeoutError)
@@ -184,7 +185,8 @@ class Job:
         raise OrbitError(f"job {self.job_id}: the event subscription ended")
 
     async def _history(self) -> list[Transition]:
-        status = _dump(await self.status())
+        # Offsets past the end of the output: the state history without any of the output.
+        status = _dump(await self.status(NO_OUTPUT, NO_OUTPUT))
         final = {key: status.get(key) for key in ("native_id", "exit_code", "message")}
         history = sorted(status.get("history") or [], key=lambda item: item["seq"])
         return [

@@ -7,19 +7,21 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pytest
 from echo_plugin import Echo
+from pydantic import Field
 
 import orbit_mq
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError, from_error_info, to_error_info
 from orbit_mq.protocol import ErrorInfo
 from orbit_mq.workers.dispatch import Dispatcher, Request
-from orbit_mq.workers.plugin import PluginContext
+from orbit_mq.workers.plugin import Plugin, PluginContext
 from orbit_mq.workers.registry import known_plugins, load_plugins
+from orbit_mq.workers.rpc import rpc
 
 Sent = list[tuple[bytes, str | None]]
 
@@ -137,6 +139,7 @@ def test_public_api_is_exactly_all() -> None:
         "jobs",
         "protocol",
         "proxy",
+        "staging",
         "subscribe",
     }
     assert exported - modules - {"workers", "cli", "schemas"} == set(orbit_mq.__all__) - {
@@ -167,3 +170,19 @@ async def test_sync_methods_run_off_the_event_loop() -> None:
     task.cancel()
     assert orjson.loads(sent[0][0])["ok"] is True
     assert ticks > 5  # the loop kept running while the call blocked its thread
+
+
+def test_annotated_constraints_are_enforced_and_published() -> None:
+    class Bounded(Plugin):
+        name = "bounded_unit"
+
+        @rpc
+        async def page(self, limit: Annotated[int, Field(ge=1, le=10)] = 5) -> int:
+            return limit
+
+    spec = Bounded.rpc_methods["page"]
+    assert spec.params_schema()["properties"]["limit"]["maximum"] == 10
+    assert spec.params.model_validate({"limit": 10}).model_dump() == {"limit": 10}
+    with pytest.raises(ValueError, match="less than or equal to 10"):
+        spec.params.model_validate({"limit": 11})
+    del Plugin.loaded["bounded_unit"]

@@ -181,6 +181,7 @@ def test_output_pages_and_tails_cut_at_characters(tmp_path: Path) -> None:
     assert files.read_page(path, 0, 4, complete=False) == ("€", 3)
     assert files.read_page(path, 3, 100, complete=True) == ("€" * 9, 30)
     assert files.read_page(path, 30, 10, complete=True) == ("", 30)
+    assert files.read_page(path, 2**53 - 1, 10, complete=True) == ("", 2**53 - 1)  # far past
     assert files.read_tail(path, 4) == "€"  # starts inside a character: skipped
     assert files.read_page(tmp_path / "missing", 5, 10, complete=True) == ("", 5)
     assert files.read_tail(tmp_path / "missing") == ""

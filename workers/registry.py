@@ -4,16 +4,23 @@ A third-party package adds one with, in its pyproject.toml:
 
     [project.entry-points."orbit_mq.plugins"]
     mytool = "mypackage.plugin:MyTool"
+
+An endpoint started without a plugin list serves every installed plugin that says it can work
+on this host (`Plugin.is_available()`: queue_info, for one, only where a batch system exists);
+a plugin named explicitly is loaded regardless.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import EntryPoint, entry_points
 
 from orbit_mq.errors import ConfigError
 from orbit_mq.workers.plugin import Plugin
 
 GROUP = "orbit_mq.plugins"
+
+log = logging.getLogger("orbit_mq.endpoint")
 
 
 def known_plugins() -> dict[str, EntryPoint]:
@@ -43,3 +50,19 @@ def load_plugins(names: list[str]) -> list[type[Plugin]]:
         known = ", ".join(sorted(known_plugins())) or "none"
         raise ConfigError(f"unknown plugin(s) {', '.join(unknown)}; known plugins: {known}")
     return [load_plugin(name) for name in dict.fromkeys(names)]
+
+
+def available_plugins() -> list[type[Plugin]]:
+    """Every installed plugin that can work on this host, by name (broken ones are skipped)."""
+    available: list[type[Plugin]] = []
+    for name in sorted(known_plugins()):
+        try:
+            cls = load_plugin(name)
+        except ConfigError as exc:
+            log.warning("not serving plugin %s: %s", name, exc)
+            continue
+        if cls.is_available():
+            available.append(cls)
+        else:
+            log.info("not serving plugin %s: not available on this host", name)
+    return available

@@ -124,7 +124,7 @@ def _is_session(annotation: Any) -> tuple[bool, bool]:
 
 def build_spec(owner: type, func: Callable[..., Any], marks: _Marks) -> RpcSpec:
     wire_name = marks.name or func.__name__
-    hints = typing.get_type_hints(func)
+    hints = typing.get_type_hints(func, include_extras=True)
     signature = inspect.signature(func)
     fields: dict[str, Any] = {}
     session_param: str | None = None

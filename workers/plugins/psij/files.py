@@ -95,6 +95,8 @@ def read_chunk(path: Path, offset: int, limit: int, complete: bool) -> tuple[byt
     boundary. A missing file reads as empty."""
     try:
         with path.open("rb") as source:
+            if offset >= os.fstat(source.fileno()).st_size:
+                return b"", offset  # nothing new (reading far past the end is EINVAL on Linux)
             source.seek(offset)
             data = source.read(limit)
             at_end = len(data) < limit or not source.read(1)

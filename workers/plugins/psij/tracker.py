@@ -78,7 +78,8 @@ class _Reported:
 
 
 def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+    """UTC ISO 8601 with a `Z`, as pydantic writes the datetimes of every other message."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _failure_message(code: int | None, stderr_line: str) -> str:
