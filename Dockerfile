@@ -12,4 +12,4 @@ RUN pip install . \
 
 USER orbit
 WORKDIR /home/orbit
-CMD ["orbit-mq", "endpoint", "start", "--name", "ep1", "--plugins", "sysinfo"]
+CMD ["orbit-mq", "endpoint", "start", "--name", "ep1", "--plugins", "sysinfo,psij,staging"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,7 +21,10 @@ from orbit_mq.cli.common import (
 
 endpoint_app = typer.Typer(help="Run an endpoint on this host.", no_args_is_help=True)
 
-DEFAULT_PLUGINS = ["sysinfo"]
+class TunnelChoice(StrEnum):
+    NONE = "none"
+    FORWARD = "forward"
+    REVERSE = "reverse"
 
 
 @endpoint_app.command("start")
@@ -42,8 +47,9 @@ def start(
             "--plugins",
             "-p",
             metavar="NAMES",
-            help="Plugins to serve, comma-separated or repeated.",
-            show_default="sysinfo",
+            help="Plugins to serve, comma-separated or repeated (default: every installed "
+            "plugin that works on this host; queue_info only where a batch system is found).",
+            show_default=False,
         ),
     ] = None,
     url: UrlOption = None,
@@ -68,18 +74,57 @@ def start(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", help="Log level (logs go to stderr).")
     ] = LogLevel.INFO,
+    tunnel: Annotated[
+        TunnelChoice,
+        typer.Option(
+            "--tunnel",
+            help="Reach the broker through SSH: forward (log in to --tunnel-via and forward "
+            "a local port) or reverse (use the port a parent endpoint forwards to this host, "
+            "read from --rendezvous). See docs/tunnels.md.",
+        ),
+    ] = TunnelChoice.NONE,
+    tunnel_via: Annotated[
+        str | None,
+        typer.Option(
+            "--tunnel-via",
+            metavar="HOST[:PORT]",
+            help="SSH host to tunnel through (forward; default: $ORBIT_MQ_TUNNEL_VIA, else the "
+            "batch job's submit host).",
+            show_default=False,
+        ),
+    ] = None,
+    tunnel_target: Annotated[
+        str | None,
+        typer.Option(
+            "--tunnel-target",
+            metavar="HOST:PORT",
+            help="The broker as the SSH host sees it (forward; default: the URL's host and port).",
+            show_default=False,
+        ),
+    ] = None,
+    rendezvous: Annotated[
+        Path | None,
+        typer.Option(
+            "--rendezvous",
+            metavar="FILE",
+            help="Rendezvous file shared with the parent endpoint (reverse: where the port is "
+            "read; forward: where it is written). Default: $ORBIT_MQ_HOME/tunnels/NAME.json.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve plugins on this host until SIGTERM or Ctrl-C, then stop gracefully.
 
     In-flight calls are finished first and an `offline` presence message is published.
     """
-    from orbit_mq.workers.endpoint import Endpoint
-    from orbit_mq.workers.registry import load_plugins
+    from orbit_mq.workers.registry import available_plugins, load_plugins
+    from orbit_mq.workers.tunnels.child import TunnelOptions, serve
 
-    classes = load_plugins(split_csv(plugins) or DEFAULT_PLUGINS)
+    names = split_csv(plugins)
+    classes = load_plugins(names) if names else available_plugins()
     settings = settings_for(
         ctx, url=url, heartbeat_interval=heartbeat, allowed_users=split_csv(allow) or None
     )
     setup_logging(log_level, quiet_libraries=False)
-    endpoint = Endpoint(name, classes, settings)
-    run_async(endpoint.run())
+    options = TunnelOptions(tunnel.value, tunnel_via, tunnel_target, rendezvous)
+    run_async(serve(name, classes, settings, options))

@@ -186,3 +186,16 @@ def test_annotated_constraints_are_enforced_and_published() -> None:
     with pytest.raises(ValueError, match="less than or equal to 10"):
         spec.params.model_validate({"limit": 11})
     del Plugin.loaded["bounded_unit"]
+
+
+def test_an_endpoint_serves_by_default_what_works_on_its_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orbit_mq.workers.plugins.queue_info import QueueInfo
+    from orbit_mq.workers.registry import available_plugins
+
+    monkeypatch.setattr(QueueInfo, "is_available", classmethod(lambda cls: False))
+    names = [cls.name for cls in available_plugins()]
+    assert {"sysinfo", "psij", "staging"} <= set(names) and "queue_info" not in names
+    monkeypatch.setattr(QueueInfo, "is_available", classmethod(lambda cls: True))
+    assert "queue_info" in [cls.name for cls in available_plugins()]

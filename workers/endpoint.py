@@ -33,7 +33,13 @@ from aio_pika.abc import (
 from aiormq.abc import ConsumerCallback, DeliveredMessage
 
 from orbit_mq import __version__
-from orbit_mq.broker import connect, declare_topology, request_queue_arguments, translated
+from orbit_mq.broker import (
+    Route,
+    connect,
+    declare_topology,
+    request_queue_arguments,
+    translated,
+)
 from orbit_mq.config import Settings, url_user
 from orbit_mq.protocol import (
     CONTENT_TYPE,
@@ -116,9 +122,14 @@ async def settled(message: DeliveredMessage) -> AsyncIterator[None]:
 
 class Endpoint:
     def __init__(
-        self, name: str, plugins: Sequence[type[Plugin]], settings: Settings | None = None
+        self,
+        name: str,
+        plugins: Sequence[type[Plugin]],
+        settings: Settings | None = None,
+        route: Route | None = None,
     ) -> None:
         self.name = check_name("endpoint", name)
+        self.route = route  # where to connect instead of the URL's host (an SSH tunnel)
         self.settings = settings or Settings()
         self.plugin_classes = list(plugins)
         self.user = url_user(self.settings.url)
@@ -139,7 +150,9 @@ class Endpoint:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._connection = await connect(self.settings, f"orbit-mq endpoint {self.name}")
+        self._connection = await connect(
+            self.settings, f"orbit-mq endpoint {self.name}", self.route
+        )
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         with translated(f"starting endpoint {self.name!r}"):
             self._events = await self._robust_channel(publisher_confirms=True)

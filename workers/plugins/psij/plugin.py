@@ -27,7 +27,10 @@ from orbit_mq.workers.plugins.psij.models import JobInfo, JobList, JobSpec, JobS
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
+from orbit_mq.workers.plugins.psij.tunneled import TunneledJobSpec, Tunnels, TunnelStatus
 from orbit_mq.workers.rpc import CallContext, Session, rpc
+from orbit_mq.workers.tunnels.arguments import TunnelMode
+from orbit_mq.workers.tunnels.settings import TunnelSettings
 
 if TYPE_CHECKING:
     import psij
@@ -64,6 +67,8 @@ class PsiJ(Plugin):
     queue_polling_interval: ClassVar[int] = 5  # s, batch executors (PSI/J's default: 30)
     output_page_size: ClassVar[int] = 1024 * 1024  # bytes per stream per get_job_status
     stream_interval: ClassVar[float] = 0.5  # s between job_output polls
+    # SSH tunnels of submit_tunneled; None: from ORBIT_MQ_TUNNEL_* (see workers/tunnels).
+    tunnel_settings: ClassVar[TunnelSettings | None] = None
 
     async def start(self) -> None:
         await super().start()
@@ -72,6 +77,7 @@ class PsiJ(Plugin):
         self.home = context.settings.home.expanduser().absolute()
         self.root = self.home / "endpoints" / context.endpoint
         self.store = JobStore(context.journal.db)
+        self.tunnels = Tunnels(self, self.tunnel_settings)
         # Deliberately on the loop's (main) thread: psij's local executor installs its
         # SIGCHLD handler only when psij is first imported from the main thread.
         self.pool = ex.ExecutorPool(
@@ -83,9 +89,15 @@ class PsiJ(Plugin):
         self._watcher = asyncio.create_task(watch(self.tracker, self.stream_interval))
 
     async def stop(self) -> None:
+        await self.tunnels.stop()  # tunnels go with the plugin; their jobs keep running
         self._watcher.cancel()
         await asyncio.gather(self._watcher, return_exceptions=True)
         await self.tracker.stop()
+
+    async def emit(self, topic: str, data: dict[str, Any]) -> None:
+        await super().emit(topic, data)
+        if topic == "job_status":
+            self.tunnels.job_changed(data)  # tunnel watchers follow their jobs
 
     async def health_details(self) -> dict[str, Any]:
         return {
@@ -209,6 +221,34 @@ class PsiJ(Plugin):
                     wait.cancel()
         rows = {row.job_id: row for row in self.store.many(unique)}
         return [rows[job_id].info() for job_id in job_ids]
+
+    @rpc(dedupe=True)
+    async def submit_tunneled(
+        self,
+        ctx: CallContext,
+        spec: TunneledJobSpec,
+        executor: str = "local",
+        tunnel: TunnelMode = "none",
+        stream_output: bool = False,
+        session: Session | None = None,
+    ) -> JobInfo:
+        """Start a child endpoint (`orbit-mq endpoint start -n NAME …`) as a job, reached through
+        an SSH tunnel when its node cannot reach the broker; see `tunnel_status`.
+
+        spec.arguments must name the child (-n/--name); without spec.executable the job runs
+        this endpoint's Python with `-m orbit_mq.cli endpoint start` and those arguments.
+        `forward`: the child tunnels through this host (--tunnel-via is added). `reverse`: once
+        the job runs, this endpoint logs in to the job's node and forwards a port there to the
+        broker; if that fails for ORBIT_MQ_TUNNEL_RETRY_WINDOW s, the job is cancelled and ends
+        FAILED with the reason. One child per name at a time (else `conflict`).
+        """
+        return await self.tunnels.submit(ctx, spec, executor, tunnel, stream_output, session)
+
+    @rpc
+    async def tunnel_status(self, name: str) -> TunnelStatus:
+        """The tunnel of the child endpoint `name`: pending, active (with its port), failed
+        (with the reason), done (its job ended) or no_tunnel."""
+        return await self.tunnels.status(name)
 
     @rpc
     async def executors(self) -> list[str]:

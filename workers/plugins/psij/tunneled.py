@@ -1,0 +1,362 @@
+"""Child endpoints as batch jobs, reached through SSH tunnels (`submit_tunneled`, `tunnel_status`).
+
+The child is `orbit-mq endpoint start -n NAME …` run as a job. Each submission gets a watcher
+that follows the job's job_status transitions:
+
+* none: the child connects to the broker itself; the watcher only reserves the name.
+* forward: the child opens the tunnel itself (`--tunnel forward --tunnel-via <this host>`) and
+  writes its local port into the rendezvous file, which `tunnel_status` reads.
+* reverse: once the job is ACTIVE, the watcher finds its node (setting, batch system, or the
+  child's own announcement in the rendezvous file), logs in there, opens a remote forward to the
+  broker and writes its port into the rendezvous file, where the child reads it. If the login
+  fails for the whole retry window, or the tunnel fails later, the job is ended FAILED with the
+  reason and cancelled. The tunnel goes when the job ends or the plugin stops.
+
+Watchers live in memory: after an endpoint restart, tunnel_status knows no earlier tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field
+
+from orbit_mq.errors import Conflict, InvalidRequest
+from orbit_mq.protocol import check_name
+from orbit_mq.workers.plugins.psij.models import JobInfo, JobSpec, JobState
+from orbit_mq.workers.plugins.psij.tracker import Report
+from orbit_mq.workers.rpc import CallContext, Session
+from orbit_mq.workers.tunnels import rendezvous
+from orbit_mq.workers.tunnels.arguments import (
+    TunnelMode,
+    default_command,
+    endpoint_name,
+    has_option,
+    inherited_environment,
+    option_value,
+    tunnel_arguments,
+)
+from orbit_mq.workers.tunnels.errors import TunnelError
+from orbit_mq.workers.tunnels.nodes import find_node
+from orbit_mq.workers.tunnels.rendezvous import Rendezvous
+from orbit_mq.workers.tunnels.settings import (
+    Address,
+    TunnelSettings,
+    broker_address,
+    parse_address,
+)
+from orbit_mq.workers.tunnels.tunnel import ReverseTunnel, Tunnel, TunnelState
+
+if TYPE_CHECKING:
+    from orbit_mq.workers.plugins.psij.plugin import PsiJ
+
+log = logging.getLogger("orbit_mq.plugin.psij")
+
+TunnelStatusName = Literal["pending", "active", "failed", "done", "no_tunnel"]
+
+
+class TunneledJobSpec(JobSpec):
+    """A job spec whose executable may be left out: then it is this endpoint's Python running
+    `orbit-mq endpoint start` followed by `arguments`."""
+
+    executable: str | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="Program to run; `python -m orbit_mq.cli endpoint start` when null.",
+    )
+
+
+class TunnelStatus(BaseModel):
+    """Where the tunnel of a child endpoint started with submit_tunneled stands."""
+
+    name: str = Field(description="The child endpoint's name.")
+    status: TunnelStatusName = Field(
+        description="pending (job or tunnel not up yet, or reconnecting), active, failed, done "
+        "(the job ended), no_tunnel (no tunnel for that name, or tunnel='none')."
+    )
+    mode: TunnelMode | None = None
+    port: int | None = Field(default=None, description="The port the child connects to.")
+    job_id: str | None = None
+    node: str | None = Field(default=None, description="The host at the tunnel's far end.")
+    reconnects: int = Field(default=0, description="Times the SSH session was re-established.")
+    message: str | None = Field(default=None, description="Why it failed.")
+
+
+class EndpointNameMissing(InvalidRequest):
+    """submit_tunneled was not given the child endpoint's name."""
+
+
+class TunnelConflict(Conflict):
+    """A tunneled child endpoint of that name is already being watched."""
+
+
+@dataclass(eq=False)
+class Watcher:
+    name: str
+    mode: TunnelMode
+    rendezvous: Path
+    job_id: str = ""
+    executor: str = "local"
+    native_id: str | None = None
+    state: JobState = JobState.NEW
+    failure: str | None = None
+    finished: bool = False
+    node: Address | None = None
+    tunnel: Tunnel | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait for a job transition or tunnel change after which `done()` holds."""
+        while not done():
+            self.changed.clear()
+            if done():
+                return
+            await self.changed.wait()
+
+
+class Tunnels:
+    """The psij plugin's tunnel watchers, by child endpoint name."""
+
+    def __init__(self, plugin: PsiJ, settings: TunnelSettings | None) -> None:
+        self.plugin = plugin
+        self.settings = settings or TunnelSettings()
+        self.watchers: dict[str, Watcher] = {}
+        self._by_job: dict[str, Watcher] = {}
+
+    # -- the two methods -------------------------------------------------------------------
+
+    async def submit(
+        self,
+        ctx: CallContext,
+        spec: TunneledJobSpec,
+        executor: str,
+        mode: TunnelMode,
+        stream_output: bool,
+        session: Session | None,
+    ) -> JobInfo:
+        job_spec, name, path = self._prepare(spec, mode)
+        current = self.watchers.get(name)
+        if current is not None and not (current.finished or current.state.final):
+            job = current.job_id or "being submitted"
+            raise TunnelConflict(
+                f"a tunneled endpoint {name!r} is already watched (job {job}); cancel that job "
+                "first or choose another -n/--name",
+                {"name": name, "job_id": current.job_id},
+            )
+        watcher = self.watchers[name] = Watcher(name, mode, path, executor=executor)
+        try:
+            if mode != "none":
+                await asyncio.to_thread(rendezvous.remove, path)  # a previous child's
+            keys = [ctx.message_id] if ctx.message_id else None
+            infos = await self.plugin._submit(
+                ctx.user, [job_spec], executor, stream_output, session, keys
+            )
+        except BaseException:
+            del self.watchers[name]
+            raise
+        info = infos[0]
+        watcher.job_id, watcher.native_id, watcher.state = info.job_id, info.native_id, info.state
+        self._by_job[info.job_id] = watcher
+        watcher.task = asyncio.create_task(self._follow(watcher), name=f"tunnel-{name}")
+        log.info("submit_tunneled %s: endpoint %r is job %s", mode, name, info.job_id)
+        return info
+
+    async def status(self, name: str) -> TunnelStatus:
+        watcher = self.watchers.get(name)
+        if watcher is None:
+            return TunnelStatus(name=name, status="no_tunnel", message="no such tunneled endpoint")
+        found = TunnelStatus(name=name, status="pending", mode=watcher.mode, job_id=watcher.job_id)
+        tunnel = watcher.tunnel
+        if tunnel is not None:
+            found.port, found.reconnects = tunnel.port, tunnel.reconnects
+        found.node = str(watcher.node) if watcher.node else None
+        if watcher.mode == "none":
+            found.status = "no_tunnel"
+        elif watcher.failure is not None:
+            found.status, found.message = "failed", watcher.failure
+        elif watcher.finished or watcher.state.final:
+            found.status = "failed" if watcher.state is JobState.FAILED else "done"
+            row = self.plugin.store.get(watcher.job_id)
+            found.message = row.message if row is not None else None
+        elif watcher.mode == "reverse":
+            active = tunnel is not None and tunnel.state is TunnelState.ACTIVE
+            found.status = "active" if active else "pending"
+        else:  # forward: the child reports its port through the rendezvous file
+            info = await asyncio.to_thread(rendezvous.read, watcher.rendezvous)
+            if info is not None and info.port and watcher.state is JobState.ACTIVE:
+                found.status, found.port, found.node = "active", info.port, info.node
+        return found
+
+    def job_changed(self, event: dict[str, object]) -> None:
+        """A job_status event of this plugin (called as it is emitted)."""
+        watcher = self._by_job.get(str(event.get("job_id")))
+        if watcher is not None:
+            watcher.state = JobState(str(event["state"]))
+            watcher.native_id = watcher.native_id or (str(event.get("native_id") or "") or None)
+            watcher.changed.set()
+
+    async def stop(self) -> None:
+        running = [w.task for w in self.watchers.values() if w.task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    # -- preparing the job -----------------------------------------------------------------
+
+    def _prepare(self, spec: TunneledJobSpec, mode: TunnelMode) -> tuple[JobSpec, str, Path]:
+        """The job to submit, the child's name and its rendezvous file; refuses bad requests."""
+        if spec.executable:
+            executable, arguments = spec.executable, list(spec.arguments)
+        else:
+            executable, arguments = default_command(spec.arguments)
+        name = endpoint_name(arguments)
+        if name is None:
+            raise EndpointNameMissing(
+                "submit_tunneled needs the child endpoint's name: put -n/--name NAME into "
+                "spec.arguments",
+                {"field": "spec.arguments"},
+            )
+        try:
+            check_name("endpoint", name)
+        except ValueError as exc:
+            raise InvalidRequest(f"spec.arguments: {exc}", {"field": "spec.arguments"}) from None
+        if has_option(arguments, "--tunnel"):
+            raise InvalidRequest(
+                "leave --tunnel out of spec.arguments: submit_tunneled adds it from `tunnel`",
+                {"field": "spec.arguments"},
+            )
+        given = option_value(arguments, "--rendezvous")
+        path = Path(given) if given else self.settings.rendezvous_file(self.plugin.home, name)
+        via = self.settings.ssh_address(self.settings.via or socket.gethostname())
+        arguments = tunnel_arguments(arguments, mode, path, via, self._target())
+        environment = dict(spec.environment)
+        if mode == "forward":  # the child logs in with this endpoint's SSH settings
+            environment = inherited_environment(self.settings, environment)
+        fields = spec.model_dump(exclude={"executable", "arguments", "environment"})
+        job = JobSpec.model_validate(
+            {**fields, "executable": executable, "arguments": arguments, "environment": environment}
+        )
+        return job, name, path
+
+    def _target(self) -> Address:
+        """The broker as this endpoint reaches it."""
+        if self.settings.target:
+            return parse_address(self.settings.target, None, "ORBIT_MQ_TUNNEL_TARGET")
+        return broker_address(self.plugin.context.settings.url)
+
+    # -- following the job -----------------------------------------------------------------
+
+    async def _follow(self, watcher: Watcher) -> None:
+        try:
+            if watcher.mode == "reverse":
+                await self._reverse(watcher)
+            else:
+                await watcher.until(lambda: watcher.state.final)
+        except TunnelError as exc:
+            await self._fail(watcher, str(exc))
+        except Exception as exc:
+            log.exception("tunnel watcher of %r failed", watcher.name)
+            await self._fail(watcher, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            await self._tear_down(watcher)
+
+    async def _reverse(self, watcher: Watcher) -> None:
+        await watcher.until(lambda: watcher.state is JobState.ACTIVE or watcher.state.final)
+        node = None
+        if not watcher.state.final:
+            node = await find_node(
+                self.settings, watcher.executor, watcher.native_id, watcher.rendezvous,
+                ended=lambda: watcher.state.final,
+            )  # fmt: skip
+        if node is None:
+            return  # the job ended first
+        watcher.node = node
+        loop = asyncio.get_running_loop()
+
+        def changed(_: Tunnel) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the endpoint is gone
+                loop.call_soon_threadsafe(watcher.changed.set)
+
+        tunnel = ReverseTunnel(node, self._target(), self.settings, on_change=changed)
+        watcher.tunnel = tunnel
+        opening = asyncio.ensure_future(asyncio.to_thread(tunnel.open))
+        opening.add_done_callback(lambda _: watcher.changed.set())
+        try:
+            await watcher.until(lambda: opening.done() or watcher.state.final)
+        finally:
+            if not opening.done():  # the job ended (or the plugin stops) while logging in
+                await asyncio.to_thread(tunnel.close)
+                with contextlib.suppress(TunnelError):
+                    await opening
+        if watcher.state.final:
+            return
+        opening.result()  # raises the TunnelError that ended the login attempts
+        published = [await self._publish(watcher, tunnel)]
+        while True:
+            await watcher.until(
+                lambda: (
+                    watcher.state.final
+                    or tunnel.state is TunnelState.FAILED
+                    or tunnel.port != published[0]
+                )
+            )
+            if watcher.state.final:
+                return
+            if tunnel.state is TunnelState.FAILED:
+                raise TunnelError(tunnel.reason or "the tunnel failed")
+            published[0] = await self._publish(watcher, tunnel)  # it moved to another port
+
+    async def _publish(self, watcher: Watcher, tunnel: Tunnel) -> int | None:
+        info = Rendezvous(
+            endpoint=watcher.name,
+            mode="reverse",
+            port=tunnel.port,
+            node=str(watcher.node),
+            pid=os.getpid(),
+        )
+        await asyncio.to_thread(rendezvous.write, watcher.rendezvous, info)
+        log.info("reverse tunnel for %r: port %s on %s", watcher.name, tunnel.port, watcher.node)
+        return tunnel.port
+
+    async def _fail(self, watcher: Watcher, reason: str) -> None:
+        """Record why the tunnel failed, end the job FAILED with it, cancel the job."""
+        watcher.failure = reason
+        tracker = self.plugin.tracker
+        live = tracker.live.get(watcher.job_id)
+        if live is None:
+            return  # it ended already
+        log.warning(
+            "tunnel of %r failed (%s): cancelling job %s", watcher.name, reason, watcher.job_id
+        )
+        # Recorded before the cancel, so the job ends FAILED with the reason, not CANCELED.
+        tracker.report(
+            watcher.job_id, Report(JobState.FAILED, time.time(), message=f"tunnel failed: {reason}")
+        )
+        await tracker.barrier()
+        if live.psij_job is not None and live.submitted:
+            try:
+                await asyncio.to_thread(live.psij_job.cancel)
+            except Exception as exc:  # e.g. it ended meanwhile
+                log.info("cancelling job %s: %s", watcher.job_id, exc)
+
+    async def _tear_down(self, watcher: Watcher) -> None:
+        if watcher.tunnel is not None:
+            await asyncio.to_thread(watcher.tunnel.close)
+        ended = watcher.state.final or watcher.failure
+        replaced = self.watchers.get(watcher.name) is not watcher  # its file is the new one's
+        if watcher.mode != "none" and ended and not replaced:
+            await asyncio.to_thread(rendezvous.remove, watcher.rendezvous)
+        watcher.finished = True
+        self._by_job.pop(watcher.job_id, None)
+        log.info(
+            "tunnel watcher of %r ended (job %s %s)", watcher.name, watcher.job_id, watcher.state
+        )
