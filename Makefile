@@ -17,13 +17,14 @@ ifdef ORBIT_MQ_URL
 export ORBIT_MQ_URL
 endif
 
-.PHONY: help venv broker slurm test demo lint schemas bench clean
+.PHONY: help venv broker slurm sshd test demo lint schemas bench clean
 
 help:
 	@echo "orbit_mq make targets:"
 	@echo "  venv     create .venv ($(PYTHON) >= 3.11) and pip install -e '.[test]' (only when pyproject.toml changed)"
 	@echo "  broker   make sure an AMQP broker is reachable (scripts/ensure-broker.sh)"
 	@echo "  slurm    make sure a Slurm cluster is usable (scripts/ensure-slurm.sh; as root it sets one up)"
+	@echo "  sshd     a loopback sshd on 127.0.0.1:2222 for the tunnel tests (scripts/ensure-sshd.sh; root)"
 	@echo "  test     venv + broker, then pytest -q -ra \$$(PYTEST_ARGS)"
 	@echo "  demo     venv + broker, then orbit-mq demo"
 	@echo "  lint     ruff check, ruff format --check, mypy -p orbit_mq"
@@ -59,6 +60,9 @@ broker:
 
 slurm:
 	bash scripts/ensure-slurm.sh
+
+sshd:
+	bash scripts/ensure-sshd.sh
 
 test: venv broker
 	$(VPY) -P -m pytest -q -ra $(PYTEST_ARGS)
