@@ -25,6 +25,7 @@ from orbit_mq.cli.demo import demo
 from orbit_mq.cli.endpoint_cmd import endpoint_app
 from orbit_mq.cli.jobs_cmd import cancel, jobs, logs, status, submit
 from orbit_mq.cli.output import console, endpoints_table, print_json
+from orbit_mq.cli.stage_cmd import stage_app
 from orbit_mq.cli.sysinfo_cmd import sysinfo
 from orbit_mq.cli.watch_cmd import watch
 from orbit_mq.client import Fabric
@@ -38,6 +39,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals hold the broker URL with its password
 )
 app.add_typer(endpoint_app, name="endpoint")
+app.add_typer(stage_app, name="stage")
 app.command()(call)
 app.command()(watch)
 app.command()(sysinfo)

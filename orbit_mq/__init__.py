@@ -41,6 +41,7 @@ from orbit_mq.protocol import (
     SessionInfo,
 )
 from orbit_mq.proxy import PluginProxy
+from orbit_mq.staging import TransferResult, get_file, put_file
 from orbit_mq.subscribe import Subscription
 
 __all__ = [
@@ -77,9 +78,12 @@ __all__ = [
     "SessionNotFound",
     "Settings",
     "Subscription",
+    "TransferResult",
     "Transition",
     "Unauthorized",
     "Unavailable",
     "__version__",
     "connect",
+    "get_file",
+    "put_file",
 ]

@@ -1,0 +1,338 @@
+"""`staging`: files between clients and the endpoint host, in chunks through the broker.
+
+Uploads: `put_begin` → `put_chunk`… → `put_commit` (or `put_abort`). Downloads: `get_begin`
+→ `get_chunk`…. Plus `stat`, `list`, `mkdir`, `remove` and `roots`. Every path is confined
+to the allowed roots after following symlinks (paths.py); uploads land under a hidden name
+and are renamed into place only once their SHA-256 matches (transfers.py, uploads.py). The
+SDK helpers `orbit_mq.put_file` / `orbit_mq.get_file` drive whole transfers with pipelining
+and resume.
+
+Parameter constraints are given as `Field(...)` defaults: they reach the schema and the
+validation however the signature is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, ClassVar, cast
+
+from pydantic import Field, ValidationError
+
+from orbit_mq.errors import ConfigError, InvalidRequest
+from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.plugins.staging import files
+from orbit_mq.workers.plugins.staging.codec import decode_base64
+from orbit_mq.workers.plugins.staging.errors import (
+    ChunkTooLarge,
+    NotADirectory,
+    PathNotAllowed,
+    TransferGap,
+)
+from orbit_mq.workers.plugins.staging.models import (
+    Chunk,
+    ChunkAck,
+    DownloadInfo,
+    FileInfo,
+    Listing,
+    PutState,
+    Removed,
+)
+from orbit_mq.workers.plugins.staging.paths import Roots
+from orbit_mq.workers.plugins.staging.settings import StagingSettings
+from orbit_mq.workers.plugins.staging.transfers import write_chunk
+from orbit_mq.workers.plugins.staging.uploads import Uploads, transfer_gone
+from orbit_mq.workers.rpc import CallContext, rpc
+
+log = logging.getLogger("orbit_mq.plugin.staging")
+
+# Room left in a request for everything but the base64 data (ids, offsets, JSON).
+ENVELOPE = 64 * 1024
+REPLY_MARGIN = 0.5  # s: a waiting chunk gives up this long before its caller's deadline
+PATH_DOC = "Absolute path on the endpoint (~ is the endpoint user's home)."
+
+
+def chunk_limit(max_message_size: int) -> int:
+    """The largest chunk whose base64 encoding (4/3 the size) fits in one request."""
+    return max(1, (max_message_size - ENVELOPE) // 4 * 3)
+
+
+class Staging(Plugin):
+    name = "staging"
+    version = "1.0.0"
+    # Settings for this class instead of ORBIT_MQ_STAGING_*; see `configured`.
+    config: ClassVar[StagingSettings | None] = None
+    # A chunk further than this many chunks ahead of the bytes received is refused at once.
+    max_chunks_ahead: ClassVar[int] = 64
+
+    @classmethod
+    def configured(cls, **settings: Any) -> type[Staging]:
+        """This plugin with explicit settings (e.g. `roots=[...]`) rather than the environment:
+        for several endpoints in one process, tests, or embedding."""
+        namespace = {"config": StagingSettings(**settings), "__module__": cls.__module__}
+        return cast(type[Staging], type(cls.__name__, (cls,), namespace))
+
+    async def start(self) -> None:
+        await super().start()
+        try:
+            self.options = self.config or StagingSettings()
+        except ValidationError as exc:
+            raise ConfigError(f"staging settings (ORBIT_MQ_STAGING_*): {exc}") from None
+        self.roots = Roots(self.options.roots)
+        if self.roots.missing():
+            log.warning("staging roots that are not directories: %s", self.roots.missing())
+        limit = chunk_limit(self.context.settings.max_message_size)
+        self.max_chunk = min(self.options.max_chunk_size, limit)
+        self.chunk_size = min(self.options.chunk_size, self.max_chunk)
+        self.uploads = Uploads(self.context.journal.db, self.roots)
+        self.digests = files.DigestCache()
+        await self.uploads.clean_stale(self.options.partial_max_age)
+        self._janitor = asyncio.create_task(self._clean_periodically())
+        log.info("staging roots: %s", self.roots)
+
+    async def stop(self) -> None:
+        self._janitor.cancel()
+        await asyncio.gather(self._janitor, return_exceptions=True)
+        self.uploads.close()
+
+    async def health_details(self) -> dict[str, Any]:
+        return {
+            "roots": list(self.roots.paths),
+            "uploads": len(self.uploads),
+            "chunk_size": self.chunk_size,
+            "max_chunk_size": self.max_chunk,
+        }
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    @rpc
+    async def put_begin(
+        self,
+        ctx: CallContext,
+        path: str = Field(description=PATH_DOC),
+        size: int = Field(ge=0, description="Size of the file to upload, bytes."),
+        sha256: str = Field(
+            pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the whole file, 64 hex digits."
+        ),
+        overwrite: bool = Field(False, description="Replace an existing file at `path`."),
+        parents: bool = Field(True, description="Create missing parent directories."),
+        chunk_size: int | None = Field(None, gt=0, description="Preferred chunk size, bytes."),
+    ) -> PutState:
+        """Start (or resume) uploading `size` bytes whose SHA-256 is `sha256` to `path`.
+
+        The same user putting the same path, size and sha256 again continues the earlier
+        partial upload: `offset` says how many bytes the endpoint already has. Refuses an
+        existing target unless `overwrite`; creates missing parent directories when
+        `parents`. Data goes to a hidden file beside the target until put_commit.
+        """
+        chunk = self._chunk_size(chunk_size)
+        target = await asyncio.to_thread(files.prepare_target, self.roots, path, overwrite, parents)
+        upload, resumed = await self.uploads.begin(
+            ctx.user, target, size, sha256.lower(), overwrite
+        )
+        return PutState(
+            transfer_id=upload.row.id,
+            path=target,
+            size=size,
+            offset=upload.received,
+            resumed=resumed,
+            chunk_size=chunk,
+            max_chunk_size=self.max_chunk,
+        )
+
+    @rpc
+    async def put_chunk(
+        self,
+        ctx: CallContext,
+        transfer_id: str = Field(description="From put_begin."),
+        offset: int = Field(ge=0, description="Where `data` starts in the file."),
+        data: str = Field(
+            description="The bytes as base64 (standard or URL-safe alphabet, padded).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ) -> ChunkAck:
+        """Write `data` at `offset` of upload `transfer_id`.
+
+        Chunks may arrive out of order (a pipelining client): one that starts past the bytes
+        received waits for those before it. Sending a chunk again is harmless.
+        """
+        upload = self.uploads.get(transfer_id, ctx.user)
+        raw = _decoded(data)
+        self._check_length(len(raw))
+        if offset + len(raw) > upload.row.size:
+            raise InvalidRequest(
+                f"chunk at {offset} of {len(raw)} bytes ends past the declared size "
+                f"{upload.row.size}; start a new upload with the right size",
+                {"offset": offset, "size": upload.row.size},
+            )
+        if offset - upload.received > self.max_chunks_ahead * self.max_chunk:
+            raise TransferGap(
+                f"chunk at offset {offset} is too far ahead of the {upload.received} bytes "
+                f"received; send from offset {upload.received}",
+                {"offset": offset, "received": upload.received},
+            )
+        received = await write_chunk(upload, offset, raw, self._gap_wait(ctx))
+        if upload.closed:
+            raise transfer_gone(transfer_id)
+        return ChunkAck(received=received)
+
+    @rpc(dedupe=True)
+    async def put_commit(
+        self, ctx: CallContext, transfer_id: str = Field(description="From put_begin.")
+    ) -> FileInfo:
+        """Finish upload `transfer_id`: check the SHA-256 of every byte received, then rename
+        the hidden partial file to the target (never over an existing file unless the upload
+        was started with overwrite). On a checksum mismatch nothing is written."""
+        return await self.uploads.commit(self.uploads.get(transfer_id, ctx.user))
+
+    @rpc
+    async def put_abort(
+        self, ctx: CallContext, transfer_id: str = Field(description="From put_begin.")
+    ) -> None:
+        """Cancel upload `transfer_id` and delete its partial file."""
+        await self.uploads.abort(transfer_id, ctx.user)
+
+    # -- downloads -------------------------------------------------------------------------
+
+    @rpc
+    def get_begin(
+        self,
+        path: str = Field(description=PATH_DOC),
+        chunk_size: int | None = Field(None, gt=0, description="Preferred chunk size, bytes."),
+    ) -> DownloadInfo:
+        """Size, mtime and SHA-256 of the file at `path`, to download it with get_chunk.
+
+        The SHA-256 costs one read of the whole file on the endpoint (≈ 1.5 GB/s from the
+        page cache); it is remembered while the file stays unchanged.
+        """
+        chunk = self._chunk_size(chunk_size)
+        real = self.roots.resolve(path)
+        st = files.regular_file(real)
+        info = files.info_from_stat(real, st)
+        return DownloadInfo(
+            path=real,
+            size=st.st_size,
+            mtime=info.mtime,
+            sha256=self.digests.digest(real),
+            chunk_size=chunk,
+            max_chunk_size=self.max_chunk,
+        )
+
+    @rpc
+    def get_chunk(
+        self,
+        path: str = Field(description=PATH_DOC),
+        offset: int = Field(ge=0, description="Where to start reading, bytes."),
+        length: int = Field(gt=0, description="How many bytes to read at most."),
+    ) -> Chunk:
+        """Up to `length` bytes of the file at `path` from `offset`, base64-encoded."""
+        self._check_length(length)
+        real = self.roots.resolve(path)
+        data, size = files.read_chunk(real, offset, length)
+        return Chunk(offset=offset, data=data, eof=offset + len(data) >= size)
+
+    # -- files and directories -------------------------------------------------------------
+
+    @rpc
+    def stat(
+        self,
+        path: str = Field(description=PATH_DOC),
+        checksum: bool = Field(False, description="Also compute the SHA-256 of a file."),
+    ) -> FileInfo:
+        """What is at `path` (symlinks followed); with `checksum`, the SHA-256 of a file."""
+        return files.file_info(self.roots.resolve(path), checksum, self.digests)
+
+    @rpc(name="list")
+    def list_dir(
+        self,
+        path: str = Field(description=PATH_DOC),
+        limit: int = Field(1000, ge=1, description="Most entries to return."),
+        start_after: str | None = Field(None, description="List names after this one."),
+    ) -> Listing:
+        """The entries of directory `path`, sorted by name, symlinks shown as links.
+
+        At most `limit` entries (capped by the endpoint); when `truncated`, list again with
+        `start_after` = the last name received.
+        """
+        real = self.roots.resolve(path)
+        info = files.file_info(real)
+        if info.type != "dir":
+            raise NotADirectory(f"{real!r} is a {info.type}, not a directory", {"path": real})
+        return files.list_dir(real, min(limit, self.options.list_limit), start_after)
+
+    @rpc
+    def mkdir(
+        self,
+        path: str = Field(description=PATH_DOC),
+        parents: bool = Field(False, description="Create missing parent directories too."),
+        exist_ok: bool = Field(False, description="Succeed if the directory exists already."),
+    ) -> FileInfo:
+        """Create directory `path` (with its missing parents when `parents`)."""
+        real = self.roots.resolve(path)
+        files.make_dir(real, parents, exist_ok)
+        self.roots.resolve(real)  # nothing was swapped for a symlink meanwhile
+        return files.file_info(real)
+
+    @rpc
+    def remove(
+        self,
+        path: str = Field(description=PATH_DOC),
+        recursive: bool = Field(False, description="Remove a directory with its content."),
+    ) -> Removed:
+        """Remove a file, a symlink (not what it points to) or an empty directory; a directory
+        with everything in it when `recursive`. An allowed root itself is never removed."""
+        real = self.roots.resolve_entry(path)
+        if self.roots.is_root(real):
+            raise PathNotAllowed(
+                f"{path!r} is the allowed root {real!r}, which cannot be removed",
+                {"path": path, "resolved": real, "roots": list(self.roots.paths)},
+            )
+        return Removed(path=real, removed=files.remove_path(real, recursive))
+
+    @rpc(name="roots")
+    async def allowed_roots(self) -> list[str]:
+        """The directories this endpoint lets clients use, symlinks resolved."""
+        return list(self.roots.paths)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _chunk_size(self, requested: int | None) -> int:
+        if requested is None:
+            return self.chunk_size
+        self._check_length(requested)
+        return requested
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_chunk:
+            raise ChunkTooLarge(
+                f"chunk of {length} bytes is over this endpoint's {self.max_chunk}-byte limit "
+                "(chunks travel base64-encoded in requests capped by max_message_size); use "
+                "smaller chunks",
+                {"size": length, "limit": self.max_chunk},
+            )
+
+    def _gap_wait(self, ctx: CallContext) -> float:
+        wait = self.options.gap_wait
+        if ctx.deadline_ms is not None:
+            wait = min(wait, ctx.deadline_ms / 1000 - time.time() - REPLY_MARGIN)
+        return max(wait, 0.0)
+
+    async def _clean_periodically(self) -> None:
+        period = min(self.options.partial_max_age / 4, 3600.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.uploads.clean_stale(self.options.partial_max_age)
+            except Exception:  # a failed sweep is retried at the next period
+                log.exception("cleaning stale partial uploads failed")
+
+
+def _decoded(data: str) -> bytes:
+    try:
+        return decode_base64(data)
+    except ValueError:
+        raise InvalidRequest(
+            "data is not valid base64 (standard or URL-safe alphabet, with padding)",
+            {"reason": "invalid_params"},
+        ) from None
