@@ -21,6 +21,7 @@ from orbit_mq.cli.common import (
 
 endpoint_app = typer.Typer(help="Run an endpoint on this host.", no_args_is_help=True)
 
+
 class TunnelChoice(StrEnum):
     NONE = "none"
     FORWARD = "forward"

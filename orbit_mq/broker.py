@@ -31,6 +31,7 @@ from orbit_mq.protocol import (
 # Dead letters are kept for inspection, but bounded so a flood of expired requests cannot fill
 # the broker's disk.
 DEAD_LETTER_LIMIT = 100_000
+DOWN_SIGNS = ("closed", "not opened")  # in the RuntimeErrors of a connection that is down
 
 # Where to open the TCP connection instead of the URL's host and port (e.g. an SSH tunnel's
 # local end); asked again before every (re)connection.
@@ -67,12 +68,14 @@ def translated(action: str) -> Iterator[None]:
     except aiormq.exceptions.AMQPError as exc:
         raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
     except RuntimeError as exc:
-        # aiormq has no exception class for "used while the connection is down": it raises
-        # RuntimeError("<Connection …> closed") until the robust connection is back.
-        if "closed" not in str(exc):
+        # aiormq and aio-pika have no exception class for "used while the connection is down":
+        # they raise RuntimeError("<Connection …> closed") until the robust connection is back,
+        # or "Connection/Channel was not opened" once it is closed for good.
+        if not any(sign in str(exc) for sign in DOWN_SIGNS):
             raise
         raise ConnectionLost(
-            f"{action}: the broker connection is down and being re-established; try again"
+            f"{action}: the broker connection is not open ({exc}); after a drop it is "
+            "re-established by itself, so try again"
         ) from exc
 
 

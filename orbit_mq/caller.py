@@ -42,6 +42,11 @@ _ID_PREFIX = uuid.uuid4().hex[:16]
 _ids = itertools.count(1)
 
 
+# Coalescing limits: far below any endpoint's max_message_size (16 MiB by default).
+SOLO_BYTES = 64 * 1024
+BATCH_BYTES = 1024 * 1024
+
+
 def new_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids)}"
 
@@ -63,6 +68,28 @@ class Call:
     @property
     def deadline_ms(self) -> int:
         return int(self.deadline * 1000)
+
+
+def batches(calls: list[Call]) -> list[list[Call]]:
+    """`calls` in sending order, grouped into batches of at most BATCH_BYTES of parameters;
+    a call with more than SOLO_BYTES goes alone (merging big calls saves nothing and could
+    push a batch over the endpoint's message size limit)."""
+    groups: list[list[Call]] = []
+    group: list[Call] = []
+    size = 0
+    for call in calls:
+        solo = len(call.body) > SOLO_BYTES
+        if group and (solo or size + len(call.body) > BATCH_BYTES):
+            groups.append(group)
+            group, size = [], 0
+        if solo:
+            groups.append([call])
+            continue
+        group.append(call)
+        size += len(call.body)
+    if group:
+        groups.append(group)
+    return groups
 
 
 class Caller:
@@ -141,15 +168,16 @@ class Caller:
         task.add_done_callback(self._flushing.discard)
 
     async def _flush(self, calls: list[Call]) -> None:
-        try:
-            if len(calls) == 1:
-                await self._publish_one(calls[0])
-            else:
-                await self._publish_batch(calls)
-        except Exception as exc:
-            for call in calls:
-                if not call.future.done():
-                    call.future.set_exception(exc)
+        for group in batches(calls):
+            try:
+                if len(group) == 1:
+                    await self._publish_one(group[0])
+                else:
+                    await self._publish_batch(group)
+            except Exception as exc:
+                for call in group:
+                    if not call.future.done():
+                        call.future.set_exception(exc)
 
     async def _publish_one(self, call: Call) -> None:
         await self._publish(

@@ -11,9 +11,14 @@ from orbit_mq.errors import AccessRefused, BrokerError, ConnectionLost
 
 def test_a_closed_connection_is_connection_lost() -> None:
     # What aiormq raises when a channel is opened while the robust connection is down.
-    expected = "checking q: the broker connection is down"
+    expected = "checking q: the broker connection is not open"
     with pytest.raises(ConnectionLost, match=expected), translated("checking q"):
         raise RuntimeError("<Connection: 'amqp://127.0.0.1'> closed")
+
+
+def test_a_connection_closed_for_good_is_connection_lost() -> None:
+    with pytest.raises(ConnectionLost), translated("publishing"):
+        raise RuntimeError("Connection was not opened")
 
 
 def test_other_runtime_errors_pass_through() -> None:

@@ -199,3 +199,18 @@ def test_an_endpoint_serves_by_default_what_works_on_its_host(
     assert {"sysinfo", "psij", "staging"} <= set(names) and "queue_info" not in names
     monkeypatch.setattr(QueueInfo, "is_available", classmethod(lambda cls: True))
     assert "queue_info" in [cls.name for cls in available_plugins()]
+
+
+async def test_coalescing_keeps_big_calls_alone_and_batches_bounded() -> None:
+    from orbit_mq.caller import BATCH_BYTES, SOLO_BYTES, Call, batches
+
+    def call(size: int) -> Call:
+        return Call(("ep", "p"), "m", b"x" * size, None, time.time() + 5, "id")
+
+    small, big = SOLO_BYTES // 2, SOLO_BYTES + 1
+    calls = [call(small), call(small), call(big), call(small)]
+    assert [len(group) for group in batches(calls)] == [2, 1, 1]  # order kept
+    many = [call(small) for _ in range(3 * BATCH_BYTES // small)]
+    groups = batches(many)
+    assert all(sum(len(c.body) for c in group) <= BATCH_BYTES for group in groups)
+    assert [c for group in groups for c in group] == many

@@ -41,6 +41,7 @@ from orbit_mq.broker import (
     translated,
 )
 from orbit_mq.config import Settings, url_user
+from orbit_mq.errors import ConfigError, OrbitError
 from orbit_mq.protocol import (
     CONTENT_TYPE,
     DISCOVER_KEY,
@@ -150,6 +151,15 @@ class Endpoint:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect, start every plugin and serve it, announce `online`. If any of it fails,
+        what was started is stopped again before the error propagates."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         self._connection = await connect(
             self.settings, f"orbit-mq endpoint {self.name}", self.route
         )
@@ -198,8 +208,9 @@ class Endpoint:
                 await plugin.stop()
             except Exception:
                 log.exception("plugin %s failed to stop cleanly", plugin.name)
-        with suppress(Exception):
-            await self._announce(PresenceStatus.OFFLINE)
+        if self._background:  # it was online (start completed)
+            with suppress(Exception):
+                await self._announce(PresenceStatus.OFFLINE)
         if self._outbox is not None:
             if not await self._outbox.drain(timeout=10):
                 log.warning("events not yet published stay in the journal for the next start")
@@ -234,8 +245,13 @@ class Endpoint:
 
     async def _serve_plugin(self, cls: type[Plugin], allowed: frozenset[str]) -> None:
         assert self._connection is not None
-        plugin = cls(PluginContext(self.name, self.settings, self._publish_event, self.journal))
-        await plugin.start()
+        try:
+            plugin = cls(PluginContext(self.name, self.settings, self._publish_event, self.journal))
+            await plugin.start()
+        except OrbitError:
+            raise  # already says what is wrong
+        except Exception as exc:
+            raise ConfigError(f"plugin {cls.name!r} failed to start: {exc}") from exc
         self.plugins[plugin.name] = plugin
         channel = await self._robust_channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self.settings.prefetch)
