@@ -35,11 +35,13 @@ from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
 from orbit_mq.errors import OrbitError
 from orbit_mq.jobs import Job
+from orbit_mq.staging import get_file, put_file
 
 ONLINE_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 JOB_TIMEOUT = 60.0
-DEMO_PLUGINS = ("sysinfo", "psij")
+DEMO_PLUGINS = ("sysinfo", "psij", "staging")
+DEMO_FILE_SIZE = 4 * 1024 * 1024  # bytes staged to the endpoint and back
 DEMO_JOB = ["/bin/sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done"]
 
 
@@ -67,7 +69,7 @@ class Tour:
 
 
 async def start_endpoint(tour: Tour) -> None:
-    """Start an endpoint serving sysinfo and psij as a separate process."""
+    """Start an endpoint serving sysinfo, psij and staging as a separate process."""
     online = [info for info in await tour.fabric.endpoints() if info.endpoint == tour.name]
     if online:
         info = online[0]
@@ -152,6 +154,29 @@ async def list_jobs(tour: Tour) -> None:
     tour.console.print(jobs_table(listing, tour.name))
 
 
+async def stage_file(tour: Tour) -> None:
+    """Put a file on the endpoint and get it back (SHA-256 checked both ways), then remove it."""
+    for line in (
+        f"staging = await fabric.endpoint({tour.name!r}).plugin('staging')",
+        "await orbit_mq.put_file(staging, local, remote); await orbit_mq.get_file(...)",
+    ):
+        tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
+    staging = await tour.fabric.endpoint(tour.name).plugin("staging", session=False)
+    with tempfile.TemporaryDirectory(prefix="orbit-mq-demo-") as scratch:
+        local, back = Path(scratch) / "demo.bin", Path(scratch) / "back.bin"
+        local.write_bytes(os.urandom(DEMO_FILE_SIZE))
+        remote = f"/tmp/{tour.name}-demo.bin"
+        sent = await put_file(staging, local, remote, overwrite=True)
+        tour.console.print(f"  [dim]put[/] {sent.size} bytes → {sent.remote}")
+        got = await get_file(staging, remote, back, overwrite=True)
+        tour.console.print(f"  [dim]get[/] {got.size} bytes ← {got.remote}")
+        await staging.call("remove", {"path": remote})
+    match = "match" if sent.sha256 == got.sha256 else "DIFFER"
+    tour.console.print(f"  sha256 {sent.sha256[:16]}…: checksums {match}")
+    if sent.sha256 != got.sha256:
+        raise OrbitError("the file came back different")
+
+
 async def stop_endpoint(tour: Tour) -> None:
     """Stop the endpoint with SIGTERM and wait for it to say goodbye."""
     process, tour.process = tour.process, None
@@ -180,6 +205,7 @@ STEPS: list[Step] = [
     ("Asking its sysinfo plugin about the host", ask_sysinfo),
     ("Running a job through its psij plugin", run_job),
     ("Listing its jobs", list_jobs),
+    ("Staging a file to it and back", stage_file),
     ("Stopping the endpoint (SIGTERM)", stop_endpoint),
 ]
 
