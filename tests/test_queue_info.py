@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import StartEndpoint, cli_env, orbit_cli, wait_online
+from conftest import StartEndpoint, cli_env, orbit_cli, stop_process, wait_online
 from slurm_support import requires_slurm
 from test_cli import run_cli
 
@@ -149,12 +149,7 @@ def endpoint_in_a_job(settings: Settings, name: str) -> Iterator[subprocess.Pope
         yield process
     finally:
         subprocess.run(["scancel", "--name", name], check=False, timeout=30)
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=30)
 
 
 async def test_job_allocation_inside_a_slurm_job(

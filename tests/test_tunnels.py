@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import StartEndpoint, Watcher, cli_env, orbit_cli, wait_online
+from conftest import StartEndpoint, Watcher, cli_env, orbit_cli, stop_process, wait_online
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sshd_support import SshServer, ssh_client_ports, sshd
@@ -198,13 +198,7 @@ def start_process(tmp_path: Path) -> Iterator[StartProcess]:
 
     yield start
     for process in started:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
 
 
 async def test_forward_endpoint_serves_only_through_the_tunnel_and_survives_a_drop(
