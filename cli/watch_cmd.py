@@ -94,6 +94,14 @@ def watch(
         ),
     ] = None,
     url: UrlOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="JSON lines: what watch always prints (the flag is accepted, as on every "
+            "other command).",
+        ),
+    ] = False,
 ) -> None:
     """Print events as JSON lines on stdout, one per message, as they arrive.
 

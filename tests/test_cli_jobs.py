@@ -170,7 +170,7 @@ async def test_cancel_a_running_job(settings: Settings, psij_endpoint: str) -> N
 
 async def test_watch_shows_every_seq_without_gaps(settings: Settings, psij_endpoint: str) -> None:
     watch = await start_watch(
-        settings, f"{psij_endpoint}.psij.job_status", "--count", "8", "--timeout", "60"
+        settings, f"{psij_endpoint}.psij.job_status", "--json", "--count", "8", "--timeout", "60"
     )
     await asyncio.gather(
         *(submit(settings, psij_endpoint, command=["/bin/echo", str(i)]) for i in range(2))
