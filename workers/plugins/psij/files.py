@@ -1,4 +1,4 @@
-"""The job directory (psik's idea: every job browsable on disk) and reading job output.
+"""The job directory (every job browsable on disk) and reading job output.
 
     $ORBIT_MQ_HOME/endpoints/{endpoint}/jobs/{job_id}/
         spec.json       the spec as submitted (site defaults merged in)
