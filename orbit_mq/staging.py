@@ -52,7 +52,6 @@ DEFAULT_RETRIES = 5
 MiB = 1024 * 1024
 # Calls that read a whole file on the endpoint (hashing) get this rate's worth of extra time.
 SLOWEST_DISK = 20 * MiB
-ENVELOPE = 64 * 1024  # request bytes that are not base64 data
 TRANSIENT = (BrokerError, CallTimeout, EndpointOffline, Unavailable, TransferNotFound, TransferGap,
              IncompleteTransfer)  # fmt: skip
 
@@ -82,7 +81,6 @@ class _Link:
     def __init__(self, proxy: PluginProxy) -> None:
         self.proxy = proxy
         self.timeout = proxy.timeout or proxy.fabric.settings.timeout
-        self.max_message_size = proxy.fabric.settings.max_message_size
 
     async def call(
         self,
@@ -106,11 +104,6 @@ class _Link:
 
     def hashing_timeout(self, size: int) -> float:
         return self.timeout + size / SLOWEST_DISK
-
-    def window(self, requested: int, chunk: int) -> int:
-        # Calls made together may go out as one batch message: keep that under the limit.
-        fits = self.max_message_size // (chunk * 4 // 3 + ENVELOPE)
-        return max(1, min(requested, fits))
 
 
 async def _with_retries(
@@ -206,7 +199,7 @@ async def _send(
 ) -> int:
     """Send the file from the endpoint's offset on, `window` chunks in flight; bytes sent."""
     size, offset, chunk = int(state["size"]), int(state["offset"]), int(state["chunk_size"])
-    window = link.window(window, chunk)
+    window = max(1, window)  # chunk calls go out as messages of their own (see caller.batches)
     if progress:
         progress(offset, size)
     fd = await asyncio.to_thread(os.open, source, os.O_RDONLY | os.O_CLOEXEC)
@@ -315,7 +308,7 @@ async def _receive(
 ) -> None:
     """Fetch the file from the partial's size on, `window` chunks in flight, written in order."""
     size, chunk = info["size"], info["chunk_size"]
-    window = link.window(window, chunk)
+    window = max(1, window)
     writer, in_flight = BlockingCalls(), dict[asyncio.Future[Any], int]()
     ready: dict[int, str] = {}
     position = partial.have

@@ -34,12 +34,16 @@ def load_plugin(name: str) -> type[Plugin]:
         raise ConfigError(
             f"unknown plugin {name!r}; known plugins: {', '.join(sorted(known)) or 'none'}"
         )
+    return _load(entry)
+
+
+def _load(entry: EntryPoint) -> type[Plugin]:
     try:
         cls = entry.load()
     except Exception as exc:
-        raise ConfigError(f"plugin {name!r} ({entry.value}) failed to import: {exc}") from exc
+        raise ConfigError(f"plugin {entry.name!r} ({entry.value}) failed to import: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-        raise ConfigError(f"plugin {name!r} ({entry.value}) is not an orbit_mq Plugin class")
+        raise ConfigError(f"plugin {entry.name!r} ({entry.value}) is not an orbit_mq Plugin class")
     return cls
 
 
@@ -55,9 +59,9 @@ def load_plugins(names: list[str]) -> list[type[Plugin]]:
 def available_plugins() -> list[type[Plugin]]:
     """Every installed plugin that can work on this host, by name (broken ones are skipped)."""
     available: list[type[Plugin]] = []
-    for name in sorted(known_plugins()):
+    for name, entry in sorted(known_plugins().items()):
         try:
-            cls = load_plugin(name)
+            cls = _load(entry)
         except ConfigError as exc:
             log.warning("not serving plugin %s: %s", name, exc)
             continue
