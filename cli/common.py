@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from orbit_mq.config import Settings, load_settings
 from orbit_mq.errors import ConfigError, OrbitError
 from orbit_mq.protocol import check_name
+from orbit_mq.shorten import Bounded
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,6 +115,7 @@ def setup_logging(level: LogLevel = LogLevel.WARNING, quiet_libraries: bool = Tr
     else:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.addFilter(Bounded())  # values from requests never make a line longer than 1 KiB
     logging.basicConfig(level=level.upper(), format=fmt, handlers=[handler], force=True)
     # The AMQP libraries log connection failures the error line already reports.
     quiet = level in (LogLevel.WARNING, LogLevel.ERROR) and quiet_libraries

@@ -27,6 +27,7 @@ from orbit_mq.errors import (
     PayloadTooLarge,
     RemoteError,
     SessionNotFound,
+    TransientError,
     Unauthorized,
     Unavailable,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "Settings",
     "Subscription",
     "TransferResult",
+    "TransientError",
     "Transition",
     "Unauthorized",
     "Unavailable",

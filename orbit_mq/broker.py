@@ -1,20 +1,21 @@
 """The one seam between orbit_mq and the AMQP libraries.
 
 Connecting, declaring the fixed topology, and translating aio-pika/aiormq exceptions into
-`OrbitError`s (`raise … from`) all happen here, for the endpoint and the SDK alike.
+`OrbitError`s (`raise … from`) all happen here, for the endpoint and the SDK alike; the
+channels on the connection are `Lane`s (orbit_mq/lanes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from yarl import URL
 
@@ -48,6 +49,13 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
     return context
+
+
+async def quietly(action: Awaitable[Any]) -> None:
+    """Await a broker call whose failure only means the channel or connection is gone (what it
+    would have settled, the broker settles by itself: an unacked delivery is redelivered)."""
+    with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+        await action
 
 
 @contextmanager
@@ -176,18 +184,16 @@ async def connect(
         ) from exc
 
 
-async def declare_topology(channel: AbstractChannel) -> None:
+async def declare_topology(channel: aiormq.abc.AbstractChannel) -> None:
     """Declare the fixed exchanges and the dead-letter queue (idempotent)."""
     with translated("declaring the orbit exchanges"):
-        await channel.declare_exchange(RPC_EXCHANGE, ExchangeType.DIRECT, durable=True)
-        await channel.declare_exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True)
-        await channel.declare_exchange(TOPOLOGY_EXCHANGE, ExchangeType.TOPIC, durable=True)
-        dlx = await channel.declare_exchange(
-            DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT, durable=True
-        )
-        queue = await channel.declare_queue(
+        await channel.exchange_declare(RPC_EXCHANGE, exchange_type="direct", durable=True)
+        await channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
+        await channel.exchange_declare(TOPOLOGY_EXCHANGE, exchange_type="topic", durable=True)
+        await channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
+        await channel.queue_declare(
             DEAD_LETTER_QUEUE,
             durable=True,
             arguments={"x-max-length": DEAD_LETTER_LIMIT, "x-overflow": "drop-head"},
         )
-        await queue.bind(dlx)
+        await channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE)

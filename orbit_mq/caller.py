@@ -9,20 +9,22 @@ because it is the hot path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiormq
 import orjson
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from orbit_mq.broker import translated
 from orbit_mq.config import Settings
 from orbit_mq.errors import BrokerError, CallTimeout, ConnectionLost, EndpointNotFound
+from orbit_mq.lanes import Lane
 from orbit_mq.protocol import (
     BATCH_TYPE,
     CONTENT_TYPE,
@@ -60,6 +62,7 @@ class Call:
     deadline: float  # time.time()
     message_id: str
     persistent: bool = False
+    sent_on: object | None = None  # the channel it was published on (its replies come there)
     id: str = field(default_factory=lambda: new_id())
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -68,6 +71,12 @@ class Call:
     @property
     def deadline_ms(self) -> int:
         return int(self.deadline * 1000)
+
+    def again(self) -> Call:
+        """The same call (same message_id and deadline) to send once more."""
+        return dataclasses.replace(
+            self, id=new_id(), future=asyncio.get_running_loop().create_future(), sent_on=None
+        )
 
 
 def batches(calls: list[Call]) -> list[list[Call]]:
@@ -107,50 +116,52 @@ class Caller:
         # Two lanes, each consuming its own direct replies: plain calls go without publisher
         # confirms (the endpoint's queue was checked before); calls that must wait in a
         # queue are persistent and confirmed, with mandatory routing.
+        self._fast = Lane(self._connection, "requests", setup=self._consume_replies, kept=True)
+        self._safe = Lane(
+            self._connection,
+            "waiting requests",
+            confirms=True,
+            setup=self._consume_replies,
+            kept=True,
+        )
         with translated("opening the request channels"):
-            self._fast = await self._open_lane(confirms=False)
-            self._safe = await self._open_lane(confirms=True)
+            await self._fast.get()
+            await self._safe.get()
 
-    async def _open_lane(self, confirms: bool) -> AbstractRobustChannel:
-        channel = await self._connection.channel(publisher_confirms=confirms)
-        assert isinstance(channel, AbstractRobustChannel)
+    async def close(self) -> None:
+        for lane in (self._fast, self._safe):
+            await lane.close()
 
-        async def consume_replies(*_: Any) -> None:
-            amqp = await channel.get_underlay_channel()
-            await amqp.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
-            amqp.closing.add_done_callback(lambda _: self._fail_pending())
+    async def _consume_replies(self, amqp: aiormq.Channel) -> None:
+        await amqp.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+        amqp.closing.add_done_callback(lambda _: self._fail_pending(amqp))
 
-        channel.reopen_callbacks.add(consume_replies)
-        await consume_replies()
-        return channel
-
-    def _fail_pending(self) -> None:
+    def _fail_pending(self, amqp: aiormq.Channel) -> None:
         # Direct replies are bound to the channel that sent the request: once it is gone, no
         # reply can arrive. The request itself may still run.
         error = ConnectionLost(
             "the broker connection dropped while the call waited; it may or may not have run"
         )
         for call in list(self._pending.values()):
-            if not call.future.done():
+            if call.sent_on is amqp and not call.future.done():
                 call.future.set_exception(error)
 
     async def call(self, call: Call) -> Any:
         """Send `call` and wait for its reply: the raw reply object (`{"ok": …}`)."""
         self._pending[call.id] = call
+        # A plain timer instead of asyncio.wait_for: one handle, no extra future. Started
+        # first, so a call waiting for the connection to come back still ends at its deadline.
+        timer = asyncio.get_running_loop().call_later(
+            max(call.deadline - time.time(), 0.001), _expire, call
+        )
         try:
             if self._settings.coalesce and not call.persistent:
                 self._enqueue(call)
             else:
                 await self._publish_one(call)
-            # A plain timer instead of asyncio.wait_for: one handle, no extra future.
-            timer = asyncio.get_running_loop().call_later(
-                max(call.deadline - time.time(), 0.001), _expire, call
-            )
-            try:
-                return await call.future
-            finally:
-                timer.cancel()
+            return await call.future
         finally:
+            timer.cancel()
             self._pending.pop(call.id, None)
 
     def _enqueue(self, call: Call) -> None:
@@ -181,6 +192,7 @@ class Caller:
 
     async def _publish_one(self, call: Call) -> None:
         await self._publish(
+            [call],
             call.target,
             call.body,
             method=call.method,
@@ -210,6 +222,7 @@ class Caller:
         loop = asyncio.get_running_loop()
         loop.call_later(max(deadline - time.time(), 0) + 1, self._batches.pop, batch_id, None)
         await self._publish(
+            calls,
             calls[0].target,
             b'{"calls":[' + items + b"]}",
             method=BATCH_TYPE,
@@ -222,6 +235,7 @@ class Caller:
 
     async def _publish(
         self,
+        calls: list[Call],
         target: Target,
         body: bytes,
         *,
@@ -251,7 +265,9 @@ class Caller:
         )
         with translated(f"publishing a request to {target[0]}.{target[1]}"):
             lane = self._safe if persistent else self._fast
-            amqp = cast(aiormq.Channel, await lane.get_underlay_channel())
+            amqp = await lane.get(max(deadline - time.time(), 0.001))
+            for call in calls:
+                call.sent_on = amqp
             confirmation = await amqp.basic_publish(
                 body,
                 exchange=RPC_EXCHANGE,

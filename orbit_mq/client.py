@@ -22,13 +22,16 @@ from orbit_mq import broker
 from orbit_mq.caller import Call, Caller, new_id
 from orbit_mq.config import Settings, load_settings, url_user
 from orbit_mq.errors import (
+    CallTimeout,
     ConfigError,
     EndpointNotFound,
     EndpointOffline,
     OrbitError,
     PayloadTooLarge,
+    TransientError,
     from_error_info,
 )
+from orbit_mq.lanes import spare_channel
 from orbit_mq.protocol import (
     CONTENT_TYPE,
     DISCOVER_KEY,
@@ -46,9 +49,16 @@ from orbit_mq.protocol import (
     request_queue,
 )
 from orbit_mq.proxy import PluginProxy
+from orbit_mq.retry import until_deadline
 from orbit_mq.subscribe import Subscription
 
 log = logging.getLogger("orbit_mq.client")
+
+# After a reconnection (a broker restart) endpoints get this long to consume again before a
+# call finds them offline; the consumer count is checked every CONSUMER_POLL s meanwhile.
+RECONNECT_GRACE = 15.0
+CONSUMER_POLL = 0.2
+OFFLINE_CONFIRM = 0.5  # s an empty request queue must stay unexplained by a broker restart
 
 
 def connect(url: str | None = None, **settings: Any) -> Fabric:
@@ -67,21 +77,27 @@ class Fabric:
         self._served: dict[str, float] = {}  # request queue -> when last seen with a consumer
         self._proxies: list[PluginProxy] = []
         self._subscriptions: list[Subscription[Any]] = []
+        self._reconnected = -RECONNECT_GRACE  # time.monotonic() of the last reconnection
+        self._drop_waiters: set[asyncio.Event] = set()
 
     async def open(self) -> Self:
         if self._connection is None:
             self._connection = await broker.connect(self.settings, f"orbit-mq client {self.user}")
+            self._connection.reconnect_callbacks.add(self._on_reconnect)
+            self._connection.close_callbacks.add(self._on_drop)
             self._caller = Caller(self._connection, self.settings, self.user)
             await self._caller.open()
         return self
 
     async def close(self) -> None:
         for proxy in self._proxies:
-            with suppress(OrbitError, asyncio.CancelledError):
+            with suppress(OrbitError, TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(proxy.close(), 2)
         for subscription in self._subscriptions:
             with suppress(Exception):
                 await subscription.close()
+        if self._caller is not None:
+            await self._caller.close()
         if self._connection is not None:
             with suppress(Exception):
                 await self._connection.close()
@@ -109,9 +125,7 @@ class Fabric:
         window = self.settings.discovery_window if window is None else window
         answers: list[EndpointInfo] = []
         with broker.translated("discovering endpoints"):
-            channel = await self.connection.channel(publisher_confirms=False)
-            try:
-                amqp = await channel.get_underlay_channel()
+            async with spare_channel(self.connection, "discovery", self.settings.timeout) as amqp:
 
                 async def on_answer(message: aiormq.abc.DeliveredMessage) -> None:
                     with suppress(ValueError):
@@ -130,35 +144,62 @@ class Fabric:
                     b"{}", exchange=RPC_EXCHANGE, routing_key=DISCOVER_KEY, properties=properties
                 )
                 await asyncio.sleep(window)  # the collection window itself: answers have no count
-            finally:
-                await channel.close()
         latest = {info.endpoint: info for info in answers}
         return sorted(latest.values(), key=lambda info: info.endpoint)
 
     def endpoint(self, name: str) -> EndpointHandle:
         return EndpointHandle(self, check_name("endpoint", name))
 
-    async def _served_by(self, endpoint: str, plugin: str) -> bool:
-        """Whether the plugin queue has a consumer; EndpointNotFound when there is no queue."""
+    async def _served_by(self, endpoint: str, plugin: str, timeout: float | None = None) -> bool:
+        """Whether the plugin queue has a consumer; EndpointNotFound when there is no queue.
+        Waits up to `timeout` s (default: the settings') for a lost connection to return."""
         queue = request_queue(endpoint, plugin)
         seen = self._served.get(queue)
         if seen is not None and time.monotonic() - seen < self.settings.presence_cache:
             return True
         with broker.translated(f"checking {queue}"):
-            channel = await self.connection.channel(publisher_confirms=False)
             try:
-                amqp = await channel.get_underlay_channel()
-                declared = await amqp.queue_declare(queue, passive=True)
+                wait = self.settings.timeout if timeout is None else timeout
+                async with spare_channel(self.connection, "check", wait) as amqp:
+                    declared = await amqp.queue_declare(queue, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise await self._not_found(endpoint, plugin) from None
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
         if declared.consumer_count:
             self._served[queue] = time.monotonic()
             return True
         self._served.pop(queue, None)
         return False
+
+    async def _served_soon(self, endpoint: str, plugin: str, deadline: float) -> bool:
+        """`_served_by`, telling an endpoint that is away from a broker that restarts: nothing
+        consumes the queue while a broker shuts down, nor just after it is back. So an empty
+        queue is confirmed (this connection must not drop within OFFLINE_CONFIRM s), and just
+        after a reconnection the endpoint gets RECONNECT_GRACE s to consume again. Nothing has
+        been sent yet, so waiting is safe."""
+        while True:
+            if await self._served_by(endpoint, plugin, deadline - time.time()):
+                return True
+            if time.monotonic() - self._reconnected < RECONNECT_GRACE:
+                if time.time() + CONSUMER_POLL > deadline:
+                    return False
+                await asyncio.sleep(CONSUMER_POLL)  # polling the queue's consumer count
+                continue
+            dropped = asyncio.Event()
+            self._drop_waiters.add(dropped)
+            try:
+                await asyncio.wait_for(dropped.wait(), OFFLINE_CONFIRM)
+            except TimeoutError:
+                return False  # the broker is fine: the endpoint is away
+            finally:
+                self._drop_waiters.discard(dropped)
+
+    def _on_drop(self, *_: Any) -> None:
+        for waiter in self._drop_waiters:
+            waiter.set()
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self._reconnected = time.monotonic()
+        self._served.clear()
 
     async def _online_summary(self) -> str:
         infos = await self.endpoints()
@@ -201,14 +242,17 @@ class Fabric:
         wait: bool = False,
         session: str | None = None,
         message_id: str | None = None,
+        retry: bool = False,
     ) -> Any:
         """Call `plugin.method` on `endpoint`; returns the result's JSON value.
 
         `wait=False` fails at once with EndpointOffline when the endpoint is not serving;
-        `wait=True` leaves the request in the endpoint's queue until the deadline.
+        `wait=True` leaves the request in the endpoint's queue until the deadline. With
+        `retry` (only for methods that run once per message_id), a transient failure after
+        the request was sent (the connection dropped, the endpoint restarted) sends it again
+        with the same message_id until the deadline (orbit_mq/retry.py).
         """
         await self.open()
-        assert self._caller is not None
         timeout = self.settings.timeout if timeout is None else timeout
         body = orjson.dumps(params or {})
         if len(body) > self.settings.max_message_size:
@@ -217,10 +261,6 @@ class Fabric:
                 "limit",
                 {"size": len(body), "limit": self.settings.max_message_size},
             )
-        if wait:
-            await self._ensure_request_queue(endpoint, plugin)
-        elif not await self._served_by(endpoint, plugin):
-            raise await self._offline(endpoint, plugin)
         call = Call(
             target=(endpoint, plugin),
             method=method,
@@ -230,31 +270,51 @@ class Fabric:
             message_id=message_id or new_id(),
             persistent=wait,
         )
+        if not retry:
+            return await self._call_once(call)
+        try:
+            return await self._call_once(call)
+        except EndpointOffline:
+            raise  # it was not there when the call was made: said at once
+        except TransientError as error:
+            log.info("%s.%s.%s: %s; sending it again", endpoint, plugin, method, error)
+        return await until_deadline(call.deadline, lambda: self._call_once(call.again()))
+
+    async def _call_once(self, call: Call) -> Any:
+        assert self._caller is not None
+        endpoint, plugin = call.target
+        if call.deadline <= time.time():
+            raise CallTimeout(
+                f"no reply from {endpoint}.{plugin}.{call.method} before the deadline"
+            )
+        left = call.deadline - time.time()
+        if call.persistent:
+            await self._ensure_request_queue(endpoint, plugin, left)
+        elif not await self._served_soon(endpoint, plugin, call.deadline):
+            raise await self._offline(endpoint, plugin)
         try:
             reply = await self._caller.call(call)
         except EndpointNotFound:
             raise await self._not_found(endpoint, plugin) from None
-        except OrbitError as error:
-            if not wait and not await self._served_by(endpoint, plugin):
+        except CallTimeout as error:  # no answer: say so if the endpoint went meanwhile
+            if not call.persistent and not await self._served_by(endpoint, plugin, 5):
                 raise await self._offline(endpoint, plugin) from error
             raise
         if reply.get("ok") is True:
             return reply.get("result")
         raise from_error_info(ErrorInfo.model_validate(reply.get("error")))
 
-    async def _ensure_request_queue(self, endpoint: str, plugin: str) -> None:
+    async def _ensure_request_queue(self, endpoint: str, plugin: str, timeout: float) -> None:
         """Declare the plugin queue the way its endpoint does, so a waiting request is kept."""
-        with broker.translated(f"declaring {request_queue(endpoint, plugin)} to wait in"):
-            channel = await self.connection.channel(publisher_confirms=False)
-            try:
-                queue = await channel.declare_queue(
-                    request_queue(endpoint, plugin),
-                    durable=True,
-                    arguments=broker.request_queue_arguments(self.settings),
+        queue = request_queue(endpoint, plugin)
+        with broker.translated(f"declaring {queue} to wait in"):
+            async with spare_channel(self.connection, "declare", timeout) as amqp:
+                await amqp.queue_declare(
+                    queue, durable=True, arguments=broker.request_queue_arguments(self.settings)
                 )
-                await queue.bind(RPC_EXCHANGE, request_key(endpoint, plugin))
-            finally:
-                await channel.close()
+                await amqp.queue_bind(
+                    queue, RPC_EXCHANGE, routing_key=request_key(endpoint, plugin)
+                )
 
     # -- events ----------------------------------------------------------------------------
 

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="Broker users an endpoint serves; empty means only its own user.",
     )
     prefetch: int = Field(256, gt=0, description="Unacked requests per plugin queue.")
+    ack_within: float = Field(
+        10.0,
+        gt=0,
+        description="Longest an endpoint holds a request unacknowledged, s; keep it well below "
+        "the broker's consumer_timeout (docs/reliability.md).",
+    )
     queue_type: Literal["classic", "quorum"] = Field("classic", description="Request queue type.")
     session_ttl: float = Field(3600.0, gt=0, description="Default session lifetime when idle, s.")
     discovery_window: float = Field(

@@ -3,12 +3,12 @@
     OrbitError
     ├── ConfigError                 bad settings or arguments, found before anything is sent
     ├── BrokerError                 talking to RabbitMQ failed
-    │   ├── BrokerUnavailable       cannot connect
-    │   ├── ConnectionLost          the connection dropped while a call waited
+    │   ├── BrokerUnavailable  (T)  cannot connect
+    │   ├── ConnectionLost     (T)  the connection dropped while a call waited
     │   └── AccessRefused           the broker user lacks a permission
     ├── EndpointError
     │   ├── EndpointNotFound        nothing is bound for that endpoint/plugin
-    │   └── EndpointOffline         the plugin queue exists but nobody consumes it
+    │   └── EndpointOffline    (T)  the plugin queue exists but nobody consumes it
     ├── CallTimeout                 no reply before the caller's deadline
     └── RemoteError                 the endpoint answered with an error (has .code)
         ├── InvalidRequest          invalid_request
@@ -18,9 +18,12 @@
         │   └── SessionNotFound
         ├── Conflict                conflict
         ├── Unauthorized            unauthorized
-        ├── Unavailable             unavailable
+        ├── Unavailable        (T)  unavailable
         ├── OperationTimeout        timeout (the endpoint gave up on the work)
         └── InternalError           internal
+
+(T): also a `TransientError`: the same call may succeed later (the broker or the endpoint was
+away, or busy). The SDK retries those itself only where that is safe (orbit_mq/retry.py).
 
 Plugins raise `RemoteError` subclasses (their own too, e.g. `class JobNotFound(NotFound)`);
 `to_error_info` turns them into wire errors and `from_error_info` turns wire errors back into
@@ -32,10 +35,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from orbit_mq.protocol import ErrorCode, ErrorInfo
+from orbit_mq.shorten import shorten
 
 
 class OrbitError(Exception):
     """Root of every orbit_mq error."""
+
+
+class TransientError(OrbitError):
+    """Mixed into the errors after which the same call may succeed later."""
 
 
 class ConfigError(OrbitError):
@@ -46,11 +54,11 @@ class BrokerError(OrbitError):
     pass
 
 
-class BrokerUnavailable(BrokerError):
+class BrokerUnavailable(BrokerError, TransientError):
     pass
 
 
-class ConnectionLost(BrokerError):
+class ConnectionLost(BrokerError, TransientError):
     pass
 
 
@@ -69,7 +77,7 @@ class EndpointNotFound(EndpointError):
     pass
 
 
-class EndpointOffline(EndpointError):
+class EndpointOffline(EndpointError, TransientError):
     pass
 
 
@@ -123,7 +131,7 @@ class Unauthorized(RemoteError):
     code = ErrorCode.UNAUTHORIZED
 
 
-class Unavailable(RemoteError):
+class Unavailable(RemoteError, TransientError):
     code = ErrorCode.UNAVAILABLE
 
 
@@ -146,9 +154,15 @@ _BY_CODE: dict[ErrorCode, type[RemoteError]] = {
 }
 
 
+MESSAGE_LIMIT = 1000  # characters of an error message on the wire; values in details: 200
+
+
 def to_error_info(error: RemoteError) -> ErrorInfo:
-    details = {**error.details, "type": type(error).__name__}
-    return ErrorInfo(code=error.code, message=error.message, details=details)
+    """The wire form of `error`; values a caller sent are shortened where they are echoed."""
+    details = {key: shorten(value) for key, value in error.details.items()}
+    details["type"] = type(error).__name__
+    message = shorten(error.message, MESSAGE_LIMIT)
+    return ErrorInfo(code=error.code, message=message, details=details)
 
 
 def from_error_info(info: ErrorInfo) -> RemoteError:

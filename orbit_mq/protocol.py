@@ -138,10 +138,16 @@ def utcnow() -> datetime:
 class Event(_Wire):
     """A message on orbit.events, routing key `{endpoint}.{plugin}.{topic}`."""
 
+    id: str | None = Field(
+        default=None,
+        description="The event's dedupe key, also its AMQP message_id: a repeat of an event "
+        "on the wire carries the same id (job_status: `{job_id}:{seq}`; job_output: "
+        "`{job_id}:{stream}:{offset}`; session_status: `{session_id}:{status}`).",
+    )
     endpoint: str
     plugin: str
     topic: str
-    time: datetime = Field(default_factory=utcnow)
+    time: datetime = Field(default_factory=utcnow, description="When the event was journaled.")
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -193,6 +199,10 @@ class SessionInfo(_Wire):
     ttl: float = Field(description="Seconds of inactivity after which the session expires.")
     expires: datetime
     status: SessionStatus = "active"
+
+    def event_key(self) -> str:
+        """The dedupe key of the session_status event announcing this state."""
+        return f"{self.session_id}:{self.status}"
 
 
 class HealthInfo(_Wire):

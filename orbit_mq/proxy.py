@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import ValidationError
 
-from orbit_mq.errors import InvalidRequest
+from orbit_mq.errors import InvalidRequest, SessionNotFound
 from orbit_mq.jobs import job_handles
 
 # Results that the SDK hands back as live handles rather than plain values.
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from orbit_mq.workers.rpc import RpcSpec
 
 log = logging.getLogger("orbit_mq.client")
+
+_SESSION_METHODS = frozenset({"register_session", "unregister_session"})
 
 
 def local_specs(plugin: str) -> dict[str, RpcSpec]:
@@ -60,12 +62,15 @@ class PluginProxy:
         self.wait = wait
         self.timeout = timeout
         self.session_id: str | None = None
+        self.session_ttl: float | None = None  # as asked for when the session was opened
         self.specs = local_specs(plugin)
 
     def __repr__(self) -> str:
         return f"<PluginProxy {self.endpoint}.{self.plugin} session={self.session_id}>"
 
     async def open_session(self, ttl: float | None = None) -> None:
+        """Register a session; later calls carry it (and open a new one if it expired)."""
+        self.session_id, self.session_ttl = None, ttl
         info = await self.call("register_session", {"ttl": ttl})
         self.session_id = info["session_id"] if isinstance(info, dict) else info.session_id
 
@@ -109,7 +114,25 @@ class PluginProxy:
                 f"{self.plugin}.{method}: pass parameters by name (the plugin is not installed "
                 "locally, so their order is unknown)"
             )
-        result = await self.fabric.call(
+        try:
+            result = await self._send(method, params, timeout, spec)
+        except SessionNotFound:
+            if self.session_id is None or method in _SESSION_METHODS:
+                raise
+            # The session expired (idle past its TTL) or the endpoint lost it. The endpoint
+            # refused the call before running it, so making it again in a new one is safe.
+            log.info("%s: session %s is gone; opening a new one", self, self.session_id)
+            await self.open_session(self.session_ttl)
+            result = await self._send(method, params, timeout, spec)
+        if spec is not None:
+            result = spec.result.validate_python(result)
+        handle = HANDLES.get((self.plugin, method))
+        return handle(self, result) if handle is not None else result
+
+    async def _send(
+        self, method: str, params: dict[str, Any], timeout: float | None, spec: RpcSpec | None
+    ) -> Any:
+        return await self.fabric.call(
             self.endpoint,
             self.plugin,
             method,
@@ -117,11 +140,8 @@ class PluginProxy:
             timeout=self.timeout if timeout is None else timeout,
             wait=self.wait,
             session=self.session_id,
+            retry=spec is not None and spec.dedupe,
         )
-        if spec is not None:
-            result = spec.result.validate_python(result)
-        handle = HANDLES.get((self.plugin, method))
-        return handle(self, result) if handle is not None else result
 
     def _checked(
         self, spec: RpcSpec, args: tuple[Any, ...], params: dict[str, Any]

@@ -13,20 +13,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, create_model
 
 from orbit_mq import protocol as p
 from orbit_mq.broker import DEAD_LETTER_LIMIT
-from orbit_mq.workers.plugin import describe_plugin
+from orbit_mq.workers.plugin import Plugin, describe_plugin
 from orbit_mq.workers.registry import known_plugins, load_plugin
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_URI = "https://orbit-mq.dev/schemas/"
 ASYNCAPI_FILE = "asyncapi.yaml"
 PLUGINS_DIR = "plugins"
+EVENTS_DIR = "events"
 AMQP_BINDING = "0.3.0"
 SCHEMA_FORMAT = "application/schema+json;version=2020-12"
 MS_SINCE_EPOCH = "milliseconds since 1970-01-01T00:00:00Z"
@@ -57,11 +58,42 @@ def message_schemas() -> dict[str, dict[str, Any]]:
 
 def plugin_descriptions() -> dict[str, dict[str, Any]]:
     """`plugins/<plugin>.json` → the `describe` answer of every installed plugin."""
-    described = [describe_plugin(load_plugin(entry)) for entry in sorted(known_plugins())]
+    described = [describe_plugin(cls) for cls in _installed()]
     return {
         f"{PLUGINS_DIR}/{d.name}.json": d.model_dump(mode="json")
         for d in sorted(described, key=lambda d: d.name)
     }
+
+
+def _installed() -> list[type[Plugin]]:
+    return sorted((load_plugin(entry) for entry in known_plugins()), key=lambda c: c.name)
+
+
+def _event_model(topic: str, plugin: str | None, data: type[BaseModel]) -> type[BaseModel]:
+    """The whole event message of one topic: the envelope with its `data` model."""
+    fields: dict[str, Any] = {"topic": (Literal[topic], ...), "data": (data, ...)}
+    if plugin is not None:
+        fields["plugin"] = (Literal[plugin], ...)
+    title = "".join(part.title() for part in f"{plugin or ''}_{topic}".split("_")) + "Event"
+    model: type[BaseModel] = create_model(title, __base__=p.Event, **fields)
+    return model
+
+
+def event_schemas() -> dict[str, dict[str, Any]]:
+    """`events/<topic>.json` for the topics every plugin has (session_status), and
+    `events/<plugin>.<topic>.json` for each installed plugin's own."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for topic, data in Plugin.events.items():
+        name = f"{EVENTS_DIR}/{topic}"
+        schemas[f"{name}.json"] = _schema(name, _event_model(topic, None, data).model_json_schema())
+    for cls in _installed():
+        for topic, data in cls.events.items():
+            if topic in Plugin.events:
+                continue
+            name = f"{EVENTS_DIR}/{cls.name}.{topic}"
+            model = _event_model(topic, cls.name, data)
+            schemas[f"{name}.json"] = _schema(name, model.model_json_schema())
+    return schemas
 
 
 # -- AsyncAPI ----------------------------------------------------------------------------------
@@ -163,7 +195,12 @@ def _message(
     return message
 
 
-def _messages(plugins: list[str]) -> dict[str, Any]:
+def _event_message(file: str) -> str:
+    """The AsyncAPI message name of an event schema file: `event.psij.job_status`."""
+    return "event." + file.removeprefix(EVENTS_DIR + "/").removesuffix(".json")
+
+
+def _messages(plugins: list[str], events: list[str]) -> dict[str, Any]:
     where = ", ".join(f"{PLUGINS_DIR}/{name}.json" for name in plugins) or "none installed"
     params = "The method's named parameters; their schema is in the plugin's `describe` answer "
     params += f"and in plugins/<plugin>.json ({where})."
@@ -177,6 +214,15 @@ def _messages(plugins: list[str]) -> dict[str, Any]:
         "expiration": _prop(False, "The collection window, ms, as a decimal string."),
     }
     dead = {"headers": _prop(True, "The original headers plus the broker's `x-death`.")}
+    event_body = {
+        **json_body,
+        "message_id": _prop(
+            True,
+            "The event's dedupe key (also `id` in the body): a copy published again after a "
+            "lost confirm carries the same one.",
+        ),
+        "delivery_mode": _prop(True, "Persistent.", "2"),
+    }
     specs: dict[str, tuple[Any, ...]] = {
         "request": (
             "One call of one method of one plugin.",
@@ -211,10 +257,19 @@ def _messages(plugins: list[str]) -> dict[str, Any]:
             json_body,
         ),
         "event": (
-            "Something happened on an endpoint; session_status data is a session-info.json.",
+            "Something happened on an endpoint (any topic; the topics with a schema of their "
+            "own are the event.* messages).",
             _external("event.json"),
-            json_body,
+            event_body,
         ),
+        **{
+            _event_message(file): (
+                f"The `{file.removeprefix(EVENTS_DIR + '/').removesuffix('.json')}` event.",
+                _external(file),
+                event_body,
+            )
+            for file in events
+        },
         "deadLetter": (
             "A request that expired in its queue or was rejected without requeueing.",
             {"description": "The original request body, unchanged."},
@@ -224,7 +279,7 @@ def _messages(plugins: list[str]) -> dict[str, Any]:
     return {name: _message(name, *spec) for name, spec in specs.items()}
 
 
-def _channels(plugins: list[str]) -> dict[str, Any]:
+def _channels(plugins: list[str], events: list[str]) -> dict[str, Any]:
     endpoint = {"description": f"Endpoint name (pattern {p.NAME_PATTERN})."}
     installed = ", ".join(plugins)
     plugin = {"description": f"Plugin name (same pattern); installed here: {installed}."}
@@ -276,7 +331,7 @@ def _channels(plugins: list[str]) -> dict[str, Any]:
                 "plugin": plugin,
                 "topic": topic,
             },
-            "messages": refs("event"),
+            "messages": refs("event", *(_event_message(file) for file in events)),
             "bindings": _exchange(p.EVENTS_EXCHANGE, "topic"),
         },
         "presence": {
@@ -320,7 +375,7 @@ def _operation(
     return op
 
 
-def _operations() -> dict[str, Any]:
+def _operations(events: list[str]) -> dict[str, Any]:
     request = {"mandatory": True, "deliveryMode": 1, "ack": False}
     return {
         "callMethod": _operation(
@@ -332,7 +387,12 @@ def _operations() -> dict[str, Any]:
         "discoverEndpoints": _operation(
             "send", "discovery", ["discover"], "Ask who is online.", ["endpointInfo"]
         ),
-        "receiveEvents": _operation("receive", "events", ["event"], "Follow events."),
+        "receiveEvents": _operation(
+            "receive",
+            "events",
+            ["event", *(_event_message(file) for file in events)],
+            "Follow events.",
+        ),
         "receivePresence": _operation(
             "receive", "presence", ["endpointInfo"], "Follow endpoints coming and going."
         ),
@@ -342,7 +402,7 @@ def _operations() -> dict[str, Any]:
     }
 
 
-def asyncapi_document(plugins: list[str]) -> dict[str, Any]:
+def asyncapi_document(plugins: list[str], events: list[str]) -> dict[str, Any]:
     security = [{"$ref": "#/components/securitySchemes/broker"}]
     server = {"protocolVersion": "0.9.1", "security": security}
     return {
@@ -360,10 +420,10 @@ def asyncapi_document(plugins: list[str]) -> dict[str, Any]:
             "broker": {"host": "localhost:5672", "protocol": "amqp", **server},
             "brokerTls": {"host": "localhost:5671", "protocol": "amqps", **server},
         },
-        "channels": _channels(plugins),
-        "operations": _operations(),
+        "channels": _channels(plugins, events),
+        "operations": _operations(events),
         "components": {
-            "messages": _messages(plugins),
+            "messages": _messages(plugins, events),
             "securitySchemes": {
                 "broker": {
                     "type": "userPassword",
@@ -382,8 +442,10 @@ def build_schemas() -> dict[str, Any]:
     files: dict[str, Any] = {**message_schemas()}
     plugins = plugin_descriptions()
     files.update(plugins)
+    events = event_schemas()
+    files.update(events)
     names = [content["name"] for content in plugins.values()]
-    files[ASYNCAPI_FILE] = asyncapi_document(names)
+    files[ASYNCAPI_FILE] = asyncapi_document(names, sorted(events))
     return dict(sorted(files.items()))
 
 
@@ -406,7 +468,7 @@ def render_schemas() -> dict[str, str]:
 def generated_files(out: Path) -> list[Path]:
     """The files in `out` that this module wrote: every plugin description in its own
     `plugins/` folder, and top-level files that carry our `$id` or AsyncAPI id."""
-    owned = list(out.glob(f"{PLUGINS_DIR}/*.json"))
+    owned = [*out.glob(f"{PLUGINS_DIR}/*.json"), *out.glob(f"{EVENTS_DIR}/*.json")]
     for path in [*out.glob("*.json"), *out.glob("*.yaml")]:
         try:
             head = path.read_text(encoding="utf-8")[:4096]

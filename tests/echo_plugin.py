@@ -41,6 +41,8 @@ class Echo(Plugin):
     async def start(self) -> None:
         self.sleeping = asyncio.Event()  # set while a `sleep` call runs: tests wait on it
         self.bumps = 0
+        self.slow_runs = 0
+        self.slow_finished = asyncio.Event()  # set whenever a `slow` call ends
 
     @rpc(dedupe=True)
     async def bump(self, pause: float = 0) -> int:
@@ -57,6 +59,15 @@ class Echo(Plugin):
         return seconds
 
     @rpc
+    async def slow(self, seconds: float) -> int:
+        """Not deduplicated: counts its runs, returns which run this was."""
+        self.slow_runs += 1
+        run = self.slow_runs
+        await asyncio.sleep(seconds)
+        self.slow_finished.set()
+        return run
+
+    @rpc
     def blocking_sleep(self, seconds: float) -> str:
         """A plain def: runs in a worker thread."""
         threading.Event().wait(seconds)
@@ -68,7 +79,7 @@ class Echo(Plugin):
             raise Conflict("already there", {"thing": 1})
         if kind == "domain":
             raise ThingNotFound("no such thing", {"thing": 2})
-        raise ValueError("boom")
+        raise ValueError(f"boom ({kind})")
 
     @rpc
     async def emit_many(self, count: int) -> int:

@@ -7,14 +7,11 @@ Runs where the test can restart the broker itself (root, rabbitmqctl, broker on 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import uuid
-from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
+from broker_control import ensure_running, restart, restartable
 from conftest import StartEndpoint
 from test_rpc import _wait_for_queued
 
@@ -25,23 +22,10 @@ from orbit_mq.subscribe import durable_queue_name
 pytestmark = pytest.mark.broker_restart
 
 
-def _restartable(url: str) -> bool:
-    local = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
-    return local and os.geteuid() == 0 and shutil.which("rabbitmqctl") is not None
-
-
-async def _rabbitmqctl(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode()
-
-
 async def test_endpoint_and_client_survive_a_broker_restart(
     start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str, settings: orbit_mq.Settings
 ) -> None:
-    if not _restartable(settings.url):
+    if not restartable(settings.url):
         pytest.skip("needs root, rabbitmqctl and a broker on this host")
     absent = f"{name}-later"
     durable = f"restart-{uuid.uuid4().hex[:8]}"
@@ -56,8 +40,10 @@ async def test_endpoint_and_client_survive_a_broker_restart(
     await _wait_for_queued(settings.url, request_queue(absent, "echo"), count=1)
 
     async with fabric.presence(f"{name}.online") as presence:
-        await _rabbitmqctl("stop_app")
-        await _rabbitmqctl("start_app")
+        try:
+            await restart()
+        finally:
+            await ensure_running()
         with pytest.raises(orbit_mq.ConnectionLost):
             await asyncio.wait_for(kept, 30)  # its reply channel died with the connection
         async with asyncio.timeout(60):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pkgutil
 import sys
 import textwrap
 import time
@@ -26,7 +27,7 @@ from orbit_mq.workers.rpc import rpc
 Sent = list[tuple[bytes, str | None]]
 
 
-async def _no_events(plugin: str, topic: str, data: dict[str, Any]) -> None:
+async def _no_events(plugin: str, topic: str, data: dict[str, Any], key: str | None) -> None:
     pass
 
 
@@ -130,18 +131,7 @@ def test_third_party_plugins_are_found_through_entry_points(
 
 def test_public_api_is_exactly_all() -> None:
     exported = {name for name in dir(orbit_mq) if not name.startswith("_")}
-    modules = {
-        "broker",
-        "caller",
-        "client",
-        "config",
-        "errors",
-        "jobs",
-        "protocol",
-        "proxy",
-        "staging",
-        "subscribe",
-    }
+    modules = {module.name for module in pkgutil.iter_modules(orbit_mq.__path__)}
     assert exported - modules - {"workers", "cli", "schemas"} == set(orbit_mq.__all__) - {
         "__version__"
     }
@@ -214,3 +204,37 @@ async def test_coalescing_keeps_big_calls_alone_and_batches_bounded() -> None:
     groups = batches(many)
     assert all(sum(len(c.body) for c in group) <= BATCH_BYTES for group in groups)
     assert [c for group in groups for c in group] == many
+
+
+async def test_numbers_refuse_booleans() -> None:
+    dispatcher, sent = await _dispatcher()
+    await _handle(dispatcher, sent, _request("register_session", b'{"ttl": true}'))
+    await _handle(dispatcher, sent, _request("echo", b'{"text": "a", "times": true}'))
+    await _handle(dispatcher, sent, _request("echo", b'{"text": "a", "times": 2}'))
+    replies = [orjson.loads(body) for body, _ in sent]
+    assert [reply["ok"] for reply in replies] == [False, False, True]
+    assert "not a boolean" in replies[0]["error"]["message"]
+    assert replies[1]["error"]["details"]["errors"][0]["loc"] == "times"
+
+
+async def test_one_session_rule_for_every_method() -> None:
+    """A named session must be live and the caller's, whatever the method; one that needs a
+    session refuses a call without one."""
+    dispatcher, sent = await _dispatcher()
+    await _handle(dispatcher, sent, _request("echo", b'{"text": "a"}', session="forged"))
+    await _handle(dispatcher, sent, _request("health", session="forged"))
+    await _handle(dispatcher, sent, _request("remember", b'{"value": "a"}'))
+    errors = [orjson.loads(body)["error"]["details"]["type"] for body, _ in sent]
+    assert errors == ["SessionNotFound"] * 3
+
+
+def test_describe_marks_session_scoped_and_deduplicated_methods() -> None:
+    from orbit_mq.workers.plugin import describe_plugin
+    from orbit_mq.workers.plugins.psij import PsiJ
+
+    echo = {method.name: method for method in describe_plugin(Echo).methods}
+    assert (echo["remember"].session, echo["remember"].session_required) == (True, True)
+    assert (echo["echo"].session, echo["echo"].session_required) == (False, False)
+    assert echo["bump"].dedupe and not echo["echo"].dedupe
+    submit = {method.name: method for method in describe_plugin(PsiJ).methods}["submit_job"]
+    assert (submit.session, submit.session_required, submit.dedupe) == (True, False, True)

@@ -29,8 +29,22 @@ async def test_sessions_keep_state_and_expire_after_their_ttl(
         async with asyncio.timeout(10):
             seen = [event.data["status"] async for event in _take(statuses, 2)]
         assert seen == ["active", "expired"]
+    expired = echo.session_id
     with pytest.raises(orbit_mq.SessionNotFound, match="unknown or expired"):
-        await echo.remember(value="c")
+        await fabric.call(name, "echo", "remember", {"value": "c"}, session=expired)
+    # The proxy opens a new session (the refused call did not run) and calls again in it.
+    assert await echo.remember(value="c") == ["c"]
+    assert echo.session_id not in (None, expired)
+
+
+async def test_an_unknown_session_is_refused_by_every_method(
+    start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str
+) -> None:
+    await start_endpoint()
+    for plugin, method in (("sysinfo", "homedir"), ("echo", "echo"), ("echo", "health")):
+        params = {"text": "x"} if method == "echo" else {}
+        with pytest.raises(orbit_mq.SessionNotFound, match="unknown or expired"):
+            await fabric.call(name, plugin, method, params, session="forged")
 
 
 async def test_session_is_required_where_the_method_declares_one(
@@ -121,3 +135,30 @@ async def _take(subscription: AsyncIterator[T], count: int) -> AsyncIterator[T]:
         taken += 1
         if taken == count:
             return
+
+
+async def test_closing_a_durable_subscription_leaves_nothing_behind(
+    start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str, settings: orbit_mq.Settings
+) -> None:
+    """After close() nothing consumes the queue and nothing stays unacknowledged: a new
+    subscription under the same name gets exactly what the first did not deliver."""
+    await start_endpoint()
+    durable = f"test-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(settings.url)
+    try:
+        async with fabric.subscribe(f"{name}.echo.tick", durable=durable) as first:
+            await fabric.call(name, "echo", "emit_many", {"count": 10})
+            async with asyncio.timeout(10):
+                taken = [event.data["seq"] async for event in _take(first, 4)]
+        channel = await connection.channel()
+        queue = await channel.declare_queue(durable_queue_name(durable), passive=True)
+        assert queue.declaration_result.consumer_count == 0
+        assert queue.declaration_result.message_count == 6  # none stranded unacked
+        async with fabric.subscribe(f"{name}.echo.tick", durable=durable) as second:
+            async with asyncio.timeout(10):
+                rest = [event.data["seq"] async for event in _take(second, 6)]
+        assert (taken, rest) == ([1, 2, 3, 4], [5, 6, 7, 8, 9, 10])
+    finally:
+        channel = await connection.channel()
+        await channel.queue_delete(durable_queue_name(durable))
+        await connection.close()

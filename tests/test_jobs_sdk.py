@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from broker_control import ensure_running, restart, restartable
 from conftest import StartEndpoint
-from test_broker_restart import _rabbitmqctl, _restartable
 
 import orbit_mq
 from orbit_mq.workers.plugins.psij import JobNotFound, PsiJ
@@ -64,14 +64,16 @@ async def test_following_output_and_cancel(
 async def test_jobs_end_once_across_a_broker_restart(
     start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str, settings: orbit_mq.Settings
 ) -> None:
-    if not _restartable(settings.url):
+    if not restartable(settings.url):
         pytest.skip("needs root, rabbitmqctl and a broker on this host")
     await start_endpoint(plugins=[PsiJ])
     psij = await fabric.endpoint(name).plugin("psij", session=False)
     jobs = await psij.submit_jobs(specs=[{"executable": "/bin/sleep", "arguments": ["1"]}] * 5)
     watches = [asyncio.create_task(_states(job)) for job in jobs]
-    await _rabbitmqctl("stop_app")
-    await _rabbitmqctl("start_app")
+    try:
+        await restart()
+    finally:
+        await ensure_running()
     async with asyncio.timeout(60):
         for watch in watches:
             seqs, states = await watch
@@ -83,3 +85,21 @@ async def _states(job: orbit_mq.Job) -> tuple[list[int], list[str]]:
     """Watch a job to its end in one `watch()`: it must ride out the restart itself."""
     seen = [transition async for transition in job.watch()]
     return [t.seq for t in seen], [t.state for t in seen]
+
+
+async def test_a_psij_proxy_idle_past_its_session_ttl_keeps_working(
+    start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str
+) -> None:
+    await start_endpoint(plugins=[PsiJ])
+    async with fabric.subscribe(f"{name}.psij.session_status") as statuses:
+        psij = await fabric.endpoint(name).plugin("psij", ttl=2)
+        first = psij.session_id
+        async with asyncio.timeout(15):  # idle until the endpoint expires the session
+            async for event in statuses:
+                if event.data == {**event.data, "session_id": first, "status": "expired"}:
+                    break
+    assert (await psij.list_jobs()).total == 0  # refused in the old session, run in a new one
+    assert psij.session_id not in (None, first)
+    job = await psij.submit_job(spec={"executable": "/bin/true"})
+    assert (await job.wait(timeout=30)).state == "COMPLETED"
+    assert job.info.session == psij.session_id

@@ -65,7 +65,7 @@ async def test_events_left_in_the_outbox_are_published_at_start(
     for seq in (1, 2):
         event = Event(endpoint=name, plugin="echo", topic="tick", data={"seq": seq})
         key = event_key(name, "echo", "tick")
-        journal.add_event(EVENTS_EXCHANGE, key, event.model_dump_json().encode())
+        journal.add_event(EVENTS_EXCHANGE, key, event.model_dump_json().encode(), f"left:{seq}")
     journal.close()
     async with fabric.subscribe(f"{name}.echo.tick") as ticks:
         await start_endpoint()
@@ -81,7 +81,7 @@ async def test_events_left_in_the_outbox_are_published_at_start(
 
 def test_journal_outbox_is_ordered_and_emptied(tmp_path: pytest.TempPathFactory) -> None:
     journal = Journal(None)
-    ids = [journal.add_event("x", f"k{i}", b"{}") for i in range(3)]
+    ids = [journal.add_event("x", f"k{i}", b"{}", f"m{i}") for i in range(3)]
     assert [entry.routing_key for entry in journal.pending_events()] == ["k0", "k1", "k2"]
     journal.published(ids[:2])
     assert [entry.id for entry in journal.pending_events()] == ids[2:]

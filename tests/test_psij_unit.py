@@ -17,7 +17,7 @@ import psij
 import pytest
 from psij.executors.batch.slurm import SlurmExecutorConfig
 from psij.serialize import JSONSerializer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.plugins.psij import ExecutorUnavailable, JobSpec, JobState, files
@@ -310,9 +310,9 @@ class Rig:
         self.tracker = Tracker(self.journal, self.store, self.emit, self.pool)  # type: ignore[arg-type]
         self.tmp_path = tmp_path
 
-    async def emit(self, topic: str, data: dict[str, Any]) -> None:
+    async def emit(self, topic: str, data: BaseModel) -> None:
         assert self.journal.db.in_transaction  # journaled together with the state
-        self.events.append((topic, data))
+        self.events.append((topic, data.model_dump(mode="json")))
 
     def job(self) -> LiveJob:
         psij_job = psij.Job()
@@ -337,8 +337,7 @@ async def test_tracker_fills_orders_and_journals(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.tracker.start()
     job = rig.job()
-    await rig.tracker.create([job])
-    await rig.tracker.submit(job)
+    await (await rig.tracker.create([job]))  # recorded, then handed to the executor
     job_id = job.row.job_id
     rig.tracker.report(job_id, Report(COMPLETED, time.time(), exit_code=0))
     rig.tracker.report(job_id, Report(ACTIVE, time.time()))  # late: dropped
@@ -361,9 +360,11 @@ async def test_cancel_during_submission_reaches_the_executor(tmp_path: Path) -> 
     rig = Rig(tmp_path)
     rig.tracker.start()
     job = rig.job()
-    await rig.tracker.create([job])
     rig.pool.executor.release.clear()  # the submission hangs until released
-    submitting = asyncio.create_task(rig.tracker.submit(job))
+    submitting = await rig.tracker.create([job])
+    async with asyncio.timeout(5):
+        while not job.row.handed:  # noqa: ASYNC110 (set in a thread: nothing to await)
+            await asyncio.sleep(0.01)
     await rig.tracker.cancel(job.row.job_id)  # the executor does not have the job yet
     assert rig.pool.executor.canceled == []
     rig.pool.executor.release.set()
@@ -382,13 +383,12 @@ async def test_a_refused_submission_fails_with_the_reason(tmp_path: Path) -> Non
     rig = Rig(tmp_path)
     rig.tracker.start()
     job = rig.job()
-    await rig.tracker.create([job])
 
     def refuse(psij_job: psij.Job) -> None:
         raise psij.SubmitException("sbatch: error: invalid partition")
 
     rig.pool.executor.submit = refuse  # type: ignore[method-assign]
-    await rig.tracker.submit(job)
+    await (await rig.tracker.create([job]))
     await asyncio.wait_for(job.done.wait(), 5)
     assert rig.states(job.row.job_id) == [(1, "NEW"), (2, "FAILED")]
     assert "invalid partition" in rig.events[-1][1]["message"]
@@ -410,6 +410,7 @@ async def _recovered(rig: Rig, **changes: Any) -> LiveJob:
     for key, value in changes.items():
         setattr(job.row, key, value)
     rig.store.insert(job.row)
+    rig.store.mark_handed(job.row.job_id)
     if job.row.cancel_requested:
         rig.store.mark_cancel(job.row.job_id)
     for step in (Step(2, QUEUED), Step(3, ACTIVE)):
@@ -430,7 +431,7 @@ def _dead_pid() -> str:
 @pytest.mark.parametrize(
     ("changes", "state", "exit_code", "message"),
     [
-        ({"native_id": None}, "FAILED", None, "cannot be re-attached"),
+        ({"native_id": None}, "FAILED", None, "may or may not have started"),
         ({"native_id": "1", "executor": "gone"}, "FAILED", None, "no longer available"),
         ({"native_id": "dead", "exit_file": "5"}, "FAILED", 5, "exit code 5"),
         ({"native_id": "dead", "exit_file": "0"}, "COMPLETED", 0, None),
@@ -468,3 +469,51 @@ async def test_recovery_reattaches_and_repeats_a_requested_cancel(tmp_path: Path
     await asyncio.wait_for(job.done.wait(), 5)
     assert rig.states(job.row.job_id) == [(4, "CANCELED")]  # its earlier events went before
     await rig.tracker.stop()
+
+
+async def test_recovery_submits_a_job_accepted_but_never_handed_over(tmp_path: Path) -> None:
+    """What an endpoint that stopped right after recording a job leaves: NEW, never handed to
+    its executor. The next start submits it, under its recorded id."""
+    rig = Rig(tmp_path)
+    rig.tracker.start()
+    job = rig.job()
+    rig.store.insert(job.row)
+    (row,) = rig.store.unfinished()
+    assert not row.handed
+    revived = LiveJob(row, psij_spec=job.psij_spec)
+    await recover(rig.tracker, [revived])
+    await rig.tracker.barrier()
+    assert revived.submitted and revived.psij_job is not None
+    assert revived.psij_job.id == row.job_id  # the launcher's command line carries it
+    assert rig.states(row.job_id) == [(2, "QUEUED")]
+    assert rig.store.get(row.job_id).handed  # type: ignore[union-attr]
+    await rig.tracker.stop()
+
+
+async def test_a_job_cancelled_before_its_handover_is_never_submitted(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.tracker.start()
+    job = rig.job()
+    job.row.cancel_requested = True
+    rig.store.insert(job.row)
+    rig.store.mark_cancel(job.row.job_id)
+    (row,) = rig.store.unfinished()
+    revived = LiveJob(row, psij_spec=job.psij_spec)
+    rig.pool.executor.submit = lambda psij_job: pytest.fail("submitted")  # type: ignore[method-assign]
+    await recover(rig.tracker, [revived])
+    await asyncio.wait_for(revived.done.wait(), 5)
+    assert rig.states(row.job_id) == [(2, "CANCELED")]
+    await rig.tracker.stop()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"resources": {"node_count": True}},
+        {"resources": {"memory": False}},
+        {"attributes": {"duration": True}},
+    ],
+)
+def test_numbers_in_a_job_spec_refuse_booleans(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="not a boolean"):
+        JobSpec.model_validate({"executable": "/bin/true", **spec})

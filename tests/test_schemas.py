@@ -180,3 +180,23 @@ def test_asyncapi_uses_the_protocol_names_and_its_references_resolve() -> None:
             target = json.loads((SCHEMAS / file).read_text(encoding="utf-8"))
         for part in filter(None, pointer.split("/")):
             target = target[part]
+
+
+def test_every_event_topic_has_a_schema_and_job_status_lists_its_terminal_states() -> None:
+    from orbit_mq.workers.plugin import Plugin
+    from orbit_mq.workers.plugins.psij.models import TERMINAL
+    from orbit_mq.workers.registry import known_plugins, load_plugin
+
+    files = build_schemas()
+    for cls in (load_plugin(entry) for entry in known_plugins()):
+        for topic in cls.events:
+            name = topic if topic in Plugin.events else f"{cls.name}.{topic}"
+            schema = files[f"events/{name}.json"]
+            assert schema["properties"]["topic"]["const"] == topic
+            if jsonschema is not None:
+                jsonschema.Draft202012Validator.check_schema(schema)
+    data = files["events/psij.job_status.json"]["$defs"]["JobStatusEvent"]
+    assert data["x-terminal-states"] == sorted(state.value for state in TERMINAL)
+    asyncapi = (SCHEMAS / ASYNCAPI_FILE).read_text(encoding="utf-8")
+    for name in (name for name in files if name.startswith("events/")):
+        assert f"$ref: {name}" in asyncapi, f"{ASYNCAPI_FILE} does not refer to {name}"

@@ -303,6 +303,23 @@ async def test_commit_checks_completeness_and_checksum(root: Path, uploads: Uplo
     assert uploads.table.all() == [] and len(uploads) == 0
 
 
+async def test_a_commit_refused_for_a_swapped_directory_leaves_no_partial(
+    root: Path, uploads: Uploads
+) -> None:
+    data = os.urandom(1024)
+    directory = root / "data" / "in"
+    directory.mkdir()
+    upload, _ = await uploads.begin("alice", str(directory / "f.bin"), len(data), sha(data), False)
+    upload.append(0, data)
+    moved = root / "data" / "moved"
+    directory.rename(moved)  # the directory is swapped for a symlink during the upload
+    directory.symlink_to(moved)
+    with pytest.raises(PathNotAllowed, match="partial upload was deleted"):
+        await uploads.commit(upload)
+    assert list(moved.iterdir()) == []  # the hidden partial file went too
+    assert uploads.table.all() == [] and len(uploads) == 0
+
+
 async def test_abort_and_stale_cleanup_delete_partials(root: Path, uploads: Uploads) -> None:
     target = str(root / "data" / "f.bin")
     kept, _ = await uploads.begin("alice", target, 10, sha(b"a"), False)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +36,12 @@ from orbit_mq.protocol import (
     BatchCall,
     BatchRequest,
 )
+from orbit_mq.shorten import shorten
+from orbit_mq.workers.logs import RefusalLog, bounded_logger
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.rpc import CallContext, RpcSpec, Session
 
-log = logging.getLogger("orbit_mq.endpoint")
+log = bounded_logger("orbit_mq.endpoint")
 
 # reply_to, correlation_id, body, message type
 ReplySink = Callable[[str, str | None, bytes, str | None], Awaitable[None]]
@@ -87,13 +87,15 @@ class Dispatcher:
         self.executor = executor
         self.label = plugin.name
         self._running: dict[str, asyncio.Future[bytes]] = {}
+        self._refusals = RefusalLog(log)
 
     async def handle(self, request: Request, send: ReplySink) -> None:
         """Answer one request message; never raises for anything the message contains."""
         if not request.reply_to or not request.reply_to.startswith(REPLY_TO):
             # Answering any other address would let a caller make this endpoint write into
             # queues the caller itself may not write to.
-            log.warning(
+            self._refusals.warning(
+                request.user,
                 "%s: dropped a %r request with reply_to %r (message_id=%s): only direct "
                 "reply-to addresses (%s) are answered",
                 self.label,
@@ -120,6 +122,11 @@ class Dispatcher:
             body = error_body(error)
         await send(request.reply_to, request.correlation_id, body, None)
 
+    async def refuse(self, request: Request, send: ReplySink, error: RemoteError) -> None:
+        """Answer `request` (every call of a batch) with `error`."""
+        if request.reply_to and request.reply_to.startswith(REPLY_TO):
+            await send(request.reply_to, request.correlation_id, error_body(error), None)
+
     def _admit(self, request: Request) -> None:
         size = len(request.body)
         if size > self.max_message_size:
@@ -135,7 +142,8 @@ class Dispatcher:
                 {"supported": [PROTOCOL_VERSION]},
             )
         if request.user not in self.allowed_users:
-            log.warning(
+            self._refusals.warning(
+                request.user,
                 "%s: refused %r from user %r (allowed: %s)",
                 self.label,
                 request.method,
@@ -175,7 +183,7 @@ class Dispatcher:
             return await call()
         except RemoteError as error:
             if isinstance(error, InvalidRequest | MethodNotFound):
-                log.warning("%s.%s: %s", self.label, method, error)
+                self._refusals.warning(user, "%s.%s: %s", self.label, method, str(error))
             return error_body(error)
 
     async def _run(
@@ -215,9 +223,8 @@ class Dispatcher:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._running[message_id] = future
         try:
-            body = await run()
-            if body.startswith(b'{"ok":true'):  # errors may be transient: those run again
-                journal.store_reply(self.label, message_id, body)
+            body = await run()  # a success: errors raise (they may be transient: run again)
+            journal.store_reply(self.label, message_id, body)
             future.set_result(body)
             return body
         except BaseException as exc:
@@ -232,8 +239,9 @@ class Dispatcher:
         if spec is None:
             methods = sorted(self.plugin.rpc_methods)
             raise MethodNotFound(
-                f"plugin {self.label!r} has no method {method!r}; it has: {', '.join(methods)}",
-                {"method": method, "methods": methods},
+                f"plugin {self.label!r} has no method {shorten(method)!r}; it has: "
+                f"{', '.join(methods)}",
+                {"method": shorten(method), "methods": methods},
             )
         return spec
 
@@ -243,7 +251,8 @@ class Dispatcher:
                 params = orjson.loads(params) if params.strip() else {}
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(
-                    f"request body is not valid JSON ({exc}); send a JSON object of parameters",
+                    f"request body is not valid JSON ({shorten(str(exc))}); send a JSON object "
+                    "of parameters",
                     {"reason": "malformed_json"},
                 ) from None
         if not isinstance(params, dict):
@@ -266,20 +275,16 @@ class Dispatcher:
         return dict(model)
 
     def _session(self, spec: RpcSpec, session_id: str | None, user: str) -> Session | None:
-        if spec.session_param is None:
-            if session_id:  # use keeps a session alive even on session-less methods
-                with suppress(RemoteError):
-                    self.plugin.sessions.use(session_id, user)
-            return None
-        if not session_id:
-            if spec.session_required:
-                raise SessionNotFound(
-                    f"{self.label}.{spec.name} needs a session: call register_session and send "
-                    "its session_id in the orbit-session header",
-                    {"session": None},
-                )
-            return None
-        return self.plugin.sessions.use(session_id, user)
+        """One rule for every method: a request that names a session must name a live one of
+        its caller (any use resets its idle clock); a method that needs one refuses without."""
+        session = self.plugin.sessions.use(session_id, user) if session_id else None
+        if session is None and spec.session_required:
+            raise SessionNotFound(
+                f"{self.label}.{spec.name} needs a session: call register_session and send "
+                "its session_id in the orbit-session header",
+                {"session": None},
+            )
+        return session if spec.session_param is not None else None
 
     async def _invoke(self, spec: RpcSpec, arguments: dict[str, Any], ctx: CallContext) -> Any:
         if spec.session_param is not None:

@@ -1,47 +1,43 @@
 """The endpoint: connects out to the broker, serves its plugins' queues, announces its presence.
 
-Each plugin gets its own channel (with a prefetch limit) and durable queue
-`orbit.ep.{endpoint}.{plugin}`; every delivery runs as its own task, so a slow call never
-holds up a fast one. The connection is robust: after a broker restart it reconnects,
-re-declares and consumes again, and requests the broker kept are served.
+Each plugin gets its own channel (a `Lane`, with a prefetch limit) and durable queue
+`orbit.ep.{endpoint}.{plugin}`; every delivery runs as its own task of the endpoint, so a
+slow call never holds up a fast one, and a call is never abandoned because its channel went.
+After a broker restart the connection comes back, every lane re-declares and consumes again,
+and the requests the broker kept are served.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
-import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-    DeliveryMode,
-)
-from aiormq.abc import ConsumerCallback, DeliveredMessage
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from orbit_mq import __version__
 from orbit_mq.broker import (
     Route,
     connect,
     declare_topology,
+    quietly,
     request_queue_arguments,
     translated,
 )
 from orbit_mq.config import Settings, url_user
-from orbit_mq.errors import ConfigError, OrbitError
+from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
+from orbit_mq.lanes import Lane
 from orbit_mq.protocol import (
     CONTENT_TYPE,
     DISCOVER_KEY,
@@ -60,13 +56,15 @@ from orbit_mq.protocol import (
     request_key,
     request_queue,
 )
+from orbit_mq.workers.acking import settled
 from orbit_mq.workers.dispatch import Dispatcher, Request
 from orbit_mq.workers.hostinfo import detect_host_role
 from orbit_mq.workers.journal import Journal, journal_path
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.outbox import Outbox
 from orbit_mq.workers.plugin import Plugin, PluginContext
 
-log = logging.getLogger("orbit_mq.endpoint")
+log = bounded_logger("orbit_mq.endpoint")
 
 
 def _text(value: Any) -> str | None:
@@ -99,28 +97,6 @@ def request_from_message(message: DeliveredMessage) -> Request:
     )
 
 
-async def _quietly(action: Any) -> None:
-    """Run a broker call whose failure only means the connection is gone (the broker redelivers)."""
-    with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-        await action
-
-
-@asynccontextmanager
-async def settled(message: DeliveredMessage) -> AsyncIterator[None]:
-    """The one place a request is acked: once answered, or when it cannot be (never requeued
-    forever); if the endpoint is stopping mid-call it goes back to the queue instead."""
-    channel, tag = message.channel, cast(int, message.delivery_tag)
-    try:
-        yield
-    except asyncio.CancelledError:
-        await _quietly(channel.basic_reject(tag, requeue=True))
-        raise
-    except Exception:
-        log.exception("request %s could not be handled; acking it", tag)
-    # wait=False: the ack joins the reply in one socket write (see broker._CorkedWriter)
-    await _quietly(channel.basic_ack(tag, wait=False))
-
-
 class Endpoint:
     def __init__(
         self,
@@ -137,12 +113,16 @@ class Endpoint:
         self.plugins: dict[str, Plugin] = {}
         self.started = time.time()
         self.role = detect_host_role()
+        self.allowed = frozenset(self.settings.allowed_users or [self.user])
         self._connection: AbstractRobustConnection | None = None
-        self._events: AbstractRobustChannel | None = None
+        self._events: Lane | None = None  # events, presence, discovery
+        self._lanes: dict[str, Lane] = {}  # plugin name -> the lane consuming its queue
         self._consumers: dict[str, tuple[aiormq.abc.AbstractChannel, str]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._connected = False
+        self._discoverable = False
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"orbit-{name}")
         self.journal = Journal(journal_path(self.settings.home, self.name))
         self.journal.forget_old_replies()  # stored replies are kept for REPLY_RETENTION only
@@ -160,18 +140,23 @@ class Endpoint:
             raise
 
     async def _start(self) -> None:
-        self._connection = await connect(
-            self.settings, f"orbit-mq endpoint {self.name}", self.route
-        )
-        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        connection = await connect(self.settings, f"orbit-mq endpoint {self.name}", self.route)
+        self._connection, self._connected = connection, True
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        connection.close_callbacks.add(self._connection_lost)
         with translated(f"starting endpoint {self.name!r}"):
-            self._events = await self._robust_channel(publisher_confirms=True)
-            await declare_topology(self._events)
-            self._outbox = Outbox(self.journal, self._events.get_underlay_channel)
+            self._events = Lane(
+                connection,
+                f"{self.name} events",
+                confirms=True,
+                setup=self._setup_events,
+                kept=True,
+            )
+            await self._events.get()
+            self._outbox = Outbox(self.journal, self._events.get)
             self._outbox.start()
-            allowed = frozenset(self.settings.allowed_users or [self.user])
             for cls in self.plugin_classes:
-                await self._serve_plugin(cls, allowed)
+                await self._serve_plugin(cls)
             await self._serve_discovery()
         await self._announce(PresenceStatus.ONLINE)
         self._background = [
@@ -183,7 +168,7 @@ class Endpoint:
             self.name,
             self.user,
             ", ".join(self.plugins),
-            ", ".join(sorted(allowed)),
+            ", ".join(sorted(self.allowed)),
         )
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -192,7 +177,7 @@ class Endpoint:
             return
         self._stopping.set()
         for amqp, tag in self._consumers.values():
-            await _quietly(amqp.basic_cancel(tag))
+            await quietly(amqp.basic_cancel(tag))
         if self._inflight:
             log.info("waiting for %d in-flight calls", len(self._inflight))
             _, late = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -210,13 +195,15 @@ class Endpoint:
                 log.exception("plugin %s failed to stop cleanly", plugin.name)
         if self._background:  # it was online (start completed)
             with suppress(Exception):
-                await self._announce(PresenceStatus.OFFLINE)
+                await self._announce(PresenceStatus.OFFLINE, timeout=5)
         if self._outbox is not None:
             if not await self._outbox.drain(timeout=10):
                 log.warning("events not yet published stay in the journal for the next start")
             await self._outbox.stop()
+        for lane in [*self._lanes.values(), *filter(None, [self._events])]:
+            await lane.close()
         if self._connection is not None:
-            await _quietly(self._connection.close())
+            await quietly(self._connection.close())
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.journal.close()
         log.info("endpoint %r stopped", self.name)
@@ -237,13 +224,7 @@ class Endpoint:
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def _robust_channel(self, publisher_confirms: bool) -> AbstractRobustChannel:
-        assert self._connection is not None
-        channel = await self._connection.channel(publisher_confirms=publisher_confirms)
-        assert isinstance(channel, AbstractRobustChannel)
-        return channel
-
-    async def _serve_plugin(self, cls: type[Plugin], allowed: frozenset[str]) -> None:
+    async def _serve_plugin(self, cls: type[Plugin]) -> None:
         assert self._connection is not None
         try:
             plugin = cls(PluginContext(self.name, self.settings, self._publish_event, self.journal))
@@ -253,88 +234,112 @@ class Endpoint:
         except Exception as exc:
             raise ConfigError(f"plugin {cls.name!r} failed to start: {exc}") from exc
         self.plugins[plugin.name] = plugin
-        channel = await self._robust_channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self.settings.prefetch)
-        queue = await channel.declare_queue(
-            request_queue(self.name, plugin.name),
-            durable=True,
-            arguments=request_queue_arguments(self.settings),
-        )
-        await queue.bind(RPC_EXCHANGE, request_key(self.name, plugin.name))
         dispatcher = Dispatcher(
             plugin,
-            allowed_users=allowed,
+            allowed_users=self.allowed,
             max_message_size=self.settings.max_message_size,
             executor=self._executor,
         )
-        await self._consume(channel, queue.name, partial(self._on_request, dispatcher, channel))
+        lane = Lane(
+            self._connection,
+            request_queue(self.name, plugin.name),
+            prefetch=self.settings.prefetch,
+            setup=partial(self._setup_plugin, plugin.name, dispatcher),
+            kept=True,
+        )
+        self._lanes[plugin.name] = lane
+        await lane.get()
 
-    async def _consume(
-        self, channel: AbstractRobustChannel, queue: str, callback: ConsumerCallback, **kw: Any
+    async def _setup_plugin(
+        self, plugin: str, dispatcher: Dispatcher, amqp: aiormq.Channel
     ) -> None:
-        """Consume with aiormq directly (the hot path), again after every reconnection."""
-
-        async def consume(*_: Any) -> None:
-            if self._stopping.is_set():
-                return
-            amqp = await channel.get_underlay_channel()
-            ok = await amqp.basic_consume(queue, callback, **kw)
+        """Declare and bind the plugin's queue and consume it (again after every reconnection)."""
+        queue = request_queue(self.name, plugin)
+        await amqp.queue_declare(
+            queue, durable=True, arguments=request_queue_arguments(self.settings)
+        )
+        await amqp.queue_bind(queue, RPC_EXCHANGE, routing_key=request_key(self.name, plugin))
+        if not self._stopping.is_set():
+            ok = await amqp.basic_consume(queue, partial(self._on_request, dispatcher, plugin))
             assert ok.consumer_tag is not None
             self._consumers[queue] = (amqp, ok.consumer_tag)
 
-        channel.reopen_callbacks.add(consume)
-        await consume()
-
     async def _on_request(
-        self, dispatcher: Dispatcher, channel: AbstractChannel, message: DeliveredMessage
+        self, dispatcher: Dispatcher, plugin: str, message: DeliveredMessage
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # The call runs in a task of the endpoint, not in aiormq's consumer task: aiormq
+        # cancels those when their channel closes, which would abandon a call half done (a
+        # job recorded but never handed to its executor, an answer never sent).
+        task = asyncio.create_task(self._serve(dispatcher, plugin, message))
         self._inflight.add(task)
-        try:
-            async with settled(message):
-                await dispatcher.handle(
-                    request_from_message(message), partial(self._reply, channel)
-                )
-        finally:
-            self._inflight.discard(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _serve(self, dispatcher: Dispatcher, plugin: str, message: DeliveredMessage) -> None:
+        request = request_from_message(message)
+        reply = partial(self._reply, self._lanes[plugin])
+        async with settled(message, self.settings.ack_within) as settlement:
+            try:
+                await dispatcher.handle(request, reply)
+            except asyncio.CancelledError:
+                if settlement.acked:  # it cannot go back to its queue: tell the caller
+                    stopping = Unavailable(
+                        f"endpoint {self.name!r} stopped before the call finished; call again"
+                    )
+                    await quietly(dispatcher.refuse(request, reply, stopping))
+                raise
 
     async def _reply(
         self,
-        channel: AbstractChannel,
+        lane: Lane,
         reply_to: str,
         correlation_id: str | None,
         body: bytes,
         message_type: str | None,
     ) -> None:
-        # Straight to aiormq: replies are the hot path and need none of aio-pika's wrapping.
+        """Publish a reply (straight to aiormq: replies are the hot path). A reply that cannot
+        be sent is dropped: the caller's channel went with the connection, and a caller that
+        retries gets the stored answer of a deduplicated call."""
         # Direct reply-to addresses take mandatory=False (see docs/protocol.md).
         properties = aiormq.spec.Basic.Properties(
             correlation_id=correlation_id, content_type=CONTENT_TYPE, message_type=message_type
         )
-        amqp = cast(aiormq.Channel, await channel.get_underlay_channel())
+        amqp = lane.current
+        if amqp is None:
+            log.info("%s: a reply was dropped: the broker connection is down", lane.name)
+            return
         # wait=False queues the frame without waiting for the socket, so the ack that follows
         # goes out in the same write.
-        await amqp.basic_publish(body, routing_key=reply_to, properties=properties, wait=False)
+        try:
+            await amqp.basic_publish(body, routing_key=reply_to, properties=properties, wait=False)
+        except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            log.info("%s: a reply was dropped: %s", lane.name, exc)
+
+    async def _setup_events(self, amqp: aiormq.Channel) -> None:
+        await declare_topology(amqp)
+        if self._discoverable:  # its plugins are served: it may answer discovery
+            await self._consume_discovery(amqp)
 
     async def _serve_discovery(self) -> None:
         assert self._events is not None
-        # Named (not server-named) so the robust channel can declare it again after a reconnect.
-        queue = await self._events.declare_queue(
-            f"orbit.discover.{self.name}.{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
-        )
-        await queue.bind(RPC_EXCHANGE, DISCOVER_KEY)
-        await self._consume(self._events, queue.name, self._on_discover, no_ack=True)
+        self._discoverable = True
+        await self._consume_discovery(await self._events.get())
+
+    async def _consume_discovery(self, amqp: aiormq.Channel) -> None:
+        # Named (not server-named) so that it is the same queue after a reconnection.
+        queue = f"orbit.discover.{self.name}.{os.getpid()}"
+        await amqp.queue_declare(queue, exclusive=True, auto_delete=True)
+        await amqp.queue_bind(queue, RPC_EXCHANGE, routing_key=DISCOVER_KEY)
+        if not self._stopping.is_set():
+            ok = await amqp.basic_consume(queue, self._on_discover, no_ack=True)
+            assert ok.consumer_tag is not None
+            self._consumers[queue] = (amqp, ok.consumer_tag)
 
     async def _on_discover(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
         if not properties.reply_to or self._events is None:
             return
         body = self.info(PresenceStatus.ONLINE).model_dump_json().encode()
-        reply = self._reply(
-            self._events, properties.reply_to, properties.correlation_id, body, None
-        )
-        await _quietly(reply)
+        await self._reply(self._events, properties.reply_to, properties.correlation_id, body, None)
 
     # -- presence and events ---------------------------------------------------------------
 
@@ -353,24 +358,28 @@ class Endpoint:
             plugins=[type(plugin).info() for plugin in self.plugins.values()],
         )
 
-    async def _announce(self, status: PresenceStatus) -> None:
+    async def _announce(self, status: PresenceStatus, timeout: float | None = None) -> None:
         """Presence goes straight out (a stale one is worth nothing), events via the outbox."""
         assert self._events is not None
         body = self.info(status).model_dump_json().encode()
+        properties = aiormq.spec.Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=2)
         with translated(f"publishing {status} presence"):
-            target = await self._events.get_exchange(TOPOLOGY_EXCHANGE, ensure=False)
-            await target.publish(
-                aio_pika.Message(
-                    body, content_type=CONTENT_TYPE, delivery_mode=DeliveryMode.PERSISTENT
-                ),
+            amqp = await self._events.get(timeout)
+            await amqp.basic_publish(
+                body,
+                exchange=TOPOLOGY_EXCHANGE,
                 routing_key=presence_key(self.name, status),
+                properties=properties,
             )
 
-    async def _publish_event(self, plugin: str, topic: str, data: dict[str, Any]) -> None:
+    async def _publish_event(
+        self, plugin: str, topic: str, data: dict[str, Any], key: str | None
+    ) -> None:
         assert self._outbox is not None, "events are published only after start()"
-        event = Event(endpoint=self.name, plugin=plugin, topic=topic, data=data)
-        key = event_key(self.name, plugin, topic)
-        self._outbox.add(EVENTS_EXCHANGE, key, event.model_dump_json().encode())
+        message_id = key or uuid.uuid4().hex
+        event = Event(id=message_id, endpoint=self.name, plugin=plugin, topic=topic, data=data)
+        body = event.model_dump_json().encode()
+        self._outbox.add(EVENTS_EXCHANGE, event_key(self.name, plugin, topic), body, message_id)
 
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval
@@ -379,9 +388,9 @@ class Endpoint:
                 await asyncio.wait_for(self._stopping.wait(), interval)
                 return
             try:
-                await self._announce(PresenceStatus.HEARTBEAT)
-            except Exception as exc:  # the broker may be restarting; the next beat will tell
-                log.warning("heartbeat not published: %s", exc)
+                await self._announce(PresenceStatus.HEARTBEAT, timeout=interval)
+            except BrokerError as exc:  # the broker is away: `_connection_lost` said so
+                log.debug("heartbeat not published: %s", exc)
 
     async def _expire_sessions(self) -> None:
         ttls = [plugin.sessions.default_ttl for plugin in self.plugins.values()] or [60.0]
@@ -393,7 +402,18 @@ class Endpoint:
             for plugin in self.plugins.values():
                 await plugin.sessions.expire()
 
+    def _connection_lost(self, _: Any, reason: BaseException | None) -> None:
+        if self._connected and not self._stopping.is_set():
+            log.warning(
+                "endpoint %r lost its broker connection (%s); reconnecting every %s s",
+                self.name,
+                reason or "closed",
+                self.settings.reconnect_interval,
+            )
+        self._connected = False
+
     async def _on_reconnect(self, *_: Any) -> None:
+        self._connected = True
         log.info("endpoint %r reconnected to the broker", self.name)
         with suppress(Exception):
-            await self._announce(PresenceStatus.ONLINE)
+            await self._announce(PresenceStatus.ONLINE, timeout=10)

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     exchange TEXT NOT NULL,
     routing_key TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    message_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS replies (
     plugin TEXT NOT NULL,
@@ -54,12 +55,26 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
+# Columns added since the first release, with the definition that older files get.
+_ADDED_COLUMNS = {"outbox": {"message_id": "TEXT NOT NULL DEFAULT ''"}}
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     id: int
     exchange: str
     routing_key: str
     body: bytes
+    message_id: str
+
+
+def add_columns(db: sqlite3.Connection, added: dict[str, dict[str, str]]) -> None:
+    """Bring tables made by an earlier version up to date by adding their missing columns."""
+    for table, columns in added.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column, definition in columns.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def journal_path(home: Path, endpoint: str) -> Path:
@@ -77,6 +92,7 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        add_columns(self.db, _ADDED_COLUMNS)
 
     def close(self) -> None:
         self.db.close()
@@ -93,17 +109,18 @@ class Journal:
 
     # -- outbox ----------------------------------------------------------------------------
 
-    def add_event(self, exchange: str, routing_key: str, body: bytes) -> int:
+    def add_event(self, exchange: str, routing_key: str, body: bytes, message_id: str) -> int:
         cursor = self.db.execute(
-            "INSERT INTO outbox (exchange, routing_key, body) VALUES (?, ?, ?)",
-            (exchange, routing_key, body),
+            "INSERT INTO outbox (exchange, routing_key, body, message_id) VALUES (?, ?, ?, ?)",
+            (exchange, routing_key, body, message_id),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     def pending_events(self, limit: int = 500) -> list[OutboxEntry]:
         rows = self.db.execute(
-            "SELECT id, exchange, routing_key, body FROM outbox ORDER BY id LIMIT ?", (limit,)
+            "SELECT id, exchange, routing_key, body, message_id FROM outbox ORDER BY id LIMIT ?",
+            (limit,),
         )
         return [OutboxEntry(*row) for row in rows]
 

@@ -13,15 +13,15 @@ Every plugin also answers `register_session`, `unregister_session`, `health` and
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from orbit_mq.protocol import HealthInfo, PluginInfo, SessionInfo, SessionStatus, check_name
 from orbit_mq.workers.journal import Journal
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.rpc import CallContext, RpcSpec, Session, build_specs, rpc
 from orbit_mq.workers.sessions import SessionRegistry
 
@@ -30,7 +30,15 @@ if TYPE_CHECKING:
 
 
 class EventSink(Protocol):
-    async def __call__(self, plugin: str, topic: str, data: dict[str, Any]) -> None: ...
+    async def __call__(
+        self, plugin: str, topic: str, data: dict[str, Any], key: str | None
+    ) -> None: ...
+
+
+class KeyedEvent(Protocol):
+    """Event data that knows its dedupe key (see `Plugin.emit`)."""
+
+    def event_key(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,14 @@ class MethodInfo(BaseModel):
     doc: str
     params: dict[str, Any]
     result: dict[str, Any]
-    session: bool
+    session: bool = Field(
+        description="Session-scoped: the call uses the session named in orbit-session."
+    )
+    session_required: bool = Field(description="The call is refused without a session.")
+    dedupe: bool = Field(
+        description="Runs once per message_id: a repeat with the same message_id gets the "
+        "first reply, so retrying with it is safe."
+    )
 
 
 class PluginDescription(BaseModel):
@@ -62,6 +77,8 @@ class Plugin:
     version: ClassVar[str] = "0.1.0"
     session_ttl: ClassVar[float | None] = None
     rpc_methods: ClassVar[dict[str, RpcSpec]] = {}
+    # The data model of each event topic the plugin emits (schemas/events/ is made from it).
+    events: ClassVar[dict[str, type[BaseModel]]] = {"session_status": SessionInfo}
     # Every plugin class imported in this process, by name (the SDK types results with it).
     loaded: ClassVar[dict[str, type[Plugin]]] = {}
 
@@ -73,7 +90,7 @@ class Plugin:
 
     def __init__(self, context: PluginContext) -> None:
         self.context = context
-        self.log = logging.getLogger(f"orbit_mq.plugin.{self.name}")
+        self.log = bounded_logger(f"orbit_mq.plugin.{self.name}")
         self.started = time.time()
         ttl = self.session_ttl or context.settings.session_ttl
         self.sessions = SessionRegistry(self.name, ttl, self._session_changed, context.journal)
@@ -97,12 +114,22 @@ class Plugin:
         """Plugin-specific health figures; raise to report the plugin unhealthy."""
         return {}
 
-    async def emit(self, topic: str, data: dict[str, Any]) -> None:
-        """Publish an event on orbit.events with key `{endpoint}.{plugin}.{topic}`."""
-        await self.context.publish_event(self.name, topic, data)
+    async def emit(
+        self, topic: str, data: BaseModel | dict[str, Any], key: str | None = None
+    ) -> None:
+        """Journal an event for orbit.events (routing key `{endpoint}.{plugin}.{topic}`); it is
+        published soon after, in order. `key` is its dedupe key (the message_id every copy on
+        the wire carries): unique per event, e.g. `{job_id}:{seq}`; a model's own
+        `event_key()` is used when there is one, a random id otherwise. `data` should be an
+        instance of the model `events` declares for the topic."""
+        if isinstance(data, BaseModel):
+            if key is None and hasattr(data, "event_key"):
+                key = data.event_key()
+            data = data.model_dump(mode="json")
+        await self.context.publish_event(self.name, topic, data, key)
 
     async def _session_changed(self, session: Session, status: SessionStatus) -> None:
-        await self.emit("session_status", session.info(status).model_dump(mode="json"))
+        await self.emit("session_status", session.info(status))
 
     @rpc
     async def register_session(self, ctx: CallContext, ttl: float | None = None) -> SessionInfo:
@@ -148,7 +175,9 @@ def describe_plugin(cls: type[Plugin]) -> PluginDescription:
                 doc=spec.doc,
                 params=spec.params_schema(),
                 result=spec.result_schema(),
-                session=spec.session_required,
+                session=spec.session_param is not None,
+                session_required=spec.session_required,
+                dedupe=spec.dedupe,
             )
             for spec in sorted(cls.rpc_methods.values(), key=lambda s: s.name)
         ],

@@ -12,15 +12,15 @@ a plugin named explicitly is loaded regardless.
 
 from __future__ import annotations
 
-import logging
 from importlib.metadata import EntryPoint, entry_points
 
 from orbit_mq.errors import ConfigError
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin
 
 GROUP = "orbit_mq.plugins"
 
-log = logging.getLogger("orbit_mq.endpoint")
+log = bounded_logger("orbit_mq.endpoint")
 
 
 def known_plugins() -> dict[str, EntryPoint]:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
+from orbit_mq.numbers import no_booleans
 from orbit_mq.protocol import SessionInfo, SessionStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -142,7 +143,7 @@ def build_spec(owner: type, func: Callable[..., Any], marks: _Marks) -> RpcSpec:
             context_param = pname
             continue
         default = ... if param.default is param.empty else param.default
-        fields[pname] = (annotation, default)
+        fields[pname] = (no_booleans(annotation), default)
     params = create_model(
         f"{owner.__name__}_{wire_name}_params",
         __config__=ConfigDict(extra="forbid"),

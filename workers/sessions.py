@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from orbit_mq.errors import SessionNotFound, Unauthorized
 from orbit_mq.protocol import SessionStatus
+from orbit_mq.shorten import shorten
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.rpc import Session
 
@@ -51,13 +52,14 @@ class SessionRegistry:
         now = time.time()
         if session is None or session.expires_at <= now:
             raise SessionNotFound(
-                f"session {session_id!r} of plugin {self.plugin!r} is unknown or expired; "
-                "register a new one",
-                {"session": session_id},
+                f"session {shorten(session_id)!r} of plugin {self.plugin!r} is unknown or "
+                "expired; register a new one",
+                {"session": shorten(session_id)},
             )
         if session.user != user:
             raise Unauthorized(
-                f"session {session_id!r} belongs to another user", {"session": session_id}
+                f"session {shorten(session_id)!r} belongs to another user",
+                {"session": shorten(session_id)},
             )
         session.last_used = now
         self._used.add(session_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import platform
@@ -19,12 +18,13 @@ from pydantic import BaseModel, Field
 
 from orbit_mq.protocol import HostRole
 from orbit_mq.workers.hostinfo import detect_host_role
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.rpc import rpc
 
 T = TypeVar("T")
 
-log = logging.getLogger("orbit_mq.plugin.sysinfo")
+log = bounded_logger("orbit_mq.plugin.sysinfo")
 
 # Network and parallel filesystems: the same files are visible from other nodes.
 SHARED_FSTYPES = frozenset(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from orbit_mq.broker import Route
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError
 from orbit_mq.workers.endpoint import Endpoint
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.tunnels import rendezvous
 from orbit_mq.workers.tunnels.arguments import TunnelMode
@@ -33,7 +33,7 @@ from orbit_mq.workers.tunnels.rendezvous import Rendezvous
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings, broker_address, parse_address
 from orbit_mq.workers.tunnels.tunnel import LOOPBACK, ForwardTunnel, Tunnel, TunnelState
 
-log = logging.getLogger("orbit_mq.tunnels")
+log = bounded_logger("orbit_mq.tunnels")
 
 RENDEZVOUS_POLL = 0.2  # s between reads of the rendezvous file while waiting for the port
 # Where batch systems record the host a job was submitted from (the login node).

@@ -4,18 +4,18 @@ its rendezvous file (the scheduler commands block: they run in threads)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.tunnels import rendezvous
 from orbit_mq.workers.tunnels.errors import TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 
-log = logging.getLogger("orbit_mq.tunnels")
+log = bounded_logger("orbit_mq.tunnels")
 
 COMMAND_TIMEOUT = 15.0  # s per scheduler command
 NODE_POLL = 0.25  # s between reads of the rendezvous file while waiting for the child's node

@@ -8,7 +8,6 @@ refused logins, are final; network failures are retried within the settings' ret
 from __future__ import annotations
 
 import contextlib
-import logging
 import select
 import socket
 import threading
@@ -18,10 +17,11 @@ from typing import Any
 
 import paramiko
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.tunnels.errors import HostKeyRejected, LoginRefused, TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 
-log = logging.getLogger("orbit_mq.tunnels")
+log = bounded_logger("orbit_mq.tunnels")
 
 MAX_ATTEMPTS = 1000  # per retry window, whatever the window
 FIRST_DELAY, MAX_DELAY = 0.5, 5.0  # s between login attempts (doubling)

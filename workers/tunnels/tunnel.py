@@ -24,11 +24,12 @@ from typing import Any
 
 import paramiko
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.tunnels.errors import TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 from orbit_mq.workers.tunnels.ssh import close_quietly, connect_with_retry, describe, pump
 
-log = logging.getLogger("orbit_mq.tunnels")
+log = bounded_logger("orbit_mq.tunnels")
 
 CHECK_INTERVAL = 0.2  # s between checks that the SSH session is still up
 JOIN_TIMEOUT = 5.0  # s to wait for a tunnel's threads when it closes

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import os
 import shutil
 import threading
@@ -31,13 +30,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij.errors import ExecutorUnavailable, InvalidJobSpec
 from orbit_mq.workers.plugins.psij.models import JobSpec
 
 if TYPE_CHECKING:
     import psij
 
-log = logging.getLogger("orbit_mq.plugin.psij")
+log = bounded_logger("orbit_mq.plugin.psij")
 
 LOCAL = "local"
 ENV_PREFIX = "ORBIT_MQ_PSIJ_"
@@ -195,12 +195,15 @@ def check_launcher(spec: JobSpec) -> None:
         )
 
 
-def new_job() -> psij.Job:
+def new_job(job_id: str | None = None) -> psij.Job:
     """An empty psij Job; its id becomes the endpoint's job id, so the job's files and its
-    launcher's command line carry the same id."""
+    launcher's command line carry the same id (`job_id`: the id of a recorded job)."""
     import psij
 
-    return psij.Job()
+    job = psij.Job()
+    if job_id is not None:
+        job._id = job_id  # psij has no public way to name a job
+    return job
 
 
 def psij_spec(

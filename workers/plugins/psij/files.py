@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 if TYPE_CHECKING:
     from orbit_mq.workers.plugins.psij.store import JobRow
 
+Stream = Literal["stdout", "stderr"]
 TAIL_BYTES = 4096
 CHUNK_BYTES = 64 * 1024  # largest job_output event
 
@@ -157,7 +158,7 @@ class Chunk:
     """A piece of a job's output, `offset` bytes into its stream."""
 
     job_id: str
-    stream: str
+    stream: Stream
     offset: int
     data: bytes
 
@@ -168,10 +169,11 @@ def read_output(row: JobRow, complete: bool, budget: int) -> list[Chunk]:
     chunks: list[Chunk] = []
     if not row.stream_output:
         return chunks
-    for stream, path, offset in (
+    streams: tuple[tuple[Stream, Path, int], ...] = (
         ("stdout", row.stdout_path, row.stdout_sent),
         ("stderr", row.stderr_path, row.stderr_sent),
-    ):
+    )
+    for stream, path, offset in streams:
         left = budget
         while left > 0:
             data, end = read_chunk(path, offset, min(CHUNK_BYTES, left), complete)

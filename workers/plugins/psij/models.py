@@ -11,7 +11,7 @@ import json
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AliasChoices,
@@ -22,6 +22,8 @@ from pydantic import (
     PositiveInt,
     model_validator,
 )
+
+from orbit_mq.numbers import NotBool
 
 
 class JobState(StrEnum):
@@ -84,7 +86,8 @@ def _env_value(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0), NotBool]
+Count = Annotated[PositiveInt, NotBool]
 EnvValue = Annotated[str, BeforeValidator(_env_value)]
 AttributeValue = str | int | float | bool
 
@@ -97,18 +100,18 @@ class ResourceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    node_count: PositiveInt | None = Field(default=None, description="Compute nodes.")
-    process_count: PositiveInt | None = Field(default=None, description="Process instances.")
-    processes_per_node: PositiveInt | None = Field(default=None, description="Processes per node.")
-    cpu_cores_per_process: PositiveInt | None = Field(default=None, description="CPU cores each.")
-    gpu_cores_per_process: PositiveInt | None = Field(default=None, description="GPU cores each.")
+    node_count: Count | None = Field(default=None, description="Compute nodes.")
+    process_count: Count | None = Field(default=None, description="Process instances.")
+    processes_per_node: Count | None = Field(default=None, description="Processes per node.")
+    cpu_cores_per_process: Count | None = Field(default=None, description="CPU cores each.")
+    gpu_cores_per_process: Count | None = Field(default=None, description="GPU cores each.")
     exclusive_node_use: bool = Field(
         default=False,
         # PSI/J's name first; `exclusive_node_access` is accepted as well.
         validation_alias=AliasChoices("exclusive_node_use", "exclusive_node_access"),
         description="Nodes run no other job.",
     )
-    memory: PositiveInt | None = Field(default=None, description="Memory for the job, bytes.")
+    memory: Count | None = Field(default=None, description="Memory for the job, bytes.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -256,6 +259,50 @@ class JobStatus(JobInfo):
     stdout_offset: int = Field(description="Byte offset to ask for next time (stdout).")
     stderr_offset: int = Field(description="Byte offset to ask for next time (stderr).")
     history: list[HistoryEntry]
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+class JobStatusEvent(BaseModel):
+    """The data of a `job_status` event: one state transition of one job."""
+
+    model_config = ConfigDict(json_schema_extra={"x-terminal-states": [*sorted(TERMINAL)]})
+
+    job_id: str
+    native_id: str | None = Field(description="The executor's id, once it is known.")
+    state: JobState = Field(
+        description="The state entered; COMPLETED, FAILED and CANCELED are terminal: no event "
+        "of the job follows one of them."
+    )
+    seq: int = Field(
+        ge=1,
+        description="1 for NEW, then one more per transition, without gaps; the event's dedupe "
+        "key is `{job_id}:{seq}`.",
+    )
+    time: datetime = Field(description="When the state was entered.")
+    executor: str
+    message: str | None = Field(default=None, description="Why, where the executor says.")
+    exit_code: int | None = Field(default=None, description="Terminal states: the exit code.")
+    stdout_tail: str | None = Field(default=None, description="Terminal: last 4 KiB of stdout.")
+    stderr_tail: str | None = Field(default=None, description="Terminal: last 4 KiB of stderr.")
+
+    def event_key(self) -> str:
+        return f"{self.job_id}:{self.seq}"
+
+
+class JobOutputEvent(BaseModel):
+    """The data of a `job_output` event: new output of a job submitted with `stream_output`;
+    every chunk of a stream follows the previous one and all precede the job's terminal
+    job_status event."""
+
+    job_id: str
+    stream: Literal["stdout", "stderr"]
+    offset: int = Field(ge=0, description="Byte offset of `text` in the stream.")
+    text: str = Field(description="At most 64 KiB, cut at a UTF-8 character boundary.")
+
+    def event_key(self) -> str:
+        return f"{self.job_id}:{self.stream}:{self.offset}"
 
 
 class JobList(BaseModel):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.executors import describe, local_process_running, new_job
 from orbit_mq.workers.plugins.psij.files import CHUNK_BYTES, Chunk, read_output
@@ -17,7 +17,7 @@ from orbit_mq.workers.plugins.psij.models import JobState
 from orbit_mq.workers.plugins.psij.store import JobRow
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Report, Tracker
 
-log = logging.getLogger("orbit_mq.plugin.psij")
+log = bounded_logger("orbit_mq.plugin.psij")
 
 STREAM_BUDGET = 4 * CHUNK_BYTES  # per stream and poll: bounds the rate of job_output events
 
@@ -36,10 +36,16 @@ async def _reattach(tracker: Tracker, job: LiveJob) -> None:
         message = f"executor {row.executor!r} is no longer available; the job was not re-attached"
         tracker.report(row.job_id, Report(JobState.FAILED, now, message=message))
         return
+    if not row.handed:  # accepted, never given to its executor: do it now
+        job.psij_job = new_job(row.job_id)
+        log.info("submitting job %s, accepted before the endpoint stopped", row.job_id)
+        await tracker.hand_over([job])
+        return
     if row.native_id is None:
         message = (
-            "the endpoint stopped before the executor's id for the job was recorded, so the "
-            "job cannot be re-attached"
+            "the endpoint stopped while it handed the job to its executor, before the "
+            "executor's id for it was recorded: it may or may not have started, and it cannot "
+            "be followed"
         )
         tracker.report(row.job_id, Report(JobState.FAILED, now, message=message))
         return

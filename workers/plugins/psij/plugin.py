@@ -11,19 +11,27 @@ polled every 0.5 s, all sent before the job's terminal state.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import orjson
-from pydantic import Field, NonNegativeFloat, NonNegativeInt
+from pydantic import BaseModel, Field, NonNegativeFloat, NonNegativeInt
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.plugins.psij import executors as ex
 from orbit_mq.workers.plugins.psij.errors import JobNotFound
 from orbit_mq.workers.plugins.psij.files import JobDir, read_page
-from orbit_mq.workers.plugins.psij.models import JobInfo, JobList, JobSpec, JobState, JobStatus
+from orbit_mq.workers.plugins.psij.models import (
+    JobInfo,
+    JobList,
+    JobOutputEvent,
+    JobSpec,
+    JobState,
+    JobStatus,
+    JobStatusEvent,
+)
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
@@ -35,7 +43,7 @@ from orbit_mq.workers.tunnels.settings import TunnelSettings
 if TYPE_CHECKING:
     import psij
 
-log = logging.getLogger("orbit_mq.plugin.psij")
+log = bounded_logger("orbit_mq.plugin.psij")
 
 REPLY_MARGIN = 0.5  # s: wait_jobs answers this long before the caller's deadline
 Limit = Annotated[int, Field(ge=1, le=1000)]
@@ -59,6 +67,11 @@ def _budget(timeout: float | None, deadline_ms: int | None) -> float | None:
 class PsiJ(Plugin):
     name = "psij"
     version = "1.0.0"
+    events: ClassVar[dict[str, type[BaseModel]]] = {
+        **Plugin.events,
+        "job_status": JobStatusEvent,
+        "job_output": JobOutputEvent,
+    }
     # Per-executor options or ready psij.JobExecutorConfig objects (see executors.py);
     # ORBIT_MQ_PSIJ_{EXECUTOR}_{OPTION} environment variables override the options.
     executor_options: ClassVar[dict[str, Any]] = {}
@@ -94,9 +107,11 @@ class PsiJ(Plugin):
         await asyncio.gather(self._watcher, return_exceptions=True)
         await self.tracker.stop()
 
-    async def emit(self, topic: str, data: dict[str, Any]) -> None:
-        await super().emit(topic, data)
-        if topic == "job_status":
+    async def emit(
+        self, topic: str, data: BaseModel | dict[str, Any], key: str | None = None
+    ) -> None:
+        await super().emit(topic, data, key)
+        if isinstance(data, JobStatusEvent):
             self.tunnels.job_changed(data)  # tunnel watchers follow their jobs
 
     async def health_details(self) -> dict[str, Any]:
@@ -153,6 +168,7 @@ class PsiJ(Plugin):
         with its stdout and stderr from the given byte offsets (at most 1 MiB each); pass the
         returned offsets next time to page through or follow the output."""
         row = self._row(job_id)
+        history = self.store.history(job_id)  # read with the row: one consistent snapshot
         page, complete = self.output_page_size, row.state.final
         (out, out_end), (err, err_end) = await asyncio.to_thread(
             lambda: (
@@ -172,7 +188,7 @@ class PsiJ(Plugin):
             stderr=err,
             stdout_offset=out_end,
             stderr_offset=err_end,
-            history=self.store.history(job_id),
+            history=history,
         )
 
     @rpc
@@ -286,8 +302,9 @@ class PsiJ(Plugin):
             for spec, key in zip(specs, request_keys, strict=True)
         ]
         await asyncio.to_thread(_make_directories, [job.row for job in jobs])
-        await self.tracker.create(jobs)
-        await asyncio.gather(*(self.tracker.submit(job) for job in jobs))
+        # Recorded, the jobs run whatever happens to this call (and after a restart too).
+        handing = await self.tracker.create(jobs)
+        await asyncio.shield(handing)
         await self.tracker.barrier()
         return [row.info() for row in self.store.many([job.row.job_id for job in jobs])]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from orbit_mq.workers.journal import add_columns
 from orbit_mq.workers.plugins.psij.models import TERMINAL, HistoryEntry, JobInfo, JobState
 from orbit_mq.workers.plugins.psij.states import Step
 
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS psij_jobs (
     job_dir TEXT NOT NULL,
     stdout_path TEXT NOT NULL,
     stderr_path TEXT NOT NULL,
-    exit_file TEXT
+    exit_file TEXT,
+    handed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS psij_jobs_state ON psij_jobs (state);
 CREATE INDEX IF NOT EXISTS psij_jobs_session ON psij_jobs (session);
@@ -53,6 +55,9 @@ CREATE TABLE IF NOT EXISTS psij_history (
 );
 """
 
+# Columns added since the first release. Jobs of an older journal were all handed to their
+# executor before they were recorded as more than NEW.
+_ADDED_COLUMNS = {"psij_jobs": {"handed": "INTEGER NOT NULL DEFAULT 1"}}
 _TERMINAL_NAMES = tuple(state.value for state in TERMINAL)
 
 
@@ -86,6 +91,7 @@ class JobRow:
     stderr_path: Path
     exit_file: Path | None
     request_key: str | None = None
+    handed: bool = False  # an attempt to give it to its executor began
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> JobRow:
@@ -93,6 +99,7 @@ class JobRow:
         values["state"] = JobState(values["state"])
         values["cancel_requested"] = bool(values["cancel_requested"])
         values["stream_output"] = bool(values["stream_output"])
+        values["handed"] = bool(values["handed"])
         values["spec"] = orjson.loads(values["spec"])
         for key in ("job_dir", "stdout_path", "stderr_path"):
             values[key] = Path(values[key])
@@ -119,6 +126,7 @@ class JobStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         db.executescript(_SCHEMA)
+        add_columns(db, _ADDED_COLUMNS)
 
     def _query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         cursor = self.db.cursor()
@@ -180,6 +188,9 @@ class JobStore:
 
     def set_native_id(self, job_id: str, native_id: str) -> None:
         self.db.execute("UPDATE psij_jobs SET native_id = ? WHERE job_id = ?", (native_id, job_id))
+
+    def mark_handed(self, job_id: str) -> None:
+        self.db.execute("UPDATE psij_jobs SET handed = 1 WHERE job_id = ?", (job_id,))
 
     def mark_cancel(self, job_id: str) -> None:
         self.db.execute("UPDATE psij_jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,23 +18,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from orbit_mq.workers.journal import Journal
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.executors import ExecutorPool, describe, local_problem
 from orbit_mq.workers.plugins.psij.files import Chunk, read_output
-from orbit_mq.workers.plugins.psij.models import JobSpec, JobState
+from orbit_mq.workers.plugins.psij.models import (
+    JobOutputEvent,
+    JobSpec,
+    JobState,
+    JobStatusEvent,
+)
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 
 if TYPE_CHECKING:
     import psij
 
-log = logging.getLogger("orbit_mq.plugin.psij")
+log = bounded_logger("orbit_mq.plugin.psij")
 
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+Emit = Callable[[str, BaseModel], Awaitable[None]]
 FINAL_FLUSH_BYTES = 1024 * 1024  # output still announced per stream when a job ends
 MAX_MESSAGE = 2000
 SUBMIT_THREADS = 4  # concurrent psij submissions (more only contend for the GIL)
+HANDOVER_GRACE = 10.0  # s a stopping endpoint waits for submissions under way
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class Tracker:
         self._queue: asyncio.Queue[_Reported | Chunk | _Barrier] = asyncio.Queue()
         self._writing = asyncio.Lock()  # one journal transaction at a time
         self._submitting = asyncio.Semaphore(SUBMIT_THREADS)
+        self._handing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -109,6 +118,8 @@ class Tracker:
     async def stop(self) -> None:
         """Apply what was already reported, then stop listening (jobs keep running; the next
         start re-attaches them)."""
+        if self._handing:  # a submission in a thread cannot be stopped: let it finish
+            await asyncio.wait(set(self._handing), timeout=HANDOVER_GRACE)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.barrier(), 5)
         self._closed = True
@@ -153,27 +164,47 @@ class Tracker:
 
     # -- creating, submitting, cancelling --------------------------------------------------
 
-    async def create(self, jobs: list[LiveJob]) -> None:
-        """Record new jobs in state NEW (seq 1) and announce them."""
+    async def create(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
+        """Record new jobs in state NEW (seq 1), announce them and start handing them to their
+        executors (`hand_over`); the future is done once they all were handed."""
         async with self._writing:
             with self.journal.transaction():
                 for job in jobs:
                     self.store.insert(job.row)
-                    event = self._event(job.row, Step(1, JobState.NEW), job.row.submitted, None)
-                    await self.emit("job_status", event)
+                    step = Step(1, JobState.NEW)
+                    await self.emit("job_status", self._event(job.row, step, job.row.submitted))
         for job in jobs:
             self.live[job.row.job_id] = job
             entry = {"seq": 1, "state": "NEW", "time": iso(job.row.submitted), "message": None}
             files.JobDir(job.row.job_dir).append_status([entry])
+        return self.hand_over(jobs)
 
-    async def submit(self, job: LiveJob) -> None:
+    def hand_over(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
+        """Hand recorded jobs to their executors, in tasks of the tracker: a caller that stops
+        waiting (its request was cancelled) does not stop them. Done when all were handed."""
+        tasks = []
+        for job in jobs:
+            task = asyncio.create_task(self._submit(job), name=f"psij-submit-{job.row.job_id}")
+            self._handing.add(task)
+            task.add_done_callback(self._handing.discard)
+            tasks.append(task)
+        return asyncio.gather(*tasks)
+
+    async def _submit(self, job: LiveJob) -> None:
         """Hand the job to its executor; a refusal ends it FAILED (NEW → FAILED)."""
         row, psij_job = job.row, job.psij_job
         assert psij_job is not None and job.psij_spec is not None
+        if row.cancel_requested:  # cancelled before it could be handed over
+            self.report(row.job_id, Report(JobState.CANCELED, time.time()))
+            return
         psij_job.spec = job.psij_spec
         psij_job.set_job_status_callback(self.on_status(row.job_id))
         try:
             async with self._submitting:
+                # From here on a restart cannot tell whether the executor got the job, so it
+                # ends it FAILED unless the executor's id was recorded (monitor.recover).
+                self.store.mark_handed(row.job_id)
+                row.handed = True
                 await asyncio.to_thread(self._submit_blocking, row, psij_job)
         except Exception as exc:
             message = (
@@ -269,7 +300,8 @@ class Tracker:
                     self.store.record(
                         row.job_id, step, report.time, exit_code=exit_code, message=message
                     )
-                    await self.emit("job_status", self._event(row, step, report.time, ending))
+                    event = self._event(row, step, report.time, message, ending)
+                    await self.emit("job_status", event)
                     entries.append(
                         {"seq": step.seq, "state": step.state.value, "time": iso(report.time)}
                         | {"message": message}
@@ -315,12 +347,12 @@ class Tracker:
         if chunk.offset != sent:
             return  # read before an earlier chunk was sent: stale
         end = chunk.offset + len(chunk.data)
-        event = {
-            "job_id": row.job_id,
-            "stream": chunk.stream,
-            "offset": chunk.offset,
-            "text": chunk.data.decode("utf-8", errors="replace"),
-        }
+        event = JobOutputEvent(
+            job_id=row.job_id,
+            stream=chunk.stream,
+            offset=chunk.offset,
+            text=chunk.data.decode("utf-8", errors="replace"),
+        )
         async with self._writing:
             with self.journal.transaction():
                 self.store.set_sent(row.job_id, chunk.stream, end)
@@ -331,22 +363,26 @@ class Tracker:
             row.stderr_sent = end
 
     @staticmethod
-    def _event(row: JobRow, step: Step, when: float, ending: _Ending | None) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "job_id": row.job_id,
-            "native_id": row.native_id,
-            "state": step.state.value,
-            "seq": step.seq,
-            "time": iso(when),
-            "executor": row.executor,
-        }
+    def _event(
+        row: JobRow,
+        step: Step,
+        when: float,
+        message: str | None = None,
+        ending: _Ending | None = None,
+    ) -> JobStatusEvent:
+        event = JobStatusEvent(
+            job_id=row.job_id,
+            native_id=row.native_id,
+            state=step.state,
+            seq=step.seq,
+            time=datetime.fromtimestamp(when, UTC),
+            executor=row.executor,
+            message=message,
+        )
         if step.state.final and ending is not None:
-            event.update(
-                exit_code=ending.outcome.exit_code,
-                message=ending.outcome.message,
-                stdout_tail=ending.stdout_tail,
-                stderr_tail=ending.stderr_tail,
-            )
+            event.exit_code = ending.outcome.exit_code
+            event.stdout_tail = ending.stdout_tail
+            event.stderr_tail = ending.stderr_tail
         return event
 
 

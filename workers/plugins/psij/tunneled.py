@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import time
@@ -32,7 +31,8 @@ from pydantic import BaseModel, Field
 
 from orbit_mq.errors import Conflict, InvalidRequest
 from orbit_mq.protocol import check_name
-from orbit_mq.workers.plugins.psij.models import JobInfo, JobSpec, JobState
+from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugins.psij.models import JobInfo, JobSpec, JobState, JobStatusEvent
 from orbit_mq.workers.plugins.psij.tracker import Report
 from orbit_mq.workers.rpc import CallContext, Session
 from orbit_mq.workers.tunnels import rendezvous
@@ -59,7 +59,7 @@ from orbit_mq.workers.tunnels.tunnel import ReverseTunnel, Tunnel, TunnelState
 if TYPE_CHECKING:
     from orbit_mq.workers.plugins.psij.plugin import PsiJ
 
-log = logging.getLogger("orbit_mq.plugin.psij")
+log = bounded_logger("orbit_mq.plugin.psij")
 
 TunnelStatusName = Literal["pending", "active", "failed", "done", "no_tunnel"]
 
@@ -196,12 +196,12 @@ class Tunnels:
                 found.status, found.port, found.node = "active", info.port, info.node
         return found
 
-    def job_changed(self, event: dict[str, object]) -> None:
+    def job_changed(self, event: JobStatusEvent) -> None:
         """A job_status event of this plugin (called as it is emitted)."""
-        watcher = self._by_job.get(str(event.get("job_id")))
+        watcher = self._by_job.get(event.job_id)
         if watcher is not None:
-            watcher.state = JobState(str(event["state"]))
-            watcher.native_id = watcher.native_id or (str(event.get("native_id") or "") or None)
+            watcher.state = event.state
+            watcher.native_id = watcher.native_id or event.native_id
             watcher.changed.set()
 
     async def stop(self) -> None:

@@ -7,14 +7,15 @@ not one per caller. Errors are not cached, so the next call tries again.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
+from orbit_mq.workers.logs import bounded_logger
+
 T = TypeVar("T")
 
-log = logging.getLogger("orbit_mq.plugin.queue_info")
+log = bounded_logger("orbit_mq.plugin.queue_info")
 
 
 class TtlCache:

@@ -14,13 +14,13 @@ validation however the signature is read.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, ClassVar, cast
 
 from pydantic import Field, ValidationError
 
 from orbit_mq.errors import ConfigError, InvalidRequest
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.plugins.staging import files
 from orbit_mq.workers.plugins.staging.codec import decode_base64
@@ -45,7 +45,7 @@ from orbit_mq.workers.plugins.staging.transfers import write_chunk
 from orbit_mq.workers.plugins.staging.uploads import Uploads, transfer_gone
 from orbit_mq.workers.rpc import CallContext, rpc
 
-log = logging.getLogger("orbit_mq.plugin.staging")
+log = bounded_logger("orbit_mq.plugin.staging")
 
 # Room left in a request for everything but the base64 data (ids, offsets, JSON).
 ENVELOPE = 64 * 1024

@@ -132,8 +132,21 @@ class Upload:
                 os.close(self.fd)
 
     def discard(self) -> None:
+        """Close and delete the partial file, where it is now: its directory may have been
+        moved (and a symlink put in its place) since it was opened."""
+        with self._lock:
+            where = self.row.partial if self.closed else _open_file_path(self.fd)
         self.close()
-        remove_quietly(self.row.partial)
+        remove_quietly(where or self.row.partial)
+
+
+def _open_file_path(fd: int) -> str | None:
+    """The path an open file has now (Linux: /proc/self/fd), or None when unknown or deleted."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") else path
 
 
 async def write_chunk(upload: Upload, offset: int, data: bytes, wait: float) -> int:

@@ -7,12 +7,12 @@ Used from the event loop only (the journal is); file work goes to threads.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 import time
 import uuid
 
+from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.staging import files
 from orbit_mq.workers.plugins.staging.errors import (
     ChecksumMismatch,
@@ -31,7 +31,7 @@ from orbit_mq.workers.plugins.staging.transfers import (
     remove_quietly,
 )
 
-log = logging.getLogger("orbit_mq.plugin.staging")
+log = bounded_logger("orbit_mq.plugin.staging")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS staging_uploads (
@@ -181,7 +181,11 @@ class Uploads:
                     {"expected": row.sha256, "actual": digest},
                 )
             # On FileExists the upload stays: a put_begin with overwrite commits it at once.
-            info = await asyncio.to_thread(self._publish, upload, digest)
+            try:
+                info = await asyncio.to_thread(self._publish, upload, digest)
+            except PathNotAllowed:
+                await self._drop(upload)  # it can never be committed: leave nothing behind
+                raise
             self.live.pop(row.id, None)
             self.table.delete(row.id)
             return info
@@ -191,7 +195,8 @@ class Uploads:
         parent = os.path.dirname(row.target)
         if self.roots.resolve(parent) != parent:  # a directory was swapped for a symlink
             raise PathNotAllowed(
-                f"{parent!r} changed into a symlink during the upload; refused",
+                f"{parent!r} changed into a symlink during the upload; refused, and the "
+                "partial upload was deleted",
                 {"path": row.target},
             )
         publish(row.partial, row.target, row.overwrite)

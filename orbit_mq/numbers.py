@@ -1,0 +1,43 @@
+"""Numbers that refuse booleans.
+
+JSON `true` is not a number, but pydantic's lax mode reads it as 1 for `int` and `float`
+fields. `no_booleans` rewrites an annotation so that every `int` and `float` in it (inside
+`Annotated`, unions, lists, dicts, tuples) refuses a boolean with a clear message; every other
+lax conversion stays as it was. `@rpc` applies it to every parameter; models that requests
+carry use `NotBool` on their numeric fields.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any, Union
+
+from pydantic import BeforeValidator
+
+
+def _refuse_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+NotBool = BeforeValidator(_refuse_bool)
+_CONTAINERS = (list, set, frozenset, tuple, dict)
+
+
+def no_booleans(annotation: Any) -> Any:
+    """`annotation` with NotBool on every int and float it contains."""
+    if annotation in (int, float):
+        return Annotated[annotation, NotBool]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        base, metadata = args[0], annotation.__metadata__
+        if base in (int, float):  # NotBool last: constraints before it keep their schema
+            return Annotated[(base, *metadata, NotBool)]
+        return Annotated[(no_booleans(base), *metadata)]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(no_booleans(arg) for arg in args)]  # noqa: UP007
+    if origin in _CONTAINERS and args:
+        return origin[tuple(no_booleans(arg) if arg is not Ellipsis else arg for arg in args)]
+    return annotation

@@ -1,0 +1,127 @@
+"""A RabbitMQ node of the tests' own, beside the system broker: its own node name, ports,
+config, cookie and data under a temporary directory (after ../shared/infra/cluster/).
+
+    node = BrokerNode(tmp_path, config=["consumer_timeout = 3000"])
+    url = node.start()      # ≈ 5-10 s; the AMQP URL on 127.0.0.1
+    ...
+    node.stop()
+
+Needs root and the Debian package rabbitmq-server (its /usr/lib/rabbitmq/bin, not the
+/usr/sbin wrappers that switch to the rabbitmq user and the system node's cookie).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+RMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+BOOT_TIMEOUT = 120.0
+
+
+def usable() -> str | None:
+    """Why a node cannot be started here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if not (RMQ_BIN / "rabbitmq-server").exists():
+        return f"needs {RMQ_BIN}/rabbitmq-server (Debian package rabbitmq-server)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            return sock.recv(1)[:1] == b"\x01"
+    except OSError:
+        return False
+
+
+class BrokerNode:
+    def __init__(
+        self, directory: Path, config: list[str] | None = None, advanced: str = "[]."
+    ) -> None:
+        self.dir = directory
+        self.node = f"orbit-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.port, self.dist_port = _free_port(), _free_port()
+        self.config = config or []
+        self.advanced = advanced
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(self.dir / "home"),  # its own Erlang cookie
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.dir / "beam.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_CRASH_DUMP": str(self.dir / "log" / "erl_crash.dump"),
+        }
+
+    def start(self) -> str:
+        """Boot the node; returns its AMQP URL once it answers (at most BOOT_TIMEOUT s)."""
+        for sub in ("home", "mnesia", "log"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        lines = [f"listeners.tcp.1 = 127.0.0.1:{self.port}", "log.console = false"]
+        (self.dir / "rabbitmq.conf").write_text("\n".join([*lines, *self.config]) + "\n")
+        (self.dir / "advanced.config").write_text(self.advanced + "\n")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("# the environment says it all\n")
+        log = (self.dir / "log" / "startup.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(RMQ_BIN / "rabbitmq-server")],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not _answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = (self.dir / "log" / "startup.log").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"broker node {self.node} did not start:\n{tail}")
+            time.sleep(0.2)  # polling a port while the node boots
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+        shutil.rmtree(self.dir / "mnesia", ignore_errors=True)
