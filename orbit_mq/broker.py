@@ -67,11 +67,20 @@ def translated(action: str) -> Iterator[None]:
         raise
     except aiormq.exceptions.ChannelAccessRefused as exc:
         raise AccessRefused(f"{action}: the broker refused access: {exc}") from exc
-    except aiormq.exceptions.ProbableAuthenticationError as exc:
+    except (
+        aiormq.exceptions.ProbableAuthenticationError,
+        aiormq.exceptions.AuthenticationError,
+    ) as exc:
         raise AccessRefused(
             f"{action}: the broker refused the login; check user and password"
         ) from exc
-    except (aiormq.exceptions.ConnectionClosed, aiormq.exceptions.ChannelInvalidStateError) as exc:
+    except aiormq.exceptions.IncompatibleProtocolError as exc:
+        raise BrokerError(f"{action}: not an AMQP 0-9-1 broker ({exc})") from exc
+    except (
+        aiormq.exceptions.AMQPConnectionError,  # ConnectionClosed, "connection reset", …
+        aiormq.exceptions.ChannelInvalidStateError,
+        ConnectionError,
+    ) as exc:
         raise ConnectionLost(f"{action}: the broker connection was lost ({exc})") from exc
     except aiormq.exceptions.AMQPError as exc:
         raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc

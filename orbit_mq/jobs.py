@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orbit_mq.errors import BrokerError, CallTimeout, EndpointOffline, OrbitError
+from orbit_mq.errors import CallTimeout, OrbitError, TransientError
 
 if TYPE_CHECKING:
     from orbit_mq.protocol import Event
@@ -35,7 +35,7 @@ RECHECK_INTERVAL = 5.0  # s without an event after which `watch` reads the journ
 NO_OUTPUT = 2**53 - 1  # an output offset no file reaches (and a safe JSON integer)
 RECOVERY_WINDOW = 120.0  # s a re-check may keep failing (broker or endpoint restarting)
 # What a re-check can meet while the broker or the endpoint is coming back.
-TRANSIENT = (BrokerError, EndpointOffline, CallTimeout, TimeoutError)
+TRANSIENT = (TransientError, CallTimeout, TimeoutError)
 
 log = logging.getLogger(__name__)
 

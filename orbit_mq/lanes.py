@@ -91,13 +91,22 @@ class Lane:
                 raise ConnectionLost(f"{self.name}: the broker connection is down")
             try:
                 opened = await transport.connection.channel(publisher_confirms=self.confirms)
-                channel = cast(aiormq.Channel, opened)
+            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, RuntimeError) as exc:
+                raise ConnectionLost(f"{self.name}: the broker connection dropped ({exc})") from exc
+            channel = cast(aiormq.Channel, opened)
+            try:
                 if self.prefetch:
                     await channel.basic_qos(prefetch_count=self.prefetch)
                 if self.setup is not None:
                     await self.setup(channel)
-            except (aiormq.exceptions.ConnectionClosed, RuntimeError) as exc:
-                raise ConnectionLost(f"{self.name}: the broker connection dropped ({exc})") from exc
+            except BaseException as exc:
+                with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+                    await channel.close()
+                if isinstance(exc, aiormq.exceptions.AMQPConnectionError | ConnectionError):
+                    raise ConnectionLost(
+                        f"{self.name}: the broker connection dropped ({exc})"
+                    ) from exc
+                raise
             self._channel = channel
             self.opened += 1
             channel.closing.add_done_callback(self._lost)

@@ -21,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
+from broker_control import answers_amqp
+
 RMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 BOOT_TIMEOUT = 120.0
 
@@ -39,15 +41,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"AMQP\x00\x00\x09\x01")
-            return sock.recv(1)[:1] == b"\x01"
-    except OSError:
-        return False
 
 
 class BrokerNode:
@@ -105,7 +98,7 @@ class BrokerNode:
             start_new_session=True,
         )
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while not _answers(self.port):
+        while not answers_amqp(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = (self.dir / "log" / "startup.log").read_text(errors="replace")[-2000:]
                 self.stop()

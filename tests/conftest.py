@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,27 +17,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
+from broker_control import answers_amqp
 from echo_plugin import Echo
 
 import orbit_mq
 from orbit_mq.config import Settings
 from orbit_mq.jobs import TERMINAL
+from orbit_mq.protocol import request_queue
 from orbit_mq.subscribe import Subscription
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-def _answers_amqp(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2) as sock:
-            sock.sendall(b"AMQP\x00\x00\x09\x01")
-            return sock.recv(1)[:1] == b"\x01"
-    except OSError:
-        return False
 
 
 def _docker_broker() -> tuple[str, Callable[[], None]] | None:
@@ -60,7 +53,7 @@ def broker_url() -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    if _answers_amqp("127.0.0.1", 5672):
+    if answers_amqp(5672):
         yield LOCAL_URL
         return
     started = _docker_broker()
@@ -119,6 +112,7 @@ async def start_endpoint(settings: Settings, name: str) -> AsyncIterator[StartEn
     yield start
     for ep in started:
         await ep.stop(grace=5)
+    await asyncio.to_thread(delete_request_queues, settings.url, *{ep.name for ep in started})
 
 
 @pytest.fixture
@@ -171,6 +165,26 @@ def endpoint_process(
     yield start
     for process in processes:
         stop_process(process)
+    delete_request_queues(settings.url, name)
+
+
+PLUGIN_NAMES = ("sysinfo", "echo", "psij", "queue_info", "staging")
+
+
+def delete_request_queues(url: str, *endpoints: str) -> None:
+    """Delete the durable request queues a test's endpoints left on the broker (a broker
+    holding thousands of them boots slowly)."""
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
+        return  # the broker is away: nothing to tidy
+    try:
+        channel = connection.channel()
+        for endpoint in endpoints:
+            for plugin in PLUGIN_NAMES:
+                channel.queue_delete(request_queue(endpoint, plugin))
+    finally:
+        connection.close()
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:

@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pika
 from broker_control import restart
 
 import orbit_mq
 from orbit_mq.jobs import TERMINAL
-from orbit_mq.protocol import EVENTS_EXCHANGE
+from orbit_mq.protocol import EVENTS_EXCHANGE, request_queue
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 CONCURRENCY = 16
@@ -235,8 +236,17 @@ async def run_scenario(
             await asyncio.to_thread(endpoint.wait, 30)
         if endpoint.poll() is None:
             endpoint.kill()
+        await _delete_queue(url, request_queue(name, "psij"))
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+async def _delete_queue(url: str, queue: str) -> None:
+    with contextlib.suppress(Exception):
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(queue)
 
 
 async def _submit_while_restarting(

@@ -6,7 +6,7 @@ import aiormq
 import pytest
 
 from orbit_mq.broker import translated
-from orbit_mq.errors import AccessRefused, BrokerError, ConnectionLost
+from orbit_mq.errors import AccessRefused, BrokerError, ConnectionLost, TransientError
 
 
 def test_a_closed_connection_is_connection_lost() -> None:
@@ -35,3 +35,25 @@ def test_amqp_errors_are_translated_with_their_cause() -> None:
     expected = "consuming: ChannelNotFoundEntity"
     with pytest.raises(BrokerError, match=expected), translated("consuming"):
         raise aiormq.exceptions.ChannelNotFoundEntity("NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        aiormq.exceptions.AMQPConnectionError(
+            "Server connection reset: ConnectionResetError(104, 'Connection reset by peer')"
+        ),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_a_connection_reset_is_connection_lost_a_transient_error(error: Exception) -> None:
+    """What a broker shutting down does to a call made in that instant: a retry is safe."""
+    with pytest.raises(ConnectionLost) as lost, translated("checking q"):
+        raise error
+    assert isinstance(lost.value, TransientError)
+
+
+def test_a_refused_login_is_access_refused_not_transient() -> None:
+    with pytest.raises(AccessRefused) as refused, translated("connecting"):
+        raise aiormq.exceptions.AuthenticationError("ACCESS_REFUSED")
+    assert not isinstance(refused.value, TransientError)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 from broker_node import BrokerNode, usable
@@ -44,15 +44,22 @@ def short_timeout_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     node.stop()
 
 
-def _settings(url: str, tmp_path: Path, ack_within: float) -> Settings:
-    return Settings(
-        url=url,
-        home=tmp_path / "home",
-        heartbeat_interval=0.5,
-        discovery_window=0.3,
-        timeout=30,
-        ack_within=ack_within,
-    )
+@asynccontextmanager
+async def _served(
+    url: str, settings: Settings, name: str, ack_within: float
+) -> AsyncIterator[tuple[Endpoint, Echo, orbit_mq.Fabric]]:
+    """An echo endpoint on the short-timeout node, and a fabric connected to it."""
+    settings = settings.model_copy(update={"url": url, "ack_within": ack_within, "timeout": 30})
+    endpoint = Endpoint(name, [Echo], settings)
+    await endpoint.start()
+    try:
+        async with orbit_mq.Fabric(settings) as fabric:
+            echo = endpoint.plugins["echo"]
+            assert isinstance(echo, Echo)
+            yield endpoint, echo, fabric
+            assert await fabric.call(name, "echo", "echo", {"text": "still"}) == ["still"]
+    finally:
+        await endpoint.stop(grace=5)
 
 
 async def _slow_runs(echo: Echo, count: int, timeout: float = 30) -> None:
@@ -63,41 +70,26 @@ async def _slow_runs(echo: Echo, count: int, timeout: float = 30) -> None:
 
 
 async def test_a_call_longer_than_the_consumer_timeout_answers_once_and_runs_once(
-    short_timeout_url: str, tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+    short_timeout_url: str, settings: Settings, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    settings = _settings(short_timeout_url, tmp_path, ack_within=1.0)
-    endpoint = Endpoint(name, [Echo], settings)
-    await endpoint.start()
-    try:
-        async with orbit_mq.Fabric(settings) as fabric:
-            assert await fabric.call(name, "echo", "slow", {"seconds": CALL}) == 1
-            echo = endpoint.plugins["echo"]
-            assert isinstance(echo, Echo) and echo.slow_runs == 1
-            assert endpoint._lanes["echo"].opened == 1  # the broker never closed its channel
-            assert await fabric.call(name, "echo", "echo", {"text": "still"}) == ["still"]
-    finally:
-        await endpoint.stop(grace=5)
+    async with _served(short_timeout_url, settings, name, ack_within=1.0) as served:
+        endpoint, echo, fabric = served
+        assert await fabric.call(name, "echo", "slow", {"seconds": CALL}) == 1
+        assert echo.slow_runs == 1
+        assert endpoint._lanes["echo"].opened == 1  # the broker never closed its channel
     assert "delivery acknowledgement" not in caplog.text
 
 
 async def test_without_the_early_ack_the_broker_closes_the_channel_and_it_is_logged(
-    short_timeout_url: str, tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+    short_timeout_url: str, settings: Settings, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    settings = _settings(short_timeout_url, tmp_path, ack_within=60.0)
-    endpoint = Endpoint(name, [Echo], settings)
-    await endpoint.start()
-    try:
-        async with orbit_mq.Fabric(settings) as fabric:
-            # The first run still answers (the call is the endpoint's, not the channel's)…
-            assert await fabric.call(name, "echo", "slow", {"seconds": CALL}) == 1
-            echo = endpoint.plugins["echo"]
-            assert isinstance(echo, Echo)
-            await _slow_runs(echo, 2)  # … but the broker delivered it again: it ran twice
-            assert endpoint._lanes["echo"].opened >= 2
-            assert await fabric.call(name, "echo", "echo", {"text": "still"}) == ["still"]
-    finally:
-        await endpoint.stop(grace=5)
+    async with _served(short_timeout_url, settings, name, ack_within=60.0) as served:
+        endpoint, echo, fabric = served
+        # The first run still answers (the call is the endpoint's, not the channel's)…
+        assert await fabric.call(name, "echo", "slow", {"seconds": CALL}) == 1
+        await _slow_runs(echo, 2)  # … but the broker delivered it again: it ran twice
+        assert endpoint._lanes["echo"].opened >= 2
     closed = [r for r in caplog.records if "closed the channel" in r.getMessage()]
     assert closed and "delivery acknowledgement" in closed[0].getMessage()
