@@ -28,13 +28,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from orbit_mq.cli.common import UrlOption, guarded, optional_endpoint, run_async, settings_for
-from orbit_mq.cli.jobs_output import jobs_table, plain
+from orbit_mq.cli.jobs_output import jobs_table
 from orbit_mq.cli.output import endpoints_table
 from orbit_mq.cli.sysinfo_cmd import fetch_report, render_report
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
+from orbit_mq.contracts import PsiJ, Staging
+from orbit_mq.contracts.psij import Job, JobSpec
 from orbit_mq.errors import OrbitError
-from orbit_mq.jobs import Job
 from orbit_mq.staging import get_file, put_file
 
 ONLINE_TIMEOUT = 30.0
@@ -111,7 +112,7 @@ async def ask_sysinfo(tour: Tour) -> None:
     """Call sysinfo.homedir, sysinfo.host_role and sysinfo.metrics through the SDK."""
     for line in (
         "async with orbit_mq.connect() as fabric:",
-        f"    sysinfo = await fabric.endpoint({tour.name!r}).plugin('sysinfo')",
+        f"    sysinfo = await fabric.endpoint({tour.name!r}).plugin(SysInfo)",
         "    home, role, metrics = await sysinfo.homedir(), ...",
     ):
         tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
@@ -132,15 +133,15 @@ async def _show_output(tour: Tour, job: Job) -> None:
 async def run_job(tour: Tour) -> None:
     """Submit a job on the local executor; stream its output and its state events."""
     for line in (
-        f"psij = await fabric.endpoint({tour.name!r}).plugin('psij')",
-        "job = await psij.submit_job(spec={'executable': '/bin/sh', ...})",
+        f"psij = await fabric.endpoint({tour.name!r}).plugin(PsiJ)",
+        "job = await psij.submit_job(spec=JobSpec(executable='/bin/sh', ...))",
         "async for status in job.watch(): ...",
         "async for chunk in job.output(follow=True): ...",
     ):
         tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
-    psij = await tour.fabric.endpoint(tour.name).plugin("psij", session=False)
-    spec = {"executable": DEMO_JOB[0], "arguments": DEMO_JOB[1:], "name": "demo"}
-    job: Job = await psij.submit_job(spec=spec, executor="local")
+    psij = await tour.fabric.endpoint(tour.name).plugin(PsiJ, session=False)
+    spec = JobSpec(executable=DEMO_JOB[0], arguments=DEMO_JOB[1:], name="demo")
+    job = await psij.submit_job(spec=spec, executor="local")
     tour.console.print(f"  [dim]job {job.job_id} runs")
     tour.console.print(f"  [dim]$ {escape(shlex.join(DEMO_JOB))}")
     async with asyncio.timeout(JOB_TIMEOUT):
@@ -149,19 +150,19 @@ async def run_job(tour: Tour) -> None:
 
 async def list_jobs(tour: Tour) -> None:
     """List the endpoint's jobs (orbit-mq jobs)."""
-    psij = await tour.fabric.endpoint(tour.name).plugin("psij", session=False)
-    listing = plain(await psij.list_jobs(limit=5))
+    psij = await tour.fabric.endpoint(tour.name).plugin(PsiJ, session=False)
+    listing = await psij.list_jobs(limit=5)
     tour.console.print(jobs_table(listing, tour.name))
 
 
 async def stage_file(tour: Tour) -> None:
     """Put a file on the endpoint and get it back (SHA-256 checked both ways), then remove it."""
     for line in (
-        f"staging = await fabric.endpoint({tour.name!r}).plugin('staging')",
+        f"staging = await fabric.endpoint({tour.name!r}).plugin(Staging)",
         "await orbit_mq.put_file(staging, local, remote); await orbit_mq.get_file(...)",
     ):
         tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
-    staging = await tour.fabric.endpoint(tour.name).plugin("staging", session=False)
+    staging = await tour.fabric.endpoint(tour.name).plugin(Staging, session=False)
     with tempfile.TemporaryDirectory(prefix="orbit-mq-demo-") as scratch:
         local, back = Path(scratch) / "demo.bin", Path(scratch) / "back.bin"
         local.write_bytes(os.urandom(DEMO_FILE_SIZE))
@@ -170,7 +171,7 @@ async def stage_file(tour: Tour) -> None:
         tour.console.print(f"  [dim]put[/] {sent.size} bytes → {sent.remote}")
         got = await get_file(staging, remote, back, overwrite=True)
         tour.console.print(f"  [dim]get[/] {got.size} bytes ← {got.remote}")
-        await staging.call("remove", {"path": remote})
+        await staging.remove(path=remote)
     match = "match" if sent.sha256 == got.sha256 else "DIFFER"
     tour.console.print(f"  sha256 {sent.sha256[:16]}…: checksums {match}")
     if sent.sha256 != got.sha256:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,11 +22,8 @@ from orbit_mq.cli.common import (
     settings_for,
 )
 from orbit_mq.cli.output import console, print_json
+from orbit_mq.contracts.psij import Job, JobState, PsiJ
 from orbit_mq.errors import ConfigError
-from orbit_mq.jobs import Job
-
-JobState = StrEnum("JobState", "NEW QUEUED ACTIVE COMPLETED FAILED CANCELED")
-"""The psij plugin's job states (not imported from it: the CLI works without it installed)."""
 
 JobArg = Annotated[
     str, typer.Argument(metavar="JOB", help="Job id, as submit printed it.", show_default=False)
@@ -220,11 +216,11 @@ def status(
     Its output is what `orbit-mq logs` prints.
     """
     settings = settings_for(ctx, url=url, timeout=timeout)
-    found = show.plain(
-        run_async(show.on_psij(settings, endpoint, lambda psij: psij.get_job_status(job_id=job_id)))
+    found = run_async(
+        show.on_psij(settings, endpoint, lambda psij: psij.get_job_status(job_id=job_id))
     )
     if as_json:
-        print_json(show.without_output(found))
+        print_json(show.job_json(found))
     else:
         console.print(show.status_view(found))
 
@@ -248,15 +244,16 @@ def jobs(
     url: UrlOption = None,
 ) -> None:
     """List ENDPOINT's jobs, newest first."""
-    params: dict[str, Any] = {"offset": offset, "limit": limit}
-    if state is not None:
-        params["state"] = state.name
     settings = settings_for(ctx, url=url, timeout=timeout)
-    listing = show.plain(
-        run_async(show.on_psij(settings, endpoint, lambda psij: psij.list_jobs(**params)))
+    listing = run_async(
+        show.on_psij(
+            settings,
+            endpoint,
+            lambda psij: psij.list_jobs(state=state, offset=offset, limit=limit),
+        )
     )
     if as_json:
-        print_json(listing)
+        print_json(listing.model_dump(mode="json"))
     else:
         console.print(show.jobs_table(listing, endpoint))
 
@@ -276,13 +273,13 @@ def cancel(
     """Cancel a job and print its state (CANCELED once it has stopped)."""
     settings = settings_for(ctx, url=url, timeout=timeout)
     until = settings.timeout if wait else None
-    info = run_async(
+    job = run_async(
         show.on_psij(settings, endpoint, partial(show.cancel_job, job_id=job_id, wait=until))
     )
     if as_json:
-        print_json(info)
+        print_json(show.job_json(job))
     else:
-        console.print(show.cancel_line(job_id, info), soft_wrap=True)
+        console.print(show.cancel_line(job), soft_wrap=True)
 
 
 @guarded
@@ -305,4 +302,8 @@ def logs(
     """Print a job's stdout (and with --stderr its stderr, to stderr)."""
     settings = settings_for(ctx, url=url, timeout=timeout)
     stream = partial(show.stream_output, follow=follow, as_json=as_json, stderr=stderr)
-    run_async(show.on_psij(settings, endpoint, lambda psij: stream(Job(psij, {"job_id": job_id}))))
+
+    async def stream_logs(psij: PsiJ) -> None:
+        await stream(await Job.attach(psij, job_id))
+
+    run_async(show.on_psij(settings, endpoint, stream_logs))

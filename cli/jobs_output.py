@@ -25,45 +25,50 @@ from rich.text import Text
 from orbit_mq.cli.output import console, human_duration, print_json
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
+from orbit_mq.contracts.psij import (
+    Job,
+    JobList,
+    JobSpec,
+    JobState,
+    JobStatus,
+    JobStatusEvent,
+    OutputChunk,
+)
+from orbit_mq.contracts.psij import PsiJ as PsiJContract
 from orbit_mq.errors import OrbitError
-from orbit_mq.jobs import TERMINAL, Job, OutputChunk, Transition
-from orbit_mq.proxy import PluginProxy
+from orbit_mq.jobs import STREAMS
 
-PLUGIN = "psij"
 T = TypeVar("T")
 
-STATE_STYLES = dict(
-    NEW="dim", QUEUED="yellow", ACTIVE="cyan", COMPLETED="green", FAILED="red", CANCELED="magenta"
-)
-OUTPUT_FIELDS = ("stdout", "stderr", "stdout_offset", "stderr_offset")
+STATE_STYLES = {
+    JobState.NEW: "dim",
+    JobState.QUEUED: "yellow",
+    JobState.ACTIVE: "cyan",
+    JobState.COMPLETED: "green",
+    JobState.FAILED: "red",
+    JobState.CANCELED: "magenta",
+}
+OUTPUT_FIELDS = {"stdout", "stderr", "stdout_offset", "stderr_offset"}
 err_console = Console(stderr=True, highlight=False)
 
 
-def plain(value: Any) -> dict[str, Any]:
-    """A JobInfo or JobStatus (a model where psij is installed here, else a dict) as a dict."""
-    dumped = to_jsonable_python(value)
-    if not isinstance(dumped, dict):
-        raise OrbitError(f"the psij plugin answered {type(dumped).__name__}, not a job")
+def job_json(job: Job) -> dict[str, Any]:
+    """A job (or a job status, without its output) as JSON: what `--json` prints of a job."""
+    dumped: dict[str, Any] = job.model_dump(mode="json", exclude=OUTPUT_FIELDS)
     return dumped
 
 
-def without_output(status: dict[str, Any]) -> dict[str, Any]:
-    """A job status without the output text and offsets: the job as `status` shows it."""
-    return {key: value for key, value in status.items() if key not in OUTPUT_FIELDS}
-
-
-def projected(status: Any, like: dict[str, Any]) -> dict[str, Any]:
-    """The fields of `status` that the JobInfo `like` has: a later JobInfo of the same job."""
-    latest = plain(status)
-    return {key: latest.get(key, value) for key, value in like.items()}
+def as_job(status: Job) -> Job:
+    """Only the Job part of a status (a later state of a submitted job)."""
+    return Job.model_validate(status.model_dump(include=set(Job.model_fields)))
 
 
 def exit_code_for(state: str, exit_code: int | None) -> int:
     """The CLI's exit status for a finished job: 0 COMPLETED, the job's own code FAILED
     (1 when unknown or outside 1..255), 1 CANCELED or anything else."""
-    if state == "COMPLETED":
+    if state == JobState.COMPLETED:
         return 0
-    if state == "FAILED" and exit_code is not None and 0 < exit_code < 256:
+    if state == JobState.FAILED and exit_code is not None and 0 < exit_code < 256:
         return exit_code
     return 1
 
@@ -80,7 +85,8 @@ def short_duration(seconds: float) -> str:
 
 
 def styled_state(state: str) -> Text:
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    known = state in JobState.__members__
+    return Text(state, style=STATE_STYLES[JobState(state)] if known else "")
 
 
 def when(value: Any, short: bool = False) -> str:
@@ -117,7 +123,7 @@ class StateLine:
         )
 
 
-async def watch_to_end(job: Job, began: float, as_json: bool) -> Transition:
+async def watch_to_end(job: Job, began: float, as_json: bool) -> JobStatusEvent:
     """Follow the job's transitions to the terminal one: a live line on stderr while that is
     a terminal, or JSON lines."""
     line = StateLine(job.job_id, began)
@@ -125,33 +131,34 @@ async def watch_to_end(job: Job, began: float, as_json: bool) -> Transition:
         async for transition in job.watch():
             line.state, line.seq = transition.state, transition.seq
             if as_json:
-                json_line(asdict(transition))
-            if transition.terminal:
+                json_line(
+                    transition.model_dump(mode="json", exclude={"stdout_tail", "stderr_tail"})
+                )
+            if transition.state.final:
                 return transition
     raise OrbitError(f"job {job.job_id}: its status events ended before a terminal state")
 
 
-async def final_exit_code(job: Job, transition: Transition) -> int | None:
+async def final_exit_code(job: Job, transition: JobStatusEvent) -> int | None:
     """The job's exit code; asked of the endpoint when the transition came without one."""
-    if transition.exit_code is not None or transition.state == "COMPLETED":
+    if transition.exit_code is not None or transition.state is JobState.COMPLETED:
         return 0 if transition.exit_code is None else transition.exit_code
-    code = plain(await job.status()).get("exit_code")
-    return code if isinstance(code, int) else None
+    return (await job.status()).exit_code
 
 
 async def output_so_far(job: Job) -> AsyncIterator[OutputChunk]:
     """All output written so far, page by page (`job.output()` stops after the first page,
     and the plugin pages at 1 MiB)."""
-    offsets = {"stdout": 0, "stderr": 0}
+    offsets = dict.fromkeys(STREAMS, 0)
     while True:
-        status = plain(await job.status(offsets["stdout"], offsets["stderr"]))
-        chunks = [OutputChunk(s, offsets[s], status.get(s) or "") for s in offsets]
-        if not any(chunk.text for chunk in chunks):
+        status = await job.status(offsets["stdout"], offsets["stderr"])
+        texts = {"stdout": status.stdout, "stderr": status.stderr}
+        if not any(texts.values()):
             return
-        for chunk in chunks:
-            if chunk.text:
-                yield chunk
-            offsets[chunk.stream] = int(status.get(f"{chunk.stream}_offset") or 0)
+        for stream in STREAMS:
+            if texts[stream]:
+                yield OutputChunk(stream, offsets[stream], texts[stream])
+        offsets = {"stdout": status.stdout_offset, "stderr": status.stderr_offset}
 
 
 async def stream_output(job: Job, *, follow: bool, as_json: bool, stderr: bool = True) -> None:
@@ -179,11 +186,10 @@ def summary_line(
     )
 
 
-def cancel_line(job_id: str, info: dict[str, Any]) -> Text:
+def cancel_line(job: Job) -> Text:
     """`job ID CANCELED`, or `job ID ACTIVE, cancel requested` while it is still stopping."""
-    state = str(info.get("state"))
-    line = summary_line(job_id, state, info.get("exit_code"), message=info.get("message"))
-    return line if state in TERMINAL else line.append(", cancel requested")
+    line = summary_line(job.job_id, job.state, job.exit_code, message=job.message)
+    return line if job.state.final else line.append(", cancel requested")
 
 
 async def wait_job(job: Job, began: float, as_json: bool) -> int:
@@ -203,29 +209,27 @@ async def follow_job(job: Job, began: float, as_json: bool) -> int:
     """`submit --follow`: the output as written, then the final state; its exit status."""
     if not as_json:
         err_console.print(f"job {job.job_id} submitted", markup=False)
-    submitted = plain(job.info)
-    await stream_output(job, follow=True, as_json=as_json)
-    final = projected(job.info, submitted)  # job.info: the last status read, a terminal one
-    state, code = str(final.get("state")), final.get("exit_code")
-    code = code if isinstance(code, int) else None
+    await stream_output(job, follow=True, as_json=as_json)  # the handle takes the last state
     if as_json:
-        json_line(final)
+        json_line(job_json(as_job(job)))
     else:
-        elapsed, message = time.monotonic() - began, final.get("message")
-        line = summary_line(job.job_id, state, code, elapsed=elapsed, message=message)
+        elapsed = time.monotonic() - began
+        line = summary_line(
+            job.job_id, job.state, job.exit_code, elapsed=elapsed, message=job.message
+        )
         err_console.print(line, soft_wrap=True)
-    return exit_code_for(state, code)
+    return exit_code_for(job.state, job.exit_code)
 
 
 # -- what the commands do -----------------------------------------------------------------------
 
 
 async def on_psij(
-    settings: Settings, endpoint: str, action: Callable[[PluginProxy], Awaitable[T]]
+    settings: Settings, endpoint: str, action: Callable[[PsiJContract], Awaitable[T]]
 ) -> T:
     """Connect, run `action` with a session-less psij proxy for `endpoint`, disconnect."""
     async with Fabric(settings) as fabric:
-        return await action(await fabric.endpoint(endpoint).plugin(PLUGIN, session=False))
+        return await action(await fabric.endpoint(endpoint).plugin(PsiJContract, session=False))
 
 
 @dataclass(frozen=True)
@@ -237,54 +241,55 @@ class SubmitMode:
     as_json: bool
 
 
-async def submit_job(psij: PluginProxy, spec: dict[str, Any], mode: SubmitMode) -> int:
+async def submit_job(psij: PsiJContract, spec: dict[str, Any], mode: SubmitMode) -> int:
     """Submit; then wait or follow as asked. Returns the CLI's exit status."""
     began = time.monotonic()
-    job: Job = await psij.submit_job(spec=spec, executor=mode.executor, stream_output=mode.stream)
+    job = await psij.submit_job(
+        spec=JobSpec.model_validate(spec), executor=mode.executor, stream_output=mode.stream
+    )
     if mode.follow:
         return await follow_job(job, began, mode.as_json)
     if mode.wait:
         return await wait_job(job, began, mode.as_json)
     if mode.as_json:
-        print_json(plain(job.info))
+        print_json(job_json(job))
     else:
         print(job.job_id, flush=True)
     return 0
 
 
-async def cancel_job(psij: PluginProxy, job_id: str, wait: float | None) -> dict[str, Any]:
+async def cancel_job(psij: PsiJContract, job_id: str, wait: float | None) -> Job:
     """Cancel; with `wait` (seconds), return the job once it reached a terminal state."""
-    info = plain(await psij.cancel_job(job_id=job_id))
-    if wait is None or str(info.get("state")) in TERMINAL:
-        return info
-    job = Job(psij, info)
-    await job.wait(wait)
-    return projected(await job.status(), info)
+    job = await psij.cancel_job(job_id=job_id)
+    if wait is not None and not job.state.final:
+        await job.wait(wait)
+        await job.status()  # the handle takes the terminal state
+    return as_job(job)
 
 
 # -- status and jobs ---------------------------------------------------------------------------
 
 
-def _overview(status: dict[str, Any]) -> Table:
+def _overview(status: JobStatus) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    code = status.get("exit_code")
-    state = styled_state(str(status.get("state")))
+    code = status.exit_code
+    state = styled_state(status.state)
     rows: list[tuple[str, Any]] = [
-        ("job", status.get("job_id")),
+        ("job", status.job_id),
         ("state", state.append("" if code is None else f" (exit code {code})")),
-        ("name", status.get("name")),
-        ("command", shlex.join([status.get("executable", "?"), *status.get("arguments", [])])),
-        ("directory", status.get("directory")),
-        ("executor", status.get("executor")),
-        ("native id", status.get("native_id")),
-        ("queue", status.get("queue")),
-        ("account", status.get("account")),
-        ("session", status.get("session")),
-        ("submitted", when(status.get("submitted"))),
-        ("updated", when(status.get("updated"))),
-        ("message", status.get("message")),
+        ("name", status.name),
+        ("command", shlex.join([status.executable, *status.arguments])),
+        ("directory", status.directory),
+        ("executor", status.executor),
+        ("native id", status.native_id),
+        ("queue", status.queue),
+        ("account", status.account),
+        ("session", status.session),
+        ("submitted", when(status.submitted.isoformat())),
+        ("updated", when(status.updated.isoformat())),
+        ("message", status.message),
     ]
     for label, value in rows:
         if value not in (None, ""):
@@ -292,43 +297,40 @@ def _overview(status: dict[str, Any]) -> Table:
     return grid
 
 
-def _history(status: dict[str, Any]) -> Table:
+def _history(status: JobStatus) -> Table:
     table = Table(title="history", title_justify="left")
     for column in ("seq", "state", "time", "message"):
         table.add_column(column, justify="right" if column == "seq" else "left")
-    for item in sorted(status.get("history") or [], key=lambda item: int(item.get("seq", 0))):
+    for item in sorted(status.history, key=lambda item: item.seq):
         table.add_row(
-            str(item.get("seq", "")),
-            styled_state(str(item.get("state"))),
-            when(item.get("time")),
-            Text(str(item.get("message") or "")),
+            str(item.seq),
+            styled_state(item.state),
+            when(item.time.isoformat()),
+            Text(item.message or ""),
         )
     return table
 
 
-def status_view(status: dict[str, Any]) -> Group:
+def status_view(status: JobStatus) -> Group:
     """One job: what it is and where it is, then its state history."""
     return Group(_overview(status), _history(status))
 
 
-def jobs_table(listing: dict[str, Any], endpoint: str) -> Table:
+def jobs_table(listing: JobList, endpoint: str) -> Table:
     """A page of `list_jobs` (the plugin lists the newest first)."""
-    jobs = list(listing.get("jobs") or [])
-    total = listing.get("total", len(jobs))
-    title = f"{len(jobs)} of {total} job(s) on {endpoint}"
+    title = f"{len(listing.jobs)} of {listing.total} job(s) on {endpoint}"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("job", "state", "exit", "submitted", "executor", "native id", "name"):
         whole = column in ("job", "state", "exit", "submitted")  # the others give way when narrow
         table.add_column(column, justify="right" if column == "exit" else "left", no_wrap=whole)
-    for job in jobs:
-        code = job.get("exit_code")
+    for job in listing.jobs:
         table.add_row(
-            Text(str(job.get("job_id"))),
-            styled_state(str(job.get("state"))),
-            "" if code is None else str(code),
-            when(job.get("submitted"), short=True),
-            Text(str(job.get("executor") or "")),
-            Text(str(job.get("native_id") or "")),
-            Text(str(job.get("name") or "")),
+            Text(job.job_id),
+            styled_state(job.state),
+            "" if job.exit_code is None else str(job.exit_code),
+            when(job.submitted.isoformat(), short=True),
+            Text(job.executor),
+            Text(job.native_id or ""),
+            Text(job.name or ""),
         )
     return table

@@ -6,12 +6,10 @@ import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from pydantic_core import to_jsonable_python
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,6 +34,7 @@ from orbit_mq.cli.common import (
 from orbit_mq.cli.output import console, human_bytes, print_json
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
+from orbit_mq.contracts.staging import Listing, Staging
 from orbit_mq.errors import ConfigError
 from orbit_mq.staging import DEFAULT_WINDOW, TransferResult, get_file, put_file
 from orbit_mq.staging import Progress as ProgressCallback
@@ -127,7 +126,7 @@ async def transfer(
     """Run one put or get; `paths` is (source, destination) in the transfer's direction."""
     source, destination = paths
     async with Fabric(settings) as fabric:
-        staging = await fabric.endpoint(endpoint).plugin("staging", session=False)
+        staging = await fabric.endpoint(endpoint).plugin(Staging, session=False)
         label = f"{direction} {Path(source).name}"
         with progress_bar(label, show_progress) as update:
             if direction == "put":
@@ -223,37 +222,31 @@ def get(
     report(result, endpoint, as_json)
 
 
-async def listing(settings: Settings, endpoint: str, path: str, limit: int) -> dict[str, Any]:
+async def listing(settings: Settings, endpoint: str, path: str, limit: int) -> Listing:
     """The `list` answer for a directory; for a file, a listing of that one entry."""
     async with Fabric(settings) as fabric:
-        staging = await fabric.endpoint(endpoint).plugin("staging", session=False)
-        info = _jsonable(await staging.call("stat", {"path": path}))
-        if info["type"] != "dir":
-            return {"path": info["path"], "entries": [info], "total": 1, "truncated": False}
-        return _jsonable(await staging.call("list", {"path": path, "limit": limit}))
+        staging = await fabric.endpoint(endpoint).plugin(Staging, session=False)
+        info = await staging.stat(path=path)
+        if info.type != "dir":
+            return Listing(path=info.path, entries=[info], total=1, truncated=False)
+        return await staging.list_dir(path=path, limit=limit)
 
 
-def _jsonable(value: Any) -> dict[str, Any]:
-    """A result as JSON values: the proxy returns models where the plugin is installed here."""
-    return to_jsonable_python(value)  # type: ignore[no-any-return]
-
-
-def entries_table(found: dict[str, Any]) -> Table:
-    shown, total = len(found["entries"]), found["total"]
-    more = f" (first {shown} of {total}: use --limit)" if found["truncated"] else ""
-    table = Table(title=f"{found['path']}{more}", title_justify="left", box=None)
+def entries_table(found: Listing) -> Table:
+    shown, total = len(found.entries), found.total
+    more = f" (first {shown} of {total}: use --limit)" if found.truncated else ""
+    table = Table(title=f"{found.path}{more}", title_justify="left", box=None)
     for column in ("mode", "size", "modified", "name"):
         table.add_column(column, justify="right" if column == "size" else "left")
     kinds = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK, "other": 0}
-    for entry in found["entries"]:
-        name = entry["name"] + ("/" if entry["type"] == "dir" else "")
-        if entry.get("target"):
-            name += f" -> {entry['target']}"
-        modified = datetime.fromisoformat(entry["mtime"]).astimezone()
+    for entry in found.entries:
+        name = entry.name + ("/" if entry.type == "dir" else "")
+        if entry.target:
+            name += f" -> {entry.target}"
         table.add_row(
-            stat.filemode(kinds[entry["type"]] | entry["mode"]),
-            human_bytes(entry["size"]),
-            modified.strftime("%Y-%m-%d %H:%M"),
+            stat.filemode(kinds[entry.type] | entry.mode),
+            human_bytes(entry.size),
+            entry.mtime.astimezone().strftime("%Y-%m-%d %H:%M"),
             name,
         )
     return table
@@ -278,6 +271,6 @@ def ls(
     """
     found = run_async(listing(settings_for(ctx, url=url, timeout=timeout), endpoint, path, limit))
     if as_json:
-        print_json(found)
+        print_json(found.model_dump(mode="json"))
     else:
         console.print(entries_table(found))

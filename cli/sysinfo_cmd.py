@@ -23,7 +23,7 @@ from orbit_mq.cli.common import (
 from orbit_mq.cli.output import console, human_bytes, human_duration, percent, print_json
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
-from orbit_mq.workers.plugins.sysinfo import HostRoleReport, Metrics
+from orbit_mq.contracts.sysinfo import HostRoleReport, Metrics, SysInfo
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,12 @@ class HostReport:
 
 
 async def fetch_report(fabric: Fabric, endpoint: str) -> HostReport:
-    """Ask the endpoint's sysinfo plugin the three questions at once (no session needed).
-
-    The proxy returns models where sysinfo is installed here too, plain JSON otherwise.
-    """
-    proxy = await fabric.endpoint(endpoint).plugin("sysinfo", session=False)
+    """Ask the endpoint's sysinfo plugin the three questions at once (no session needed)."""
+    sysinfo = await fabric.endpoint(endpoint).plugin(SysInfo, session=False)
     homedir, role, metrics = await asyncio.gather(
-        proxy.homedir(), proxy.host_role(), proxy.metrics()
+        sysinfo.homedir(), sysinfo.host_role(), sysinfo.metrics()
     )
-    return HostReport(
-        homedir=str(homedir),
-        host_role=HostRoleReport.model_validate(role),
-        metrics=Metrics.model_validate(metrics),
-    )
+    return HostReport(homedir=homedir, host_role=role, metrics=metrics)
 
 
 async def _report(settings: Settings, endpoint: str) -> HostReport:

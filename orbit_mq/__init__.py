@@ -7,6 +7,16 @@ __version__ = "0.1.0"
 
 from orbit_mq.client import EndpointHandle, Fabric, connect
 from orbit_mq.config import Settings
+from orbit_mq.contract import Contract
+from orbit_mq.contracts import PsiJ, QueueInfo, Staging, SysInfo
+from orbit_mq.contracts.psij import (
+    Job,
+    JobSpec,
+    JobState,
+    JobStatus,
+    JobStatusEvent,
+    OutputChunk,
+)
 from orbit_mq.errors import (
     AccessRefused,
     BrokerError,
@@ -19,6 +29,7 @@ from orbit_mq.errors import (
     EndpointNotFound,
     EndpointOffline,
     InternalError,
+    InvalidArguments,
     InvalidRequest,
     MethodNotFound,
     NotFound,
@@ -26,12 +37,12 @@ from orbit_mq.errors import (
     OrbitError,
     PayloadTooLarge,
     RemoteError,
+    RequestTooLarge,
     SessionNotFound,
     TransientError,
     Unauthorized,
     Unavailable,
 )
-from orbit_mq.jobs import Job, OutputChunk, Transition
 from orbit_mq.protocol import (
     PROTOCOL_VERSION,
     EndpointInfo,
@@ -41,7 +52,7 @@ from orbit_mq.protocol import (
     PluginInfo,
     SessionInfo,
 )
-from orbit_mq.proxy import PluginProxy
+from orbit_mq.proxy import PluginProxy, remote
 from orbit_mq.staging import TransferResult, get_file, put_file
 from orbit_mq.subscribe import Subscription
 
@@ -54,6 +65,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ConnectionLost",
+    "Contract",
     "EndpointError",
     "EndpointHandle",
     "EndpointInfo",
@@ -64,8 +76,13 @@ __all__ = [
     "Fabric",
     "HostRole",
     "InternalError",
+    "InvalidArguments",
     "InvalidRequest",
     "Job",
+    "JobSpec",
+    "JobState",
+    "JobStatus",
+    "JobStatusEvent",
     "MethodNotFound",
     "NotFound",
     "OperationTimeout",
@@ -74,18 +91,23 @@ __all__ = [
     "PayloadTooLarge",
     "PluginInfo",
     "PluginProxy",
+    "PsiJ",
+    "QueueInfo",
     "RemoteError",
+    "RequestTooLarge",
     "SessionInfo",
     "SessionNotFound",
     "Settings",
+    "Staging",
     "Subscription",
+    "SysInfo",
     "TransferResult",
     "TransientError",
-    "Transition",
     "Unauthorized",
     "Unavailable",
     "__version__",
     "connect",
     "get_file",
     "put_file",
+    "remote",
 ]

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Generator
 from contextlib import suppress
-from typing import Any, Self
+from typing import Any, Self, TypeVar, overload
 
 import aiormq
 import orjson
@@ -21,13 +21,14 @@ from aio_pika.abc import AbstractRobustConnection
 from orbit_mq import broker
 from orbit_mq.caller import Call, Caller, new_id
 from orbit_mq.config import Settings, load_settings, url_user
+from orbit_mq.contract import Contract
 from orbit_mq.errors import (
     CallTimeout,
     ConfigError,
     EndpointNotFound,
     EndpointOffline,
     OrbitError,
-    PayloadTooLarge,
+    RequestTooLarge,
     TransientError,
     from_error_info,
 )
@@ -48,11 +49,12 @@ from orbit_mq.protocol import (
     request_key,
     request_queue,
 )
-from orbit_mq.proxy import PluginProxy
+from orbit_mq.proxy import PluginProxy, proxy_class
 from orbit_mq.retry import until_deadline
 from orbit_mq.subscribe import Subscription
 
 log = logging.getLogger("orbit_mq.client")
+C = TypeVar("C", bound=Contract)
 
 # After a reconnection (a broker restart) endpoints get this long to consume again before a
 # call finds them offline; the consumer count is checked every CONSUMER_POLL s meanwhile.
@@ -256,10 +258,9 @@ class Fabric:
         timeout = self.settings.timeout if timeout is None else timeout
         body = orjson.dumps(params or {})
         if len(body) > self.settings.max_message_size:
-            raise PayloadTooLarge(
+            raise RequestTooLarge(
                 f"request of {len(body)} bytes exceeds the {self.settings.max_message_size}-byte "
-                "limit",
-                {"size": len(body), "limit": self.settings.max_message_size},
+                "limit (max_message_size); send large data in chunks (staging)"
             )
         call = Call(
             target=(endpoint, plugin),
@@ -302,7 +303,7 @@ class Fabric:
             raise
         if reply.get("ok") is True:
             return reply.get("result")
-        raise from_error_info(ErrorInfo.model_validate(reply.get("error")))
+        raise from_error_info(ErrorInfo.model_validate(reply.get("error")), plugin)
 
     async def _ensure_request_queue(self, endpoint: str, plugin: str, timeout: float) -> None:
         """Declare the plugin queue the way its endpoint does, so a waiting request is kept."""
@@ -340,6 +341,17 @@ class EndpointHandle:
         self.fabric = fabric
         self.name = name
 
+    @overload
+    async def plugin(
+        self,
+        name: type[C],
+        *,
+        session: bool = True,
+        ttl: float | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> C: ...
+    @overload
     async def plugin(
         self,
         name: str,
@@ -348,9 +360,26 @@ class EndpointHandle:
         ttl: float | None = None,
         wait: bool = False,
         timeout: float | None = None,
-    ) -> PluginProxy:
-        """A proxy for one plugin; with `session=True` it registers a session first."""
-        proxy = PluginProxy(self.fabric, self.name, check_name("plugin", name), wait, timeout)
+    ) -> PluginProxy: ...
+    async def plugin(
+        self,
+        name: type[Contract] | str,
+        *,
+        session: bool = True,
+        ttl: float | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """A proxy for one plugin; with `session=True` it registers a session first.
+
+        Given a contract (`plugin(PsiJ)`) the proxy is typed as it; given a name, it is typed
+        by the contract known here under that name (the plugins shipped with orbit_mq, or any
+        imported), and sends and returns plain JSON for a plugin none describes.
+        """
+        contract = name if isinstance(name, type) else Contract.known.get(name)
+        plugin = contract.name if contract is not None else check_name("plugin", str(name))
+        cls = proxy_class(contract) if contract is not None else PluginProxy
+        proxy = cls(self.fabric, self.name, plugin, wait, timeout)
         if session:
             await proxy.open_session(ttl)
             self.fabric._proxies.append(proxy)

@@ -2,6 +2,8 @@
 
     OrbitError
     ├── ConfigError                 bad settings or arguments, found before anything is sent
+    │   ├── InvalidArguments        a call's arguments do not fit its contract
+    │   └── RequestTooLarge         over the client's max_message_size
     ├── BrokerError                 talking to RabbitMQ failed
     │   ├── BrokerUnavailable  (T)  cannot connect
     │   ├── ConnectionLost     (T)  the connection dropped while a call waited
@@ -50,6 +52,14 @@ class ConfigError(OrbitError):
     pass
 
 
+class InvalidArguments(ConfigError):
+    """The arguments of a call do not fit the method's contract; nothing was sent."""
+
+
+class RequestTooLarge(ConfigError):
+    """The request is larger than the client's max_message_size; nothing was sent."""
+
+
 class BrokerError(OrbitError):
     pass
 
@@ -94,13 +104,6 @@ class RemoteError(OrbitError):
         super().__init__(message)
         self.message = message
         self.details = dict(details or {})
-
-    # Subclasses register themselves so the SDK can raise the most specific class.
-    _by_name: ClassVar[dict[str, type[RemoteError]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        RemoteError._by_name[cls.__name__] = cls
 
 
 class InvalidRequest(RemoteError):
@@ -165,9 +168,37 @@ def to_error_info(error: RemoteError) -> ErrorInfo:
     return ErrorInfo(code=error.code, message=message, details=details)
 
 
-def from_error_info(info: ErrorInfo) -> RemoteError:
+# The classes a wire error may name in `details.type`: the built-in ones for every plugin
+# (key None), each contract's own under its plugin's name (`Contract.errors`).
+_REGISTRY: dict[tuple[str | None, str], type[RemoteError]] = {}
+
+
+def register_errors(plugin: str | None, classes: tuple[type[RemoteError], ...]) -> None:
+    """Let the SDK raise `classes` for errors of `plugin`; two classes of one name clash."""
+    for cls in classes:
+        key = (plugin, cls.__name__)
+        known = _REGISTRY.get(key)
+        if known is not None and known is not cls:
+            where = f"plugin {plugin!r}" if plugin else "every plugin"
+            raise TypeError(
+                f"two remote errors named {cls.__name__} for {where}: "
+                f"{known.__module__}.{known.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
+        _REGISTRY[key] = cls
+
+
+register_errors(
+    None,
+    (*_BY_CODE.values(), PayloadTooLarge, MethodNotFound, SessionNotFound),
+)
+
+
+def from_error_info(info: ErrorInfo, plugin: str | None = None) -> RemoteError:
+    """The most specific class registered for the error's code and `details.type` (the
+    plugin's own first), or the code's base class."""
     base = _BY_CODE[info.code]
     details = dict(info.details or {})
-    specific = RemoteError._by_name.get(str(details.get("type", "")))
+    name = str(details.get("type", ""))
+    specific = _REGISTRY.get((plugin, name)) or _REGISTRY.get((None, name))
     cls = specific if specific is not None and issubclass(specific, base) else base
     return cls(info.message, details)

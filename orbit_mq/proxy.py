@@ -1,8 +1,12 @@
-"""One generic proxy for every plugin: `await proxy.method(**params)`.
+"""Plugin proxies: `await proxy.method(**params)`.
 
-When the plugin class is installed locally (its entry point), the proxy validates the
-arguments against the `@rpc` signature before sending and parses the result into the
-method's return type; otherwise it sends what it is given and returns plain JSON values.
+A proxy for a contract (`endpoint.plugin(PsiJ)`) is typed as that contract: its methods take
+the contract's parameters (checked before anything is sent) and return its models, whatever
+is installed on the client. Results that are handles (`Job`) are bound to the proxy. A proxy
+for a plugin no contract describes here (`endpoint.plugin("name")`) sends what it is given
+and returns plain JSON values.
+
+`remote(proxy)` is the proxy itself as a `PluginProxy` (its session, `call`, `close`).
 """
 
 from __future__ import annotations
@@ -13,41 +17,23 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import ValidationError
 
-from orbit_mq.errors import InvalidRequest, SessionNotFound
-from orbit_mq.jobs import job_handles
-
-# Results that the SDK hands back as live handles rather than plain values.
-HANDLES: dict[tuple[str, str], Callable[[PluginProxy, Any], Any]] = {
-    ("psij", "submit_job"): job_handles,
-    ("psij", "submit_jobs"): job_handles,
-}
+from orbit_mq.contract import Contract
+from orbit_mq.errors import ConfigError, InvalidArguments, SessionNotFound
+from orbit_mq.rpc import RpcSpec
 
 if TYPE_CHECKING:
     from orbit_mq.client import Fabric
-    from orbit_mq.workers.rpc import RpcSpec
 
 log = logging.getLogger("orbit_mq.client")
 
 _SESSION_METHODS = frozenset({"register_session", "unregister_session"})
 
 
-def local_specs(plugin: str) -> dict[str, RpcSpec]:
-    """The `@rpc` specs of a plugin installed or imported here, or {} when it is unknown here."""
-    from orbit_mq.workers.plugin import Plugin
-    from orbit_mq.workers.registry import known_plugins, load_plugin
-
-    if plugin in Plugin.loaded:
-        return dict(Plugin.loaded[plugin].rpc_methods)
-    if plugin not in known_plugins():
-        return {}
-    try:
-        return dict(load_plugin(plugin).rpc_methods)
-    except Exception as exc:  # a broken local install must not stop remote calls
-        log.debug("plugin %s not usable locally: %s", plugin, exc)
-        return {}
-
-
 class PluginProxy:
+    """Calls to one plugin of one endpoint, with the caller's session."""
+
+    contract: type[Contract] | None = None  # set on the classes `proxy_class` makes
+
     def __init__(
         self,
         fabric: Fabric,
@@ -63,7 +49,7 @@ class PluginProxy:
         self.timeout = timeout
         self.session_id: str | None = None
         self.session_ttl: float | None = None  # as asked for when the session was opened
-        self.specs = local_specs(plugin)
+        self.specs: dict[str, RpcSpec] = self.contract.rpc_methods if self.contract else {}
 
     def __repr__(self) -> str:
         return f"<PluginProxy {self.endpoint}.{self.plugin} session={self.session_id}>"
@@ -71,8 +57,8 @@ class PluginProxy:
     async def open_session(self, ttl: float | None = None) -> None:
         """Register a session; later calls carry it (and open a new one if it expired)."""
         self.session_id, self.session_ttl = None, ttl
-        info = await self.call("register_session", {"ttl": ttl})
-        self.session_id = info["session_id"] if isinstance(info, dict) else info.session_id
+        info = await self.call("register_session", {"ttl": ttl} if ttl is not None else {})
+        self.session_id = str(info["session_id"] if isinstance(info, dict) else info.session_id)
 
     async def close(self) -> None:
         """Unregister the session, if any."""
@@ -89,33 +75,55 @@ class PluginProxy:
     def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
         if method.startswith("_"):
             raise AttributeError(method)
+        spec = self.specs.get(method)  # a wire name that is not the Python one ("list")
+        if spec is not None:
+            return _remote_method(spec).__get__(self)
+        if self.contract is not None:
+            methods = ", ".join(sorted(self.specs))
+            raise AttributeError(f"plugin {self.plugin!r} has no method {method!r}: {methods}")
 
-        async def remote(*args: Any, **params: Any) -> Any:
-            return await self._invoke(method, args, params, None)
+        async def remote(**params: Any) -> Any:
+            return await self.call(method, params)
 
         remote.__name__ = method
         return remote
 
     async def call(
-        self, method: str, params: dict[str, Any] | None = None, /, *, timeout: float | None = None
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        message_id: str | None = None,
+        checked: bool = True,
     ) -> Any:
-        """Call `method` with `params`; `timeout` overrides the proxy's (any parameter name,
-        `timeout` included, is free for the method itself)."""
-        return await self._invoke(method, (), dict(params or {}), timeout)
-
-    async def _invoke(
-        self, method: str, args: tuple[Any, ...], params: dict[str, Any], timeout: float | None
-    ) -> Any:
+        """Call `method` with `params`: the one call path of every proxy. `timeout` overrides
+        the proxy's; `message_id` repeats an earlier call's (to retry it). `checked=False`
+        sends `params` as they are, already in their JSON form, and returns the result as JSON
+        (bulk data such as staging chunks, which checking would only copy)."""
         spec = self.specs.get(method)
-        if spec is not None and (args or params):  # nothing to check in an empty call
-            params = self._checked(spec, args, params)
-        elif args:
-            raise InvalidRequest(
-                f"{self.plugin}.{method}: pass parameters by name (the plugin is not installed "
-                "locally, so their order is unknown)"
-            )
+        params = dict(params or {})
+        if spec is not None and checked and params:
+            params = _checked(self.plugin, spec, (), params)
+        return await self._calling(method, params, timeout, message_id, spec, parse=checked)
+
+    async def _invoke(self, spec: RpcSpec, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        if args or params:
+            params = _checked(self.plugin, spec, args, params)
+        return await self._calling(spec.name, params, None, None, spec, parse=True)
+
+    async def _calling(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        message_id: str | None,
+        spec: RpcSpec | None,
+        parse: bool,
+    ) -> Any:
         try:
-            result = await self._send(method, params, timeout, spec)
+            result = await self._send(method, params, timeout, message_id, spec)
         except SessionNotFound:
             if self.session_id is None or method in _SESSION_METHODS:
                 raise
@@ -123,14 +131,20 @@ class PluginProxy:
             # refused the call before running it, so making it again in a new one is safe.
             log.info("%s: session %s is gone; opening a new one", self, self.session_id)
             await self.open_session(self.session_ttl)
-            result = await self._send(method, params, timeout, spec)
-        if spec is not None:
-            result = spec.result.validate_python(result)
-        handle = HANDLES.get((self.plugin, method))
-        return handle(self, result) if handle is not None else result
+            result = await self._send(method, params, timeout, None, spec)
+        if spec is None or not parse:
+            return result
+        value = spec.result.validate_python(result)
+        _bind(value, self)
+        return value
 
     async def _send(
-        self, method: str, params: dict[str, Any], timeout: float | None, spec: RpcSpec | None
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        message_id: str | None,
+        spec: RpcSpec | None,
     ) -> Any:
         return await self.fabric.call(
             self.endpoint,
@@ -140,24 +154,69 @@ class PluginProxy:
             timeout=self.timeout if timeout is None else timeout,
             wait=self.wait,
             session=self.session_id,
+            message_id=message_id,
             retry=spec is not None and spec.dedupe,
         )
 
-    def _checked(
-        self, spec: RpcSpec, args: tuple[Any, ...], params: dict[str, Any]
-    ) -> dict[str, Any]:
-        names = list(spec.params.model_fields)
-        if len(args) > len(names):
-            raise InvalidRequest(f"{self.plugin}.{spec.name} takes at most {len(names)} arguments")
-        params = {**dict(zip(names, args, strict=False)), **params}
-        try:
-            model = spec.params.model_validate(params)
-        except ValidationError as exc:
-            raise InvalidRequest(
-                f"invalid parameters for {self.plugin}.{spec.name}: "
-                + "; ".join(
-                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                    for e in exc.errors(include_url=False)
-                ),
-            ) from None
-        return model.model_dump(mode="json", exclude_unset=True)
+
+def _checked(
+    plugin: str, spec: RpcSpec, args: tuple[Any, ...], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The parameters as the contract has them (JSON form), or InvalidArguments."""
+    names = list(spec.params.model_fields)
+    if len(args) > len(names):
+        raise InvalidArguments(f"{plugin}.{spec.name} takes at most {len(names)} arguments")
+    clash = sorted(set(names[: len(args)]) & params.keys())
+    if clash:
+        raise InvalidArguments(f"{plugin}.{spec.name} got {', '.join(clash)} twice")
+    params = {**dict(zip(names, args, strict=False)), **params}
+    try:
+        model = spec.params.model_validate(params)
+    except ValidationError as exc:
+        raise InvalidArguments(
+            f"invalid parameters for {plugin}.{spec.name}: "
+            + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ),
+        ) from None
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _bind(value: Any, proxy: PluginProxy) -> None:
+    """Tie handles in a result (`Job`, lists of them) to the proxy that returned them."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            _bind(item, proxy)
+    elif hasattr(value, "bind") and not isinstance(value, type):
+        value.bind(proxy)
+
+
+def _remote_method(spec: RpcSpec) -> Callable[..., Awaitable[Any]]:
+    async def remote(self: PluginProxy, *args: Any, **params: Any) -> Any:
+        return await self._invoke(spec, args, params)
+
+    remote.__name__ = remote.__qualname__ = spec.attr
+    remote.__doc__ = spec.doc
+    return remote
+
+
+_classes: dict[type[Contract], type[PluginProxy]] = {}
+
+
+def proxy_class(contract: type[Contract]) -> type[PluginProxy]:
+    """The proxy class of a contract: a PluginProxy with every remote method of the contract
+    (statically, `endpoint.plugin(C)` is a `C`)."""
+    made = _classes.get(contract)
+    if made is None:
+        methods = {spec.attr: _remote_method(spec) for spec in contract.rpc_methods.values()}
+        namespace = {"contract": contract, "__module__": __name__, **methods}
+        made = _classes[contract] = type(f"{contract.__name__}Proxy", (PluginProxy,), namespace)
+    return made
+
+
+def remote(proxy: object) -> PluginProxy:
+    """A typed proxy (`endpoint.plugin(PsiJ)`) seen as the PluginProxy it is."""
+    if not isinstance(proxy, PluginProxy):
+        raise ConfigError(f"{proxy!r} is not a plugin proxy")
+    return proxy

@@ -20,8 +20,8 @@ from pydantic import BaseModel, TypeAdapter, create_model
 
 from orbit_mq import protocol as p
 from orbit_mq.broker import DEAD_LETTER_LIMIT
-from orbit_mq.workers.plugin import Plugin, describe_plugin
-from orbit_mq.workers.registry import known_plugins, load_plugin
+from orbit_mq.contract import Contract
+from orbit_mq.contracts import installed_contracts
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_URI = "https://orbit-mq.dev/schemas/"
@@ -58,15 +58,15 @@ def message_schemas() -> dict[str, dict[str, Any]]:
 
 def plugin_descriptions() -> dict[str, dict[str, Any]]:
     """`plugins/<plugin>.json` → the `describe` answer of every installed plugin."""
-    described = [describe_plugin(cls) for cls in _installed()]
+    described = [cls.description() for cls in _installed()]
     return {
         f"{PLUGINS_DIR}/{d.name}.json": d.model_dump(mode="json")
         for d in sorted(described, key=lambda d: d.name)
     }
 
 
-def _installed() -> list[type[Plugin]]:
-    return sorted((load_plugin(entry) for entry in known_plugins()), key=lambda c: c.name)
+def _installed() -> list[type[Contract]]:
+    return installed_contracts()
 
 
 def _event_model(topic: str, plugin: str | None, data: type[BaseModel]) -> type[BaseModel]:
@@ -83,12 +83,12 @@ def event_schemas() -> dict[str, dict[str, Any]]:
     """`events/<topic>.json` for the topics every plugin has (session_status), and
     `events/<plugin>.<topic>.json` for each installed plugin's own."""
     schemas: dict[str, dict[str, Any]] = {}
-    for topic, data in Plugin.events.items():
+    for topic, data in Contract.events.items():
         name = f"{EVENTS_DIR}/{topic}"
         schemas[f"{name}.json"] = _schema(name, _event_model(topic, None, data).model_json_schema())
     for cls in _installed():
         for topic, data in cls.events.items():
-            if topic in Plugin.events:
+            if topic in Contract.events:
                 continue
             name = f"{EVENTS_DIR}/{cls.name}.{topic}"
             model = _event_model(topic, cls.name, data)

@@ -1,6 +1,6 @@
 """Whole files to and from an endpoint's `staging` plugin: pipelined, SHA-256 verified, resumable.
 
-    staging = await fabric.endpoint("hpc1").plugin("staging", session=False)
+    staging = await fabric.endpoint("hpc1").plugin(Staging, session=False)
     result = await orbit_mq.put_file(staging, "big.bin", "/scratch/alice/big.bin")
     await orbit_mq.get_file(staging, "/scratch/alice/out.h5", "out.h5", progress=print)
 
@@ -23,23 +23,26 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from orbit_mq.caller import new_id
-from orbit_mq.errors import BrokerError, CallTimeout, EndpointOffline, Unavailable
-from orbit_mq.proxy import PluginProxy
-from orbit_mq.workers.plugins.staging.errors import (
+from orbit_mq.contracts.staging import DownloadInfo, FileInfo, PutState, Staging
+from orbit_mq.contracts.staging.errors import (
     ChecksumMismatch,
     IncompleteTransfer,
     NoSpace,
     TransferGap,
     TransferNotFound,
 )
-from orbit_mq.workers.plugins.staging.local import (
+from orbit_mq.contracts.staging.files import publish
+from orbit_mq.errors import CallTimeout, TransientError
+from orbit_mq.proxy import PluginProxy
+from orbit_mq.proxy import remote as remote_proxy
+from orbit_mq.retry import retrying
+from orbit_mq.staging_local import (
     BlockingCalls,
     LocalPartial,
     local_digest,
     local_target,
     read_encoded,
 )
-from orbit_mq.workers.plugins.staging.transfers import publish
 
 T = TypeVar("T")
 Progress = Callable[[int, int], object]
@@ -52,8 +55,9 @@ DEFAULT_RETRIES = 5
 MiB = 1024 * 1024
 # Calls that read a whole file on the endpoint (hashing) get this rate's worth of extra time.
 SLOWEST_DISK = 20 * MiB
-TRANSIENT = (BrokerError, CallTimeout, EndpointOffline, Unavailable, TransferNotFound, TransferGap,
-             IncompleteTransfer)  # fmt: skip
+# What a transfer resumes after: the broker or the endpoint was away (or restarted and forgot
+# the upload), or the endpoint is busy; not a full disk (NoSpace, an Unavailable).
+TRANSIENT = (TransientError, CallTimeout, TransferNotFound, TransferGap, IncompleteTransfer)
 
 
 @dataclass(frozen=True)
@@ -74,59 +78,31 @@ class TransferResult:
         return self.transferred / self.seconds if self.seconds > 0 else 0.0
 
 
-class _Link:
-    """Straight calls to the plugin, bypassing the proxy's client-side validation (which would
-    decode and re-encode every chunk)."""
+def _hashing_timeout(staging: PluginProxy, size: int) -> float:
+    """Calls that read a whole file on the endpoint get time for it."""
+    return (staging.timeout or staging.fabric.settings.timeout) + size / SLOWEST_DISK
 
-    def __init__(self, proxy: PluginProxy) -> None:
-        self.proxy = proxy
-        self.timeout = proxy.timeout or proxy.fabric.settings.timeout
 
-    async def call(
-        self,
-        method: str,
-        params: dict[str, Any],
-        *,
-        timeout: float | None = None,
-        message_id: str | None = None,
-    ) -> Any:
-        proxy = self.proxy
-        return await proxy.fabric.call(
-            proxy.endpoint,
-            proxy.plugin,
-            method,
-            params,
-            timeout=timeout or self.timeout,
-            wait=proxy.wait,
-            session=proxy.session_id,
-            message_id=message_id,
-        )
-
-    def hashing_timeout(self, size: int) -> float:
-        return self.timeout + size / SLOWEST_DISK
+def _resumable(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT) and not isinstance(error, NoSpace)
 
 
 async def _with_retries(
     attempt: Callable[[], Awaitable[T]], retries: int, what: str
 ) -> tuple[T, int]:
-    """`attempt()` until it succeeds, retrying transient failures `retries` times."""
-    for attempts in range(1, retries + 2):
-        try:
-            return await attempt(), attempts
-        except TRANSIENT as error:
-            if attempts > retries or isinstance(error, NoSpace):
-                raise
-            delay = min(0.25 * 2**attempts, 5.0)
-            log.warning("%s: %s; resuming in %.1f s (try %d)", what, error, delay, attempts + 1)
-            await asyncio.sleep(delay)  # back off: the broker or endpoint may be restarting
-    raise AssertionError("unreachable")
+    """`attempt()` until it succeeds, resuming after a transient failure `retries` times."""
+    tries = retrying(attempts=retries + 1, when=_resumable, what=what)
+    async for trying in tries:
+        with trying:
+            return await attempt(), trying.retry_state.attempt_number
+    raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
 # -- upload --------------------------------------------------------------------------------------
 
 
 async def put_file(
-    staging: PluginProxy,
+    staging: Staging,
     local: str | os.PathLike[str],
     remote: str,
     *,
@@ -147,20 +123,21 @@ async def put_file(
     if remote.endswith("/"):
         remote += source.name
     size, digest = await asyncio.to_thread(local_digest, source)
-    link, started = _Link(staging), time.monotonic()
+    link, started = remote_proxy(staging), time.monotonic()
+    hashing = _hashing_timeout(link, size)  # commit flushes the file to disk, begin may hash
     commit_id = new_id()  # every try of the commit is one deduplicated request
-    committed: list[bool] = []
+    committed: list[str] = []
     first: list[int] = []
     sent = 0
 
-    async def attempt() -> dict[str, Any]:
+    async def attempt() -> FileInfo:
         nonlocal sent
         if committed:  # the last try's commit may have run: its stored reply says so
             try:
-                info: dict[str, Any] = await link.call(
+                info: FileInfo = await link.call(
                     "put_commit",
                     {"transfer_id": committed[0]},
-                    timeout=link.hashing_timeout(size),  # it flushes the file to disk
+                    timeout=hashing,
                     message_id=commit_id,
                 )
                 return info
@@ -168,15 +145,12 @@ async def put_file(
                 committed.clear()
         params = {"path": remote, "size": size, "sha256": digest, "overwrite": overwrite,
                   "parents": parents, "chunk_size": chunk_size}  # fmt: skip
-        state = await link.call("put_begin", params, timeout=link.hashing_timeout(size))
-        first[:] = first or [state["offset"]]
+        state: PutState = await link.call("put_begin", params, timeout=hashing)
+        first[:] = first or [state.offset]
         sent += await _send(link, source, state, window, progress)
-        committed[:] = [state["transfer_id"]]
+        committed[:] = [state.transfer_id]
         info = await link.call(
-            "put_commit",
-            {"transfer_id": state["transfer_id"]},
-            timeout=link.hashing_timeout(size),
-            message_id=commit_id,
+            "put_commit", {"transfer_id": state.transfer_id}, timeout=hashing, message_id=commit_id
         )
         return info
 
@@ -184,7 +158,7 @@ async def put_file(
     return TransferResult(
         direction="put",
         local=source,
-        remote=info["path"],
+        remote=info.path,
         size=size,
         sha256=digest,
         transferred=sent,
@@ -195,10 +169,10 @@ async def put_file(
 
 
 async def _send(
-    link: _Link, source: Path, state: dict[str, Any], window: int, progress: Progress | None
+    link: PluginProxy, source: Path, state: PutState, window: int, progress: Progress | None
 ) -> int:
     """Send the file from the endpoint's offset on, `window` chunks in flight; bytes sent."""
-    size, offset, chunk = int(state["size"]), int(state["offset"]), int(state["chunk_size"])
+    size, offset, chunk = state.size, state.offset, state.chunk_size
     window = max(1, window)  # chunk calls go out as messages of their own (see caller.batches)
     if progress:
         progress(offset, size)
@@ -210,8 +184,10 @@ async def _send(
             while position < size and len(in_flight) < window:
                 length = min(chunk, size - position)
                 data = await reader.run(read_encoded, fd, position, length, source)
-                params = {"transfer_id": state["transfer_id"], "offset": position, "data": data}
-                in_flight.add(asyncio.ensure_future(link.call("put_chunk", params)))
+                params = {"transfer_id": state.transfer_id, "offset": position, "data": data}
+                # Already encoded: sent as it is (checking would only copy the data).
+                call = link.call("put_chunk", params, checked=False)
+                in_flight.add(asyncio.ensure_future(call))
                 position += length
             done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for reply in _results(done).values():
@@ -244,7 +220,7 @@ async def _cancel(tasks: set[asyncio.Future[Any]]) -> None:
 
 
 async def get_file(
-    staging: PluginProxy,
+    staging: Staging,
     remote: str,
     local: str | os.PathLike[str],
     *,
@@ -259,16 +235,17 @@ async def get_file(
     hidden partial file that is renamed into place once its SHA-256 matches the endpoint's;
     an existing local file is kept unless `overwrite`."""
     target = await asyncio.to_thread(local_target, local, remote, overwrite)
-    link, started = _Link(staging), time.monotonic()
+    link, started = remote_proxy(staging), time.monotonic()
     first: list[int] = []
     received = 0
 
     async def attempt() -> tuple[str, int, str]:
         nonlocal received
-        found = await link.call("stat", {"path": remote})
+        found: FileInfo = await link.call("stat", {"path": remote})
         params = {"path": remote, "chunk_size": chunk_size}
-        info = await link.call("get_begin", params, timeout=link.hashing_timeout(found["size"]))
-        partial = await asyncio.to_thread(LocalPartial.open, target, info["sha256"], info["size"])
+        timeout = _hashing_timeout(link, found.size)
+        info: DownloadInfo = await link.call("get_begin", params, timeout=timeout)
+        partial = await asyncio.to_thread(LocalPartial.open, target, info.sha256, info.size)
         first[:] = first or [partial.have]
         before = partial.have
         try:
@@ -276,16 +253,16 @@ async def get_file(
         finally:
             received += partial.have - before
         digest = await asyncio.to_thread(partial.finish)
-        if digest != info["sha256"]:
+        if digest != info.sha256:
             await asyncio.to_thread(partial.path.unlink, True)
             raise ChecksumMismatch(
                 f"{remote} arrived with SHA-256 {digest}, but the endpoint has "
-                f"{info['sha256']} (did it change meanwhile?); the partial file was deleted: "
+                f"{info.sha256} (did it change meanwhile?); the partial file was deleted: "
                 "get it again",
-                {"expected": info["sha256"], "actual": digest},
+                {"expected": info.sha256, "actual": digest},
             )
         await asyncio.to_thread(publish, str(partial.path), str(target), overwrite)
-        return info["path"], info["size"], digest
+        return info.path, info.size, digest
 
     (path, size, digest), attempts = await _with_retries(
         attempt, retries, f"get {remote} to {target}"
@@ -304,10 +281,14 @@ async def get_file(
 
 
 async def _receive(
-    link: _Link, info: dict[str, Any], partial: LocalPartial, window: int, progress: Progress | None
+    link: PluginProxy,
+    info: DownloadInfo,
+    partial: LocalPartial,
+    window: int,
+    progress: Progress | None,
 ) -> None:
     """Fetch the file from the partial's size on, `window` chunks in flight, written in order."""
-    size, chunk = info["size"], info["chunk_size"]
+    size, chunk = info.size, info.chunk_size
     window = max(1, window)
     writer, in_flight = BlockingCalls(), dict[asyncio.Future[Any], int]()
     ready: dict[int, str] = {}
@@ -319,15 +300,17 @@ async def _receive(
             while (position < size and len(in_flight) < window
                    and position - partial.have < window * chunk):  # fmt: skip
                 length = min(chunk, size - position)
-                params = {"path": info["path"], "offset": position, "length": length}
-                in_flight[asyncio.ensure_future(link.call("get_chunk", params))] = length
+                params = {"path": info.path, "offset": position, "length": length}
+                # Returned as JSON: the writer thread decodes the data, not the event loop.
+                call = link.call("get_chunk", params, checked=False)
+                in_flight[asyncio.ensure_future(call)] = length
                 position += length
                 await asyncio.sleep(0)  # one message per chunk, not a coalesced batch
             done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task, reply in _results(done).items():
                 length = in_flight.pop(task)
                 if len(reply["data"]) != (length + 2) // 3 * 4:  # base64 of exactly `length`
-                    raise ChecksumMismatch(f"{info['path']} changed size during the download")
+                    raise ChecksumMismatch(f"{info.path} changed size during the download")
                 ready[reply["offset"]] = reply["data"]
             pieces, offset = [], partial.have
             while offset in ready:

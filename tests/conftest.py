@@ -24,7 +24,7 @@ from echo_plugin import Echo
 
 import orbit_mq
 from orbit_mq.config import Settings
-from orbit_mq.jobs import TERMINAL
+from orbit_mq.contracts.psij import TERMINAL
 from orbit_mq.protocol import request_queue
 from orbit_mq.subscribe import Subscription
 from orbit_mq.workers.endpoint import Endpoint

@@ -8,8 +8,8 @@ import threading
 from pydantic import BaseModel
 
 from orbit_mq.errors import Conflict, NotFound
+from orbit_mq.rpc import CallContext, Session, rpc
 from orbit_mq.workers.plugin import Plugin
-from orbit_mq.workers.rpc import CallContext, Session, rpc
 
 
 class ThingNotFound(NotFound):
@@ -24,6 +24,7 @@ class Point(BaseModel):
 class Echo(Plugin):
     name = "echo"
     version = "9.9.9"
+    errors = (ThingNotFound,)
 
     @rpc
     async def echo(self, text: str, times: int = 1) -> list[str]:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from orbit_mq.workers.plugins.queue_info import CommandFailed
+from orbit_mq.contracts.queue_info import CommandFailed
 from orbit_mq.workers.plugins.queue_info.base import CommandResult
 
 DATA = Path(__file__).parent / "data" / "queue_info"

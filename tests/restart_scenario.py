@@ -27,7 +27,7 @@ import pika
 from broker_control import restart
 
 import orbit_mq
-from orbit_mq.jobs import TERMINAL
+from orbit_mq.contracts.psij import TERMINAL
 from orbit_mq.protocol import EVENTS_EXCHANGE, request_queue
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"

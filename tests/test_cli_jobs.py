@@ -210,8 +210,8 @@ async def test_bad_spec_is_one_line_naming_the_field(
         run_cli(settings, "status", psij_endpoint, "nosuchjob"),
     )
 
-    assert_one_error_line(unknown, 1, "colour")
-    assert_one_error_line(inconsistent, 1, "process_count")
+    assert_one_error_line(unknown, 2, "colour")  # found before anything was sent: usage
+    assert_one_error_line(inconsistent, 2, "process_count")
     assert_one_error_line(no_job, 1, "nosuchjob")
 
 

@@ -17,12 +17,13 @@ from pydantic import Field
 
 import orbit_mq
 from orbit_mq.config import Settings
+from orbit_mq.contract import Contract
 from orbit_mq.errors import ConfigError, from_error_info, to_error_info
 from orbit_mq.protocol import ErrorInfo
+from orbit_mq.rpc import rpc
 from orbit_mq.workers.dispatch import Dispatcher, Request
 from orbit_mq.workers.plugin import Plugin, PluginContext
 from orbit_mq.workers.registry import known_plugins, load_plugins
-from orbit_mq.workers.rpc import rpc
 
 Sent = list[tuple[bytes, str | None]]
 
@@ -105,7 +106,7 @@ def test_third_party_plugins_are_found_through_entry_points(
         textwrap.dedent(
             """
             from orbit_mq.workers.plugin import Plugin
-            from orbit_mq.workers.rpc import rpc
+            from orbit_mq.rpc import rpc
 
             class Greeter(Plugin):
                 name = "greeter"
@@ -175,7 +176,7 @@ def test_annotated_constraints_are_enforced_and_published() -> None:
     assert spec.params.model_validate({"limit": 10}).model_dump() == {"limit": 10}
     with pytest.raises(ValueError, match="less than or equal to 10"):
         spec.params.model_validate({"limit": 11})
-    del Plugin.loaded["bounded_unit"]
+    del Contract.known["bounded_unit"]
 
 
 def test_an_endpoint_serves_by_default_what_works_on_its_host(
@@ -229,12 +230,11 @@ async def test_one_session_rule_for_every_method() -> None:
 
 
 def test_describe_marks_session_scoped_and_deduplicated_methods() -> None:
-    from orbit_mq.workers.plugin import describe_plugin
     from orbit_mq.workers.plugins.psij import PsiJ
 
-    echo = {method.name: method for method in describe_plugin(Echo).methods}
+    echo = {method.name: method for method in Echo.description().methods}
     assert (echo["remember"].session, echo["remember"].session_required) == (True, True)
     assert (echo["echo"].session, echo["echo"].session_required) == (False, False)
     assert echo["bump"].dedupe and not echo["echo"].dedupe
-    submit = {method.name: method for method in describe_plugin(PsiJ).methods}["submit_job"]
+    submit = {method.name: method for method in PsiJ.description().methods}["submit_job"]
     assert (submit.session, submit.session_required, submit.dedupe) == (True, False, True)

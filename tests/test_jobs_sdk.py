@@ -9,7 +9,8 @@ from broker_control import ensure_running, restart, restartable
 from conftest import StartEndpoint
 
 import orbit_mq
-from orbit_mq.workers.plugins.psij import JobNotFound, PsiJ
+from orbit_mq.contracts.psij import JobNotFound
+from orbit_mq.workers.plugins.psij import PsiJ
 
 
 async def test_watch_wait_and_output(
@@ -102,4 +103,4 @@ async def test_a_psij_proxy_idle_past_its_session_ttl_keeps_working(
     assert psij.session_id not in (None, first)
     job = await psij.submit_job(spec={"executable": "/bin/true"})
     assert (await job.wait(timeout=30)).state == "COMPLETED"
-    assert job.info.session == psij.session_id
+    assert job.session == psij.session_id

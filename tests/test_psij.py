@@ -16,17 +16,17 @@ import pytest
 from conftest import StartEndpoint, Watcher, wait_online
 
 import orbit_mq
-from orbit_mq.errors import InvalidRequest
-from orbit_mq.jobs import TERMINAL
-from orbit_mq.protocol import request_queue
-from orbit_mq.workers.plugins.psij import (
+from orbit_mq.contracts.psij import (
+    TERMINAL,
     ExecutorUnavailable,
     InvalidJobSpec,
-    JobInfo,
+    Job,
     JobNotFound,
     JobState,
-    PsiJ,
 )
+from orbit_mq.errors import InvalidRequest
+from orbit_mq.protocol import request_queue
+from orbit_mq.workers.plugins.psij import PsiJ
 
 
 def checked_states(events: list[dict[str, Any]]) -> list[str]:
@@ -49,21 +49,21 @@ def spec(executable: str, *arguments: str, **more: Any) -> dict[str, Any]:
     return {"executable": executable, "arguments": list(arguments), **more}
 
 
-def info(result: Any) -> JobInfo:
-    """The JobInfo of a submit result (the SDK wraps it in a job handle)."""
-    return JobInfo.model_validate(getattr(result, "info", result))
+def info(result: Any) -> Job:
+    """The Job of a submit result (the SDK wraps it in a job handle)."""
+    return Job.model_validate(getattr(result, "info", result))
 
 
-async def submit(psij: Any, **params: Any) -> JobInfo:
+async def submit(psij: Any, **params: Any) -> Job:
     return info(await psij.submit_job(**params))
 
 
-async def submit_many(psij: Any, **params: Any) -> list[JobInfo]:
+async def submit_many(psij: Any, **params: Any) -> list[Job]:
     return [info(result) for result in await psij.submit_jobs(**params)]
 
 
 async def test_echo_completes_with_its_output(psij: Any, watcher: Watcher) -> None:
-    job: JobInfo = await submit(psij, spec=spec("/bin/echo", "hello"))
+    job: Job = await submit(psij, spec=spec("/bin/echo", "hello"))
     assert job.native_id and job.executor == "local" and job.session == psij.session_id
     await watcher.until_ended(job.job_id)
     events = watcher.status[job.job_id]

@@ -11,7 +11,8 @@ from slurm_support import requires_slurm, slurm_executor_config
 from test_psij import checked_states, spec, submit
 
 import orbit_mq
-from orbit_mq.workers.plugins.psij import JobState, PsiJ
+from orbit_mq.contracts.psij import JobState
+from orbit_mq.workers.plugins.psij import PsiJ
 
 pytestmark = requires_slurm
 

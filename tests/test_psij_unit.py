@@ -19,10 +19,11 @@ from psij.executors.batch.slurm import SlurmExecutorConfig
 from psij.serialize import JSONSerializer
 from pydantic import BaseModel, ValidationError
 
+from orbit_mq.contracts.psij import ExecutorUnavailable, JobSpec, JobState
+from orbit_mq.contracts.psij.models import parse_duration
 from orbit_mq.workers.journal import Journal
-from orbit_mq.workers.plugins.psij import ExecutorUnavailable, JobSpec, JobState, files
 from orbit_mq.workers.plugins.psij import executors as ex
-from orbit_mq.workers.plugins.psij.models import parse_duration
+from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.monitor import recover
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore

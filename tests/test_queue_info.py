@@ -17,18 +17,17 @@ from test_cli import run_cli
 
 import orbit_mq
 from orbit_mq.config import Settings
-from orbit_mq.errors import Unavailable
-from orbit_mq.workers.plugins.queue_info import (
+from orbit_mq.contracts.queue_info import (
     AccountingUnavailable,
     Backend,
-    JobList,
-    JobState,
-    QueueInfo,
     QueueInfoReport,
-    QueueInfoSettings,
+    QueueJobList,
+    QueueJobState,
     QueueNotFound,
     UnknownUser,
 )
+from orbit_mq.errors import Unavailable
+from orbit_mq.workers.plugins.queue_info import QueueInfo, QueueInfoSettings
 from orbit_mq.workers.plugins.queue_info.hostlist import expand_hostlist
 
 pytestmark = requires_slurm
@@ -90,11 +89,11 @@ async def test_list_jobs_shows_submitted_jobs_with_normalised_states(
     running = await batch_jobs()
     held = await batch_jobs("--hold")
     jobs = await qi.list_jobs(queue="debug", force=True)
-    assert isinstance(jobs, JobList)
+    assert isinstance(jobs, QueueJobList)
     mine = {job.job_id: job for job in jobs.jobs}
     assert {running, held} <= set(mine)
-    assert mine[running].state in (JobState.PENDING, JobState.RUNNING)
-    assert (mine[held].state, mine[held].native_state) == (JobState.HELD, "PENDING")
+    assert mine[running].state in (QueueJobState.PENDING, QueueJobState.RUNNING)
+    assert (mine[held].state, mine[held].native_state) == (QueueJobState.HELD, "PENDING")
     assert mine[running].user == getpass.getuser() and mine[running].queue == "debug"
     everyone = await qi.list_all_jobs(user="*", force=True)
     assert {running, held} <= {job.job_id for job in everyone.jobs}

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 from queue_info_support import Scripted, recorded
 
-from orbit_mq.workers.plugins.queue_info import (
-    AccountingUnavailable,
-    CommandFailed,
-    JobState,
-    pbs,
-)
+from orbit_mq.contracts.queue_info import AccountingUnavailable, CommandFailed, QueueJobState
+from orbit_mq.workers.plugins.queue_info import pbs
 
 # -- PBS ----------------------------------------------------------------------------------------
 
@@ -37,7 +33,7 @@ def test_pbs_jobs() -> None:
     jobs = {job.job_id: job for job in pbs.parse_jobs(recorded("pbs/qstat_f.txt"))}
     spread, queued, held, wrapped, array = jobs.values()
     assert (spread.state, spread.native_state, spread.user, spread.account) == (
-        JobState.RUNNING,
+        QueueJobState.RUNNING,
         "R",
         "alice",
         "chem123",
@@ -46,9 +42,9 @@ def test_pbs_jobs() -> None:
     assert (spread.time_used, spread.time_limit) == (29 * 60 + 47, 7200)
     assert spread.start_time is not None and spread.submit_time is not None
     assert spread.start_time - spread.submit_time == timedelta(minutes=2, seconds=32)
-    assert (queued.state, queued.account) == (JobState.PENDING, None)
+    assert (queued.state, queued.account) == (QueueJobState.PENDING, None)
     assert queued.reason == "Not Running: Insufficient amount of resource: ncpus (R: 32 A: 4 T: 40)"
-    assert (held.state, held.native_state) == (JobState.HELD, "H")
+    assert (held.state, held.native_state) == (QueueJobState.HELD, "H")
     assert (
         wrapped.name
         == "a_job_with_a_rather_long_name_that_the_server_prints_wrapped_across_two_lines"
@@ -56,7 +52,7 @@ def test_pbs_jobs() -> None:
     assert wrapped.submit_time is not None and wrapped.submit_time.hour == 8
     assert (array.job_id, array.state, array.native_state) == (
         "1005[].pbs01",
-        JobState.RUNNING,
+        QueueJobState.RUNNING,
         "B",
     )
 
@@ -64,10 +60,10 @@ def test_pbs_jobs() -> None:
 def test_pbs_finished_moved_and_junk() -> None:
     jobs = {job.job_id: job for job in pbs.parse_jobs(recorded("pbs/qstat_fx_history.txt"))}
     assert [(j.job_id, j.state) for j in jobs.values()] == [
-        ("990.pbs01", JobState.DONE),
-        ("991.pbs01", JobState.FAILED),
-        ("1005[1].pbs01", JobState.DONE),
-        ("992.pbs01", JobState.UNKNOWN),
+        ("990.pbs01", QueueJobState.DONE),
+        ("991.pbs01", QueueJobState.FAILED),
+        ("1005[1].pbs01", QueueJobState.DONE),
+        ("992.pbs01", QueueJobState.UNKNOWN),
     ]
     assert jobs["992.pbs01"].queue == "workq@otherserver"
 
@@ -75,22 +71,22 @@ def test_pbs_finished_moved_and_junk() -> None:
 @pytest.mark.parametrize(
     ("letter", "state"),
     [
-        *[(letter, JobState.PENDING) for letter in "QWT"],
-        *[(letter, JobState.RUNNING) for letter in "REB"],
-        *[(letter, JobState.HELD) for letter in "HSU"],
-        ("X", JobState.DONE),
-        ("M", JobState.UNKNOWN),
-        ("Z", JobState.UNKNOWN),
+        *[(letter, QueueJobState.PENDING) for letter in "QWT"],
+        *[(letter, QueueJobState.RUNNING) for letter in "REB"],
+        *[(letter, QueueJobState.HELD) for letter in "HSU"],
+        ("X", QueueJobState.DONE),
+        ("M", QueueJobState.UNKNOWN),
+        ("Z", QueueJobState.UNKNOWN),
     ],
 )
-def test_every_pbs_state_is_normalised(letter: str, state: JobState) -> None:
+def test_every_pbs_state_is_normalised(letter: str, state: QueueJobState) -> None:
     assert pbs.normalise_state(letter) is state
 
 
 def test_pbs_finished_jobs_use_their_exit_status() -> None:
-    assert pbs.normalise_state("F", "0") is JobState.DONE
-    assert pbs.normalise_state("F", "-3") is JobState.FAILED
-    assert pbs.normalise_state("F") is JobState.DONE
+    assert pbs.normalise_state("F", "0") is QueueJobState.DONE
+    assert pbs.normalise_state("F", "-3") is QueueJobState.FAILED
+    assert pbs.normalise_state("F") is QueueJobState.DONE
 
 
 def test_pbs_queues_with_node_counts() -> None:

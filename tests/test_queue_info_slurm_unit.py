@@ -9,16 +9,16 @@ from datetime import timedelta
 import pytest
 from queue_info_support import Scripted, env_file, recorded
 
-from orbit_mq.errors import Unavailable
-from orbit_mq.workers.plugins.queue_info import (
+from orbit_mq.contracts.queue_info import (
     AccountingUnavailable,
     CommandFailed,
     InvalidHostlist,
-    JobState,
+    QueueJobState,
     SchedulerOutputError,
     UnknownUser,
-    slurm,
 )
+from orbit_mq.errors import Unavailable
+from orbit_mq.workers.plugins.queue_info import slurm
 from orbit_mq.workers.plugins.queue_info.base import CommandResult
 from orbit_mq.workers.plugins.queue_info.hostlist import expand_hostlist
 from orbit_mq.workers.plugins.queue_info.parsing import clock_seconds, memory_mb, pbs_seconds
@@ -147,7 +147,7 @@ def test_squeue_of_the_ci_cluster() -> None:
     assert set(jobs) == {"6", "7", "8", "9", "10_[1-3]"}
     running, too_big, held, later, array = (jobs[i] for i in ("6", "7", "8", "9", "10_[1-3]"))
     assert (running.state, running.native_state, running.reason) == (
-        JobState.RUNNING,
+        QueueJobState.RUNNING,
         "RUNNING",
         None,
     )
@@ -155,49 +155,61 @@ def test_squeue_of_the_ci_cluster() -> None:
     assert running.time_limit == 365 * 86400 and running.time_used == 5
     assert running.start_time is not None and running.start_time.tzinfo is not None
     assert (too_big.state, too_big.reason, too_big.nodes) == (
-        JobState.PENDING,
+        QueueJobState.PENDING,
         "PartitionNodeLimit",
         2,
     )
     assert too_big.time_limit is None and too_big.start_time is None
-    assert (held.state, held.native_state, held.reason) == (JobState.HELD, "PENDING", "JobHeldUser")
+    assert (held.state, held.native_state, held.reason) == (
+        QueueJobState.HELD,
+        "PENDING",
+        "JobHeldUser",
+    )
     assert (later.name, later.time_limit, later.reason) == ("qi|pipe name", 5400, "BeginTime")
     assert later.start_time is not None and later.submit_time is not None
     assert later.start_time - later.submit_time == timedelta(hours=1)
     assert (array.name, array.state, array.user, array.account) == (
         "qi-array",
-        JobState.PENDING,
+        QueueJobState.PENDING,
         "root",
         None,
     )
 
 
 SLURM_STATES = {
-    JobState.PENDING: ["PENDING", "PD", "CONFIGURING", "CF", "REQUEUED", "REQUEUE_FED"],
-    JobState.RUNNING: ["RUNNING", "R", "COMPLETING", "CG", "SIGNALING", "STAGE_OUT", "RESIZING"],
-    JobState.DONE: ["COMPLETED", "CD"],
-    JobState.FAILED: [
+    QueueJobState.PENDING: ["PENDING", "PD", "CONFIGURING", "CF", "REQUEUED", "REQUEUE_FED"],
+    QueueJobState.RUNNING: [
+        "RUNNING",
+        "R",
+        "COMPLETING",
+        "CG",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESIZING",
+    ],
+    QueueJobState.DONE: ["COMPLETED", "CD"],
+    QueueJobState.FAILED: [
         *("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "OOM", "BOOT_FAIL"),
         *("DEADLINE", "PREEMPTED", "TO", "NF"),
     ],
-    JobState.CANCELLED: ["CANCELLED", "CA", "CANCELLED by 123", "CANCELLED+", "REVOKED"],
-    JobState.HELD: [
+    QueueJobState.CANCELLED: ["CANCELLED", "CA", "CANCELLED by 123", "CANCELLED+", "REVOKED"],
+    QueueJobState.HELD: [
         *("SUSPENDED", "S", "STOPPED", "ST", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"),
     ],
-    JobState.UNKNOWN: ["", "SOMETHING_NEW"],
+    QueueJobState.UNKNOWN: ["", "SOMETHING_NEW"],
 }
 
 
 @pytest.mark.parametrize(
     ("native", "state"), [(n, s) for s, natives in SLURM_STATES.items() for n in natives]
 )
-def test_every_slurm_state_is_normalised(native: str, state: JobState) -> None:
+def test_every_slurm_state_is_normalised(native: str, state: QueueJobState) -> None:
     assert slurm.normalise_state(native) is state
 
 
 def test_pending_jobs_held_by_someone_are_held() -> None:
-    assert slurm.normalise_state("PENDING", "JobHeldAdmin") is JobState.HELD
-    assert slurm.normalise_state("PENDING", "Priority") is JobState.PENDING
+    assert slurm.normalise_state("PENDING", "JobHeldAdmin") is QueueJobState.HELD
+    assert slurm.normalise_state("PENDING", "Priority") is QueueJobState.PENDING
 
 
 @pytest.mark.parametrize(

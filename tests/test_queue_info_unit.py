@@ -12,18 +12,17 @@ import pytest
 from queue_info_support import Scripted, recorded
 
 from orbit_mq.config import Settings
-from orbit_mq.errors import ConfigError, InvalidRequest, NotFound
-from orbit_mq.workers.plugin import PluginContext
-from orbit_mq.workers.plugins.queue_info import (
+from orbit_mq.contracts.queue_info import (
     AccountingUnavailable,
     Backend,
     CommandFailed,
-    QueueInfo,
-    QueueInfoSettings,
     QueueInfoUnavailable,
     QueueNotFound,
     UnknownUser,
 )
+from orbit_mq.errors import ConfigError, InvalidRequest, NotFound
+from orbit_mq.workers.plugin import PluginContext
+from orbit_mq.workers.plugins.queue_info import QueueInfo, QueueInfoSettings
 from orbit_mq.workers.plugins.queue_info.base import (
     command_environment,
     detect_backend,

@@ -173,13 +173,14 @@ async def test_proxy_checks_parameters_before_sending(
 ) -> None:
     await start_endpoint()
     echo = await fabric.endpoint(name).plugin("echo", session=False)
-    with pytest.raises(orbit_mq.InvalidRequest, match="times"):
+    with pytest.raises(orbit_mq.InvalidArguments, match="times") as refused:
         await echo.echo(text="x", times="many")
+    assert not isinstance(refused.value, orbit_mq.RemoteError)  # found here: nothing was sent
 
 
 async def test_oversized_request_is_refused_before_sending(fabric: orbit_mq.Fabric) -> None:
     huge = "x" * (fabric.settings.max_message_size + 1)
-    with pytest.raises(orbit_mq.PayloadTooLarge):
+    with pytest.raises(orbit_mq.RequestTooLarge, match="max_message_size"):
         await fabric.call("anywhere", "echo", "echo", {"text": huge})
 
 

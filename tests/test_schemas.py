@@ -183,8 +183,8 @@ def test_asyncapi_uses_the_protocol_names_and_its_references_resolve() -> None:
 
 
 def test_every_event_topic_has_a_schema_and_job_status_lists_its_terminal_states() -> None:
+    from orbit_mq.contracts.psij.models import TERMINAL
     from orbit_mq.workers.plugin import Plugin
-    from orbit_mq.workers.plugins.psij.models import TERMINAL
     from orbit_mq.workers.registry import known_plugins, load_plugin
 
     files = build_schemas()

@@ -22,18 +22,18 @@ from yarl import URL
 
 import orbit_mq
 from orbit_mq.config import Settings
-from orbit_mq.errors import Conflict, InvalidRequest
-from orbit_mq.workers.plugins.staging import (
+from orbit_mq.contracts.staging import (
     ChecksumMismatch,
     ChunkTooLarge,
     FileExists,
     NotADirectory,
     PathNotAllowed,
-    Staging,
     TransferGap,
 )
-from orbit_mq.workers.plugins.staging.codec import encode_base64
-from orbit_mq.workers.plugins.staging.transfers import PART_MARK
+from orbit_mq.contracts.staging.codec import encode_base64
+from orbit_mq.contracts.staging.files import PART_MARK
+from orbit_mq.errors import Conflict, InvalidRequest
+from orbit_mq.workers.plugins.staging import Staging
 
 MiB = 1024 * 1024
 EndpointProcess = Callable[..., subprocess.Popen[str]]
@@ -307,8 +307,11 @@ async def test_bad_chunks_get_clear_errors(staging: orbit_mq.PluginProxy, root: 
         await staging.put_chunk(
             transfer_id=begun.transfer_id, offset=10**9, data=encode_base64(b"a")
         )
-    with pytest.raises(InvalidRequest, match="sha256"):
+    with pytest.raises(orbit_mq.InvalidArguments, match="sha256"):  # refused before sending
         await staging.put_begin(path=f"{root}/y", size=1, sha256="nothex")
+    with pytest.raises(InvalidRequest, match="sha256"):  # and by the endpoint
+        params = {"path": f"{root}/y", "size": 1, "sha256": "nothex"}
+        await orbit_mq.remote(staging).call("put_begin", params, checked=False)
     await staging.put_abort(transfer_id=begun.transfer_id)
     assert await asyncio.to_thread(partials, root) == []
 

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from orbit_mq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
-from orbit_mq.workers.journal import Journal
-from orbit_mq.workers.plugins.staging import codec, files
-from orbit_mq.workers.plugins.staging.errors import (
+from orbit_mq.contracts.staging import codec
+from orbit_mq.contracts.staging.errors import (
     ChecksumMismatch,
     DirectoryNotEmpty,
     FileExists,
@@ -27,15 +25,17 @@ from orbit_mq.workers.plugins.staging.errors import (
     TransferGap,
     TransferNotFound,
 )
+from orbit_mq.contracts.staging.files import PART_MARK, publish
+from orbit_mq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from orbit_mq.workers.journal import Journal
+from orbit_mq.workers.plugins.staging import files
 from orbit_mq.workers.plugins.staging.paths import Roots
 from orbit_mq.workers.plugins.staging.plugin import chunk_limit
 from orbit_mq.workers.plugins.staging.settings import StagingSettings
 from orbit_mq.workers.plugins.staging.transfers import (
-    PART_MARK,
     Upload,
     UploadRow,
     partial_path,
-    publish,
     write_chunk,
 )
 from orbit_mq.workers.plugins.staging.uploads import Uploads

@@ -27,10 +27,11 @@ from sshd_support import SshServer, ssh_client_ports, sshd
 import orbit_mq
 from orbit_mq.broker import connect
 from orbit_mq.config import Settings
-from orbit_mq.errors import BrokerUnavailable, InvalidRequest
+from orbit_mq.contracts.psij import Job
+from orbit_mq.errors import BrokerUnavailable
 from orbit_mq.protocol import PresenceStatus
 from orbit_mq.workers.endpoint import Endpoint
-from orbit_mq.workers.plugins.psij import JobInfo, PsiJ
+from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.psij.tunneled import EndpointNameMissing, TunnelConflict, Tunnels
 from orbit_mq.workers.tunnels import (
     ForwardTunnel,
@@ -288,7 +289,7 @@ def child_spec(child: str, settings: Settings) -> dict[str, Any]:
     return {"arguments": arguments, "environment": child_env(settings)}
 
 
-async def child_online(fabric: orbit_mq.Fabric, psij: Any, child: str, job: JobInfo) -> None:
+async def child_online(fabric: orbit_mq.Fabric, psij: Any, child: str, job: Job) -> None:
     try:
         await wait_online(fabric, child, timeout=60)
     except TimeoutError:
@@ -403,7 +404,7 @@ async def test_submit_tunneled_needs_a_name_and_refuses_a_second_watcher(
     child = f"{name}-kid"
     with pytest.raises(EndpointNameMissing, match="-n/--name"):
         await psij.submit_tunneled(spec={"arguments": ["--plugins", "sysinfo"]})
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(orbit_mq.InvalidArguments, match="tunnel"):
         await psij.submit_tunneled(spec={"arguments": ["-n", child]}, tunnel="sideways")
     waiting = {"executable": "/bin/sh", "arguments": ["-c", "sleep 60", "-n", child]}
     job = await psij.submit_tunneled(spec=waiting)

@@ -36,10 +36,10 @@ from orbit_mq.protocol import (
     BatchCall,
     BatchRequest,
 )
+from orbit_mq.rpc import CallContext, RpcSpec, Session
 from orbit_mq.shorten import shorten
 from orbit_mq.workers.logs import RefusalLog, bounded_logger
 from orbit_mq.workers.plugin import Plugin
-from orbit_mq.workers.rpc import CallContext, RpcSpec, Session
 
 log = bounded_logger("orbit_mq.endpoint")
 

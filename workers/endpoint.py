@@ -227,7 +227,10 @@ class Endpoint:
     async def _serve_plugin(self, cls: type[Plugin]) -> None:
         assert self._connection is not None
         try:
-            plugin = cls(PluginContext(self.name, self.settings, self._publish_event, self.journal))
+            context = PluginContext(
+                self.name, self.settings, self._publish_event, self.journal, self._executor
+            )
+            plugin = cls(context)
             await plugin.start()
         except OrbitError:
             raise  # already says what is wrong

@@ -1,28 +1,36 @@
-"""The plugin base class. A plugin is one class; its `@rpc` methods are its wire API.
+"""The plugin base class: the endpoint's side of a contract (orbit_mq/contract.py).
 
-    class Echo(Plugin):
-        name = "echo"
-        version = "1.0"
+    class Greeter(Contract):                 # the contract: orbit_mq-only imports
+        name = "greeter"
 
         @rpc
-        async def say(self, text: str, times: int = 1) -> list[str]:
-            return [text] * times
+        async def greet(self, who: str) -> str:
+            \"\"\"Greet `who`.\"\"\"
+            raise NotImplementedError
 
-Every plugin also answers `register_session`, `unregister_session`, `health` and `describe`.
+    class GreeterPlugin(Plugin, Greeter):    # the implementation, on the endpoint
+        async def greet(self, who: str) -> str:
+            return f"hello {who}"
+
+A plugin may also be one class (`class Echo(Plugin)` with `@rpc` methods): then it is its own
+contract. Every plugin answers `register_session`, `unregister_session`, `health` and
+`describe`, implemented here.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, PositiveFloat
 
-from orbit_mq.protocol import HealthInfo, PluginInfo, SessionInfo, SessionStatus, check_name
+from orbit_mq.contract import Contract
+from orbit_mq.protocol import HealthInfo, PluginInfo, SessionInfo, SessionStatus
+from orbit_mq.rpc import INJECTED, CallContext, PluginDescription, Session
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.rpc import CallContext, RpcSpec, Session, build_specs, rpc
 from orbit_mq.workers.sessions import SessionRegistry
 
 if TYPE_CHECKING:
@@ -35,12 +43,6 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
-class KeyedEvent(Protocol):
-    """Event data that knows its dedupe key (see `Plugin.emit`)."""
-
-    def event_key(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class PluginContext:
     """What the endpoint hands each plugin."""
@@ -49,44 +51,18 @@ class PluginContext:
     settings: Settings
     publish_event: EventSink
     journal: Journal = field(default_factory=lambda: Journal(None))
+    executor: Executor | None = None  # worker threads for blocking calls (`in_thread`)
 
 
-class MethodInfo(BaseModel):
-    name: str
-    doc: str
-    params: dict[str, Any]
-    result: dict[str, Any]
-    session: bool = Field(
-        description="Session-scoped: the call uses the session named in orbit-session."
-    )
-    session_required: bool = Field(description="The call is refused without a session.")
-    dedupe: bool = Field(
-        description="Runs once per message_id: a repeat with the same message_id gets the "
-        "first reply, so retrying with it is safe."
-    )
-
-
-class PluginDescription(BaseModel):
-    name: str
-    version: str
-    methods: list[MethodInfo]
-
-
-class Plugin:
-    name: ClassVar[str]
-    version: ClassVar[str] = "0.1.0"
+class Plugin(Contract):
     session_ttl: ClassVar[float | None] = None
-    rpc_methods: ClassVar[dict[str, RpcSpec]] = {}
-    # The data model of each event topic the plugin emits (schemas/events/ is made from it).
-    events: ClassVar[dict[str, type[BaseModel]]] = {"session_status": SessionInfo}
-    # Every plugin class imported in this process, by name (the SDK types results with it).
-    loaded: ClassVar[dict[str, type[Plugin]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.rpc_methods = build_specs(cls)
-        if "name" in cls.__dict__:
-            Plugin.loaded[check_name("plugin", cls.name)] = cls
+        if hasattr(cls, "name"):
+            missing = [s.attr for s in cls.rpc_methods.values() if _unimplemented(cls, s.attr)]
+            if missing:
+                raise TypeError(f"plugin {cls.__name__} does not implement {', '.join(missing)}")
 
     def __init__(self, context: PluginContext) -> None:
         self.context = context
@@ -131,21 +107,21 @@ class Plugin:
     async def _session_changed(self, session: Session, status: SessionStatus) -> None:
         await self.emit("session_status", session.info(status))
 
-    @rpc
-    async def register_session(self, ctx: CallContext, ttl: float | None = None) -> SessionInfo:
-        """Open a session for the caller; it expires after `ttl` seconds without use."""
+    # -- the methods every plugin answers (their contract: orbit_mq/contract.py) -----------
+
+    async def register_session(
+        self, ttl: PositiveFloat | None = None, *, ctx: CallContext = INJECTED
+    ) -> SessionInfo:
         session = await self.sessions.open(ctx.user, ttl)
         return session.info()
 
-    @rpc
-    async def unregister_session(self, ctx: CallContext, session_id: str) -> SessionInfo:
-        """Close one of the caller's sessions."""
+    async def unregister_session(
+        self, session_id: str, *, ctx: CallContext = INJECTED
+    ) -> SessionInfo:
         session = await self.sessions.close(session_id, ctx.user)
         return session.info("closed")
 
-    @rpc
     async def health(self) -> HealthInfo:
-        """Whether the plugin works, with its version, uptime and session count."""
         try:
             details, healthy = await self.health_details(), True
         except Exception as exc:  # a health probe reports failures instead of raising them
@@ -159,26 +135,11 @@ class Plugin:
             details=details,
         )
 
-    @rpc
     async def describe(self) -> PluginDescription:
-        """The plugin's methods with the JSON Schemas of their parameters and results."""
-        return describe_plugin(type(self))
+        return type(self).description()
 
 
-def describe_plugin(cls: type[Plugin]) -> PluginDescription:
-    return PluginDescription(
-        name=cls.name,
-        version=cls.version,
-        methods=[
-            MethodInfo(
-                name=spec.name,
-                doc=spec.doc,
-                params=spec.params_schema(),
-                result=spec.result_schema(),
-                session=spec.session_param is not None,
-                session_required=spec.session_required,
-                dedupe=spec.dedupe,
-            )
-            for spec in sorted(cls.rpc_methods.values(), key=lambda s: s.name)
-        ],
-    )
+def _unimplemented(cls: type, attr: str) -> bool:
+    """Whether `cls.attr` is still a contract's stub."""
+    owner = next((klass for klass in cls.__mro__ if attr in vars(klass)), None)
+    return owner is not None and issubclass(owner, Contract) and not issubclass(owner, Plugin)

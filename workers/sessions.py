@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 
 from orbit_mq.errors import SessionNotFound, Unauthorized
 from orbit_mq.protocol import SessionStatus
+from orbit_mq.rpc import Session
 from orbit_mq.shorten import shorten
 from orbit_mq.workers.journal import Journal
-from orbit_mq.workers.rpc import Session
 
 SessionListener = Callable[[Session, SessionStatus], Awaitable[None]]
 

@@ -10,7 +10,7 @@ Host keys are checked against known_hosts; unknown hosts are refused unless
 `ORBIT_MQ_TUNNEL_AUTO_ADD_HOST_KEYS=true`. See docs/tunnels.md.
 """
 
-from orbit_mq.workers.tunnels.errors import HostKeyRejected, LoginRefused, TunnelError
+from orbit_mq.contracts.psij.errors import HostKeyRejected, LoginRefused, TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings, parse_address
 from orbit_mq.workers.tunnels.tunnel import ForwardTunnel, ReverseTunnel, Tunnel, TunnelState
 

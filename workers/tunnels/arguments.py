@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
 
+from orbit_mq.contracts.psij.models import TunnelMode
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 
-TunnelMode = Literal["none", "forward", "reverse"]
 # Tunnel settings a forward-mode child inherits from its parent (unless its job sets them).
 INHERITED = (
     "user",

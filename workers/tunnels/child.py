@@ -22,13 +22,13 @@ from pathlib import Path
 
 from orbit_mq.broker import Route
 from orbit_mq.config import Settings
+from orbit_mq.contracts.psij.errors import TunnelError
+from orbit_mq.contracts.psij.models import TunnelMode
 from orbit_mq.errors import ConfigError
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.tunnels import rendezvous
-from orbit_mq.workers.tunnels.arguments import TunnelMode
-from orbit_mq.workers.tunnels.errors import TunnelError
 from orbit_mq.workers.tunnels.rendezvous import Rendezvous
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings, broker_address, parse_address
 from orbit_mq.workers.tunnels.tunnel import LOOPBACK, ForwardTunnel, Tunnel, TunnelState

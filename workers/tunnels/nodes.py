@@ -10,9 +10,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from orbit_mq.contracts.psij.errors import TunnelError
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.tunnels import rendezvous
-from orbit_mq.workers.tunnels.errors import TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 
 log = bounded_logger("orbit_mq.tunnels")

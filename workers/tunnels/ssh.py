@@ -17,8 +17,8 @@ from typing import Any
 
 import paramiko
 
+from orbit_mq.contracts.psij.errors import HostKeyRejected, LoginRefused, TunnelError
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.tunnels.errors import HostKeyRejected, LoginRefused, TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 
 log = bounded_logger("orbit_mq.tunnels")

@@ -24,8 +24,8 @@ from typing import Any
 
 import paramiko
 
+from orbit_mq.contracts.psij.errors import TunnelError
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.tunnels.errors import TunnelError
 from orbit_mq.workers.tunnels.settings import Address, TunnelSettings
 from orbit_mq.workers.tunnels.ssh import close_quietly, connect_with_retry, describe, pump
 

@@ -30,9 +30,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orbit_mq.contracts.psij.errors import ExecutorUnavailable, InvalidJobSpec
+from orbit_mq.contracts.psij.models import JobSpec
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugins.psij.errors import ExecutorUnavailable, InvalidJobSpec
-from orbit_mq.workers.plugins.psij.models import JobSpec
 
 if TYPE_CHECKING:
     import psij

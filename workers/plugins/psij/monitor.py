@@ -9,11 +9,11 @@ import asyncio
 import dataclasses
 import time
 
+from orbit_mq.contracts.psij.models import JobState
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.executors import describe, local_process_running, new_job
 from orbit_mq.workers.plugins.psij.files import CHUNK_BYTES, Chunk, read_output
-from orbit_mq.workers.plugins.psij.models import JobState
 from orbit_mq.workers.plugins.psij.store import JobRow
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Report, Tracker
 

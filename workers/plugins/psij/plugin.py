@@ -1,11 +1,5 @@
-"""`psij`: submit, watch, stream, cancel and list jobs through PSI/J executors (local, slurm,
-pbs, lsf, …), with a durable journal and strongly ordered `job_status` events.
-
-Events (`{endpoint}.psij.job_status`): job_id, native_id, state, seq (1, 2, 3 … per job, no
-gaps, seq 1 = NEW), time, executor; terminal ones add exit_code, message, stdout_tail and
-stderr_tail (the last 4 KiB). `{endpoint}.psij.job_output` (jobs submitted with
-`stream_output`): job_id, stream (stdout|stderr), offset (bytes), text; at most 64 KiB each,
-polled every 0.5 s, all sent before the job's terminal state.
+"""`psij` on the endpoint: the psij contract (orbit_mq/contracts/psij) implemented with PSI/J
+executors, a durable journal and strongly ordered `job_status` events.
 """
 
 from __future__ import annotations
@@ -13,31 +7,34 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
-from pydantic import BaseModel, Field, NonNegativeFloat, NonNegativeInt
+from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt
 
-from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugin import Plugin
-from orbit_mq.workers.plugins.psij import executors as ex
-from orbit_mq.workers.plugins.psij.errors import JobNotFound
-from orbit_mq.workers.plugins.psij.files import JobDir, read_page
-from orbit_mq.workers.plugins.psij.models import (
-    JobInfo,
+from orbit_mq.contracts import psij as contract
+from orbit_mq.contracts.psij import (
+    Job,
     JobList,
-    JobOutputEvent,
+    JobNotFound,
     JobSpec,
     JobState,
     JobStatus,
     JobStatusEvent,
+    Limit,
+    TunneledJobSpec,
+    TunnelMode,
+    TunnelStatus,
 )
+from orbit_mq.rpc import INJECTED, CallContext, Session
+from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.plugins.psij import executors as ex
+from orbit_mq.workers.plugins.psij.files import JobDir, read_page
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
-from orbit_mq.workers.plugins.psij.tunneled import TunneledJobSpec, Tunnels, TunnelStatus
-from orbit_mq.workers.rpc import CallContext, Session, rpc
-from orbit_mq.workers.tunnels.arguments import TunnelMode
+from orbit_mq.workers.plugins.psij.tunneled import Tunnels
 from orbit_mq.workers.tunnels.settings import TunnelSettings
 
 if TYPE_CHECKING:
@@ -46,7 +43,6 @@ if TYPE_CHECKING:
 log = bounded_logger("orbit_mq.plugin.psij")
 
 REPLY_MARGIN = 0.5  # s: wait_jobs answers this long before the caller's deadline
-Limit = Annotated[int, Field(ge=1, le=1000)]
 
 
 def _resolve(path: str | None, directory: Path) -> Path | None:
@@ -64,14 +60,7 @@ def _budget(timeout: float | None, deadline_ms: int | None) -> float | None:
     return max(0.0, min(limits)) if limits else None
 
 
-class PsiJ(Plugin):
-    name = "psij"
-    version = "1.0.0"
-    events: ClassVar[dict[str, type[BaseModel]]] = {
-        **Plugin.events,
-        "job_status": JobStatusEvent,
-        "job_output": JobOutputEvent,
-    }
+class PsiJ(Plugin, contract.PsiJ):
     # Per-executor options or ready psij.JobExecutorConfig objects (see executors.py);
     # ORBIT_MQ_PSIJ_{EXECUTOR}_{OPTION} environment variables override the options.
     executor_options: ClassVar[dict[str, Any]] = {}
@@ -123,50 +112,34 @@ class PsiJ(Plugin):
 
     # -- the API ---------------------------------------------------------------------------
 
-    @rpc(dedupe=True)
     async def submit_job(
         self,
-        ctx: CallContext,
         spec: JobSpec,
         executor: str = "local",
         stream_output: bool = False,
-        session: Session | None = None,
-    ) -> JobInfo:
-        """Submit one job to `executor` (see `executors`); returns it once the executor has it.
-
-        The job belongs to the caller's session, if any. Its state changes follow as
-        `job_status` events (seq 1 = NEW); with `stream_output`, its output as `job_output`
-        events. A refused submission (e.g. a missing executable) ends FAILED with a message.
-        Unknown spec fields and inconsistent resources are refused before anything runs. A
-        request repeated with the same message_id returns the first job instead of a second.
-        """
+        *,
+        ctx: CallContext = INJECTED,
+        session: Session | None = INJECTED,
+    ) -> Job:
         keys = [ctx.message_id] if ctx.message_id else None
         infos = await self._submit(ctx.user, [spec], executor, stream_output, session, keys)
         return infos[0]
 
-    @rpc(dedupe=True)
     async def submit_jobs(
         self,
-        ctx: CallContext,
         specs: list[JobSpec],
         executor: str = "local",
         stream_output: bool = False,
-        session: Session | None = None,
-    ) -> list[JobInfo]:
-        """Submit several jobs in one request, as `submit_job` does each; results in order.
-
-        If any spec is invalid, none is submitted.
-        """
+        *,
+        ctx: CallContext = INJECTED,
+        session: Session | None = INJECTED,
+    ) -> list[Job]:
         keys = [f"{ctx.message_id}#{i}" for i in range(len(specs))] if ctx.message_id else None
         return await self._submit(ctx.user, specs, executor, stream_output, session, keys)
 
-    @rpc
     async def get_job_status(
         self, job_id: str, stdout_offset: NonNegativeInt = 0, stderr_offset: NonNegativeInt = 0
     ) -> JobStatus:
-        """A job's state, native id, exit code, message, times, spec summary and state history,
-        with its stdout and stderr from the given byte offsets (at most 1 MiB each); pass the
-        returned offsets next time to page through or follow the output."""
         row = self._row(job_id)
         history = self.store.history(job_id)  # read with the row: one consistent snapshot
         page, complete = self.output_page_size, row.state.final
@@ -191,7 +164,6 @@ class PsiJ(Plugin):
             history=history,
         )
 
-    @rpc
     async def list_jobs(
         self,
         state: JobState | None = None,
@@ -199,29 +171,21 @@ class PsiJ(Plugin):
         offset: NonNegativeInt = 0,
         limit: Limit = 100,
     ) -> JobList:
-        """The endpoint's jobs, newest first, optionally only those in `state` or submitted in
-        `session`; `offset` and `limit` page through them (`total` counts all matches)."""
         rows, total = self.store.page(state, session, offset, limit)
         return JobList(jobs=[row.info() for row in rows], total=total, offset=offset, limit=limit)
 
-    @rpc
-    async def cancel_job(self, job_id: str) -> JobInfo:
-        """Cancel a queued or running job; a job that already ended is returned unchanged.
-
-        The job then ends CANCELED, even where the scheduler reports it FAILED or COMPLETED.
-        The reply may still show the job running: a batch scheduler confirms later (watch its
-        job_status events, or `wait_jobs`).
-        """
+    async def cancel_job(self, job_id: str) -> Job:
         if not self._row(job_id).state.final:
             await self.tracker.cancel(job_id)
         return self._row(job_id).info()
 
-    @rpc
     async def wait_jobs(
-        self, ctx: CallContext, job_ids: list[str], timeout: NonNegativeFloat | None = None
-    ) -> list[JobInfo]:
-        """Wait until all the jobs ended, or `timeout` s passed (at most until shortly before
-        the request's deadline); returns them in the order asked for, ended or not."""
+        self,
+        job_ids: list[str],
+        timeout: NonNegativeFloat | None = None,
+        *,
+        ctx: CallContext = INJECTED,
+    ) -> list[Job]:
         unique = list(dict.fromkeys(job_ids))
         missing = sorted(set(unique) - {row.job_id for row in self.store.many(unique)})
         if missing:
@@ -238,37 +202,22 @@ class PsiJ(Plugin):
         rows = {row.job_id: row for row in self.store.many(unique)}
         return [rows[job_id].info() for job_id in job_ids]
 
-    @rpc(dedupe=True)
     async def submit_tunneled(
         self,
-        ctx: CallContext,
         spec: TunneledJobSpec,
         executor: str = "local",
         tunnel: TunnelMode = "none",
         stream_output: bool = False,
-        session: Session | None = None,
-    ) -> JobInfo:
-        """Start a child endpoint (`orbit-mq endpoint start -n NAME …`) as a job, reached through
-        an SSH tunnel when its node cannot reach the broker; see `tunnel_status`.
-
-        spec.arguments must name the child (-n/--name); without spec.executable the job runs
-        this endpoint's Python with `-m orbit_mq.cli endpoint start` and those arguments.
-        `forward`: the child tunnels through this host (--tunnel-via is added). `reverse`: once
-        the job runs, this endpoint logs in to the job's node and forwards a port there to the
-        broker; if that fails for ORBIT_MQ_TUNNEL_RETRY_WINDOW s, the job is cancelled and ends
-        FAILED with the reason. One child per name at a time (else `conflict`).
-        """
+        *,
+        ctx: CallContext = INJECTED,
+        session: Session | None = INJECTED,
+    ) -> Job:
         return await self.tunnels.submit(ctx, spec, executor, tunnel, stream_output, session)
 
-    @rpc
     async def tunnel_status(self, name: str) -> TunnelStatus:
-        """The tunnel of the child endpoint `name`: pending, active (with its port), failed
-        (with the reason), done (its job ended) or no_tunnel."""
         return await self.tunnels.status(name)
 
-    @rpc
     async def executors(self) -> list[str]:
-        """The PSI/J executors installed on this endpoint (values for `executor`)."""
         return list(self.pool.available)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -287,7 +236,7 @@ class PsiJ(Plugin):
         stream_output: bool,
         session: Session | None,
         keys: list[str] | None,
-    ) -> list[JobInfo]:
+    ) -> list[Job]:
         self.pool.check(executor)
         if keys:
             # The reply of a repeated request normally comes from the dispatcher; this covers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orbit_mq.workers.plugins.psij.models import JobState
+from orbit_mq.contracts.psij.models import JobState
 
 _RANK = {
     JobState.NEW: 0,

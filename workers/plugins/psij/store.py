@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
+from orbit_mq.contracts.psij.models import TERMINAL, HistoryEntry, Job, JobState
 from orbit_mq.workers.journal import add_columns
-from orbit_mq.workers.plugins.psij.models import TERMINAL, HistoryEntry, JobInfo, JobState
 from orbit_mq.workers.plugins.psij.states import Step
 
 _SCHEMA = """
@@ -106,8 +106,8 @@ class JobRow:
         values["exit_file"] = Path(values["exit_file"]) if values["exit_file"] else None
         return cls(**values)
 
-    def info(self) -> JobInfo:
-        return JobInfo(
+    def info(self) -> Job:
+        return Job(
             job_id=self.job_id,
             native_id=self.native_id,
             executor=self.executor,

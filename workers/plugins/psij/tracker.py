@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from orbit_mq.workers.journal import Journal
-from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugins.psij import files
-from orbit_mq.workers.plugins.psij.executors import ExecutorPool, describe, local_problem
-from orbit_mq.workers.plugins.psij.files import Chunk, read_output
-from orbit_mq.workers.plugins.psij.models import (
+from orbit_mq.contracts.psij.models import (
     JobOutputEvent,
     JobSpec,
     JobState,
     JobStatusEvent,
 )
+from orbit_mq.workers.journal import Journal
+from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugins.psij import files
+from orbit_mq.workers.plugins.psij.executors import ExecutorPool, describe, local_problem
+from orbit_mq.workers.plugins.psij.files import Chunk, read_output
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 

@@ -25,19 +25,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
-
-from orbit_mq.errors import Conflict, InvalidRequest
+from orbit_mq.contracts.psij.errors import EndpointNameMissing, TunnelConflict, TunnelError
+from orbit_mq.contracts.psij.models import (
+    Job,
+    JobSpec,
+    JobState,
+    JobStatusEvent,
+    TunneledJobSpec,
+    TunnelMode,
+    TunnelStatus,
+)
+from orbit_mq.errors import InvalidRequest
 from orbit_mq.protocol import check_name
+from orbit_mq.rpc import CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugins.psij.models import JobInfo, JobSpec, JobState, JobStatusEvent
 from orbit_mq.workers.plugins.psij.tracker import Report
-from orbit_mq.workers.rpc import CallContext, Session
 from orbit_mq.workers.tunnels import rendezvous
 from orbit_mq.workers.tunnels.arguments import (
-    TunnelMode,
     default_command,
     endpoint_name,
     has_option,
@@ -45,7 +51,6 @@ from orbit_mq.workers.tunnels.arguments import (
     option_value,
     tunnel_arguments,
 )
-from orbit_mq.workers.tunnels.errors import TunnelError
 from orbit_mq.workers.tunnels.nodes import find_node
 from orbit_mq.workers.tunnels.rendezvous import Rendezvous
 from orbit_mq.workers.tunnels.settings import (
@@ -60,42 +65,6 @@ if TYPE_CHECKING:
     from orbit_mq.workers.plugins.psij.plugin import PsiJ
 
 log = bounded_logger("orbit_mq.plugin.psij")
-
-TunnelStatusName = Literal["pending", "active", "failed", "done", "no_tunnel"]
-
-
-class TunneledJobSpec(JobSpec):
-    """A job spec whose executable may be left out: then it is this endpoint's Python running
-    `orbit-mq endpoint start` followed by `arguments`."""
-
-    executable: str | None = Field(  # type: ignore[assignment]
-        default=None,
-        description="Program to run; `python -m orbit_mq.cli endpoint start` when null.",
-    )
-
-
-class TunnelStatus(BaseModel):
-    """Where the tunnel of a child endpoint started with submit_tunneled stands."""
-
-    name: str = Field(description="The child endpoint's name.")
-    status: TunnelStatusName = Field(
-        description="pending (job or tunnel not up yet, or reconnecting), active, failed, done "
-        "(the job ended), no_tunnel (no tunnel for that name, or tunnel='none')."
-    )
-    mode: TunnelMode | None = None
-    port: int | None = Field(default=None, description="The port the child connects to.")
-    job_id: str | None = None
-    node: str | None = Field(default=None, description="The host at the tunnel's far end.")
-    reconnects: int = Field(default=0, description="Times the SSH session was re-established.")
-    message: str | None = Field(default=None, description="Why it failed.")
-
-
-class EndpointNameMissing(InvalidRequest):
-    """submit_tunneled was not given the child endpoint's name."""
-
-
-class TunnelConflict(Conflict):
-    """A tunneled child endpoint of that name is already being watched."""
 
 
 @dataclass(eq=False)
@@ -142,7 +111,7 @@ class Tunnels:
         mode: TunnelMode,
         stream_output: bool,
         session: Session | None,
-    ) -> JobInfo:
+    ) -> Job:
         job_spec, name, path = self._prepare(spec, mode)
         current = self.watchers.get(name)
         if current is not None and not (current.finished or current.state.final):

@@ -14,13 +14,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orbit_mq.workers.plugins.queue_info.errors import CommandFailed, QueueInfoUnavailable
-from orbit_mq.workers.plugins.queue_info.models import (
+from orbit_mq.contracts.queue_info.errors import CommandFailed, QueueInfoUnavailable
+from orbit_mq.contracts.queue_info.models import (
     Allocation,
     Backend,
-    Job,
     JobAllocation,
     Partition,
+    QueueJob,
 )
 
 # Environment variables that change what Slurm's commands print (formats, time style,
@@ -147,7 +147,7 @@ class BatchBackend(ABC):
         """Every partition/queue with its limits and node/CPU/GPU counts."""
 
     @abstractmethod
-    async def jobs(self, user: str | None) -> list[Job]:
+    async def jobs(self, user: str | None) -> list[QueueJob]:
         """The jobs the scheduler lists, of `user` (None: everyone's)."""
 
     @abstractmethod

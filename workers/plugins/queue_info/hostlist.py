@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from orbit_mq.workers.plugins.queue_info.errors import InvalidHostlist
+from orbit_mq.contracts.queue_info.errors import InvalidHostlist
 
 MAX_HOSTS = 1_000_000  # a typo such as `n[1-999999999]` must not exhaust memory
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from orbit_mq.workers.plugins.queue_info.base import BatchBackend
-from orbit_mq.workers.plugins.queue_info.errors import AccountingUnavailable
-from orbit_mq.workers.plugins.queue_info.models import (
+from orbit_mq.contracts.queue_info.errors import AccountingUnavailable
+from orbit_mq.contracts.queue_info.models import (
     Allocation,
     Backend,
-    Job,
     JobAllocation,
     Partition,
+    QueueJob,
 )
+from orbit_mq.workers.plugins.queue_info.base import BatchBackend
 
 
 class NoBackend(BatchBackend):
@@ -19,7 +19,7 @@ class NoBackend(BatchBackend):
     async def partitions(self) -> list[Partition]:
         return []
 
-    async def jobs(self, user: str | None) -> list[Job]:
+    async def jobs(self, user: str | None) -> list[QueueJob]:
         return []
 
     async def allocations(self, user: str | None) -> list[Allocation]:

@@ -11,18 +11,20 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
-from orbit_mq.workers.plugins.queue_info.base import BatchBackend
-from orbit_mq.workers.plugins.queue_info.errors import AccountingUnavailable, CommandFailed
-from orbit_mq.workers.plugins.queue_info.models import (
+from orbit_mq.contracts.queue_info.errors import AccountingUnavailable, CommandFailed
+from orbit_mq.contracts.queue_info.models import (
     Allocation,
     Backend,
     CpuCounts,
-    Job,
     JobAllocation,
-    JobState,
     NodeCounts,
     Partition,
+    QueueJob,
 )
+from orbit_mq.contracts.queue_info.models import (
+    QueueJobState as State,
+)
+from orbit_mq.workers.plugins.queue_info.base import BatchBackend
 from orbit_mq.workers.plugins.queue_info.parsing import (
     is_blank,
     local_time,
@@ -37,12 +39,12 @@ Record = tuple[str, dict[str, str]]
 NO_PROJECT = "_pbs_project_default"  # what PBS Pro shows for a job without a project
 CTIME_FORMATS = ("%a %b %d %H:%M:%S %Y",)  # e.g. "Mon Jan 15 10:00:00 2024"
 
-STATES: dict[str, JobState] = {
-    **dict.fromkeys("QWT", JobState.PENDING),  # queued, waiting for its start time, in transit
-    **dict.fromkeys("REB", JobState.RUNNING),  # running, exiting, array begun
-    **dict.fromkeys("HSU", JobState.HELD),  # held, suspended, suspended for workstation use
-    **dict.fromkeys("XC", JobState.DONE),  # finished subjob; Torque's completed
-    "M": JobState.UNKNOWN,  # moved to another server: its state is that server's
+STATES: dict[str, State] = {
+    **dict.fromkeys("QWT", State.PENDING),  # queued, waiting for its start time, in transit
+    **dict.fromkeys("REB", State.RUNNING),  # running, exiting, array begun
+    **dict.fromkeys("HSU", State.HELD),  # held, suspended, suspended for workstation use
+    **dict.fromkeys("XC", State.DONE),  # finished subjob; Torque's completed
+    "M": State.UNKNOWN,  # moved to another server: its state is that server's
 }
 _NODE_OTHER = frozenset(
     {"down", "offline", "state-unknown", "unknown", "stale", "unresolvable", "provisioning",
@@ -81,13 +83,13 @@ def parse_records(text: str, header: str | None = None) -> list[Record]:
     return [(name, {k: v.strip() for k, v in attrs.items()}) for name, attrs in records]
 
 
-def normalise_state(native: str, exit_status: str | None = None) -> JobState:
+def normalise_state(native: str, exit_status: str | None = None) -> State:
     """The normalised state of a PBS job state letter (F uses the exit status)."""
     letter = native.strip().upper()
     if letter == "F":
         code = exit_status.strip() if exit_status else ""
-        return JobState.DONE if code in ("", "0") else JobState.FAILED
-    return STATES.get(letter, JobState.UNKNOWN)
+        return State.DONE if code in ("", "0") else State.FAILED
+    return STATES.get(letter, State.UNKNOWN)
 
 
 def exec_hosts(exec_host: str | None) -> list[str]:
@@ -107,10 +109,10 @@ def _account(attrs: Mapping[str, str]) -> str | None:
     return attrs.get("Account_Name") or (project if project and project != NO_PROJECT else None)
 
 
-def _job(job_id: str, attrs: Mapping[str, str]) -> Job:
+def _job(job_id: str, attrs: Mapping[str, str]) -> QueueJob:
     native = attrs.get("job_state", "")
     hosts = exec_hosts(attrs.get("exec_host") or attrs.get("exec_vnode"))
-    return Job(
+    return QueueJob(
         job_id=job_id,
         name=attrs.get("Job_Name", ""),
         user=attrs.get("Job_Owner", "").split("@", 1)[0],
@@ -130,7 +132,7 @@ def _job(job_id: str, attrs: Mapping[str, str]) -> Job:
     )
 
 
-def parse_jobs(text: str) -> list[Job]:
+def parse_jobs(text: str) -> list[QueueJob]:
     """Jobs from `qstat -f`."""
     return [_job(job_id, attrs) for job_id, attrs in parse_records(text, "Job Id:")]
 
@@ -268,7 +270,7 @@ class PbsBackend(BatchBackend):
             server = ""
         return parse_queues(queues.stdout, nodes.stdout, default_queue(server))
 
-    async def jobs(self, user: str | None) -> list[Job]:
+    async def jobs(self, user: str | None) -> list[QueueJob]:
         # `qstat -f` cannot filter by user (-u does not combine with -f): filter here.
         jobs = parse_jobs((await self.run(["qstat", "-f"])).stdout)
         return jobs if user is None else [job for job in jobs if job.user == user]

@@ -1,5 +1,5 @@
-"""`queue_info`: partitions/queues, jobs and allocations of the batch system (Slurm, PBS Pro
-or none), in one vocabulary, cached and refreshed in the background.
+"""`queue_info` on the endpoint: the contract (orbit_mq/contracts/queue_info) answered from
+Slurm, PBS Pro or nothing, cached and refreshed in the background.
 
 Settings come from `ORBIT_MQ_QUEUE_INFO_*` environment variables (see `QueueInfoSettings`).
 """
@@ -14,10 +14,27 @@ import pwd
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
+from orbit_mq.contracts import queue_info as contract
+from orbit_mq.contracts.queue_info import (
+    EVERYONE,
+    QUEUE_PATTERN,
+    USER_PATTERN,
+    AllocationList,
+    Backend,
+    JobAllocation,
+    Partition,
+    QueueInfoReport,
+    QueueJob,
+    QueueJobList,
+    QueueName,
+    QueueNotFound,
+    UnknownUser,
+    UserName,
+)
 from orbit_mq.errors import ConfigError, InvalidRequest
 from orbit_mq.workers.plugin import Plugin, PluginContext
 from orbit_mq.workers.plugins.queue_info.base import (
@@ -28,34 +45,12 @@ from orbit_mq.workers.plugins.queue_info.base import (
     detect_backend,
 )
 from orbit_mq.workers.plugins.queue_info.cache import TtlCache
-from orbit_mq.workers.plugins.queue_info.errors import QueueNotFound, UnknownUser
-from orbit_mq.workers.plugins.queue_info.models import (
-    AllocationList,
-    Backend,
-    Job,
-    JobAllocation,
-    JobList,
-    Partition,
-    QueueInfoReport,
-)
 from orbit_mq.workers.plugins.queue_info.none import NoBackend
 from orbit_mq.workers.plugins.queue_info.pbs import PbsBackend
 from orbit_mq.workers.plugins.queue_info.slurm import SlurmBackend
-from orbit_mq.workers.rpc import rpc
 
 T = TypeVar("T")
 
-EVERYONE = "*"
-USER_PATTERN = r"^(\*|[A-Za-z0-9_][A-Za-z0-9_.@$-]{0,63})$"
-QUEUE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}$"
-UserName = Annotated[
-    str,
-    Field(
-        pattern=USER_PATTERN,
-        description="A user name, or '*' for everyone; omitted: the endpoint's user.",
-    ),
-]
-QueueName = Annotated[str, Field(pattern=QUEUE_PATTERN, description="Partition/queue name.")]
 
 BACKENDS: dict[Backend, type[BatchBackend]] = {
     Backend.SLURM: SlurmBackend,
@@ -100,9 +95,7 @@ def may_use(partition: Partition, user: str, groups: set[str]) -> bool:
     return partition.allowed_groups is None or bool(groups & set(partition.allowed_groups))
 
 
-class QueueInfo(Plugin):
-    name = "queue_info"
-    version = "1.0.0"
+class QueueInfo(Plugin, contract.QueueInfo):
     # Settings for this class (tests, embedding); None: from the environment.
     config: ClassVar[QueueInfoSettings | None] = None
 
@@ -160,7 +153,7 @@ class QueueInfo(Plugin):
     async def _partitions(self, force: bool) -> tuple[datetime, list[Partition]]:
         return await self._cached(("partitions",), self.impl.partitions, force)
 
-    async def _jobs(self, who: str, force: bool) -> tuple[datetime, list[Job]]:
+    async def _jobs(self, who: str, force: bool) -> tuple[datetime, list[QueueJob]]:
         user = None if who == EVERYONE else who
         return await self._cached(("jobs", who), lambda: self.impl.jobs(user), force)
 
@@ -177,19 +170,10 @@ class QueueInfo(Plugin):
 
     # -- the API ------------------------------------------------------------------------------
 
-    @rpc
     async def backend(self) -> Backend:
-        """The batch system this endpoint reports on: slurm, pbs or none."""
         return self.impl.name
 
-    @rpc
     async def get_info(self, user: UserName | None = None, force: bool = False) -> QueueInfoReport:
-        """Partitions/queues `user` may use, with limits (walltime, nodes per job), node counts
-        by state, CPU counts, GPUs and memory per node.
-
-        `user` omitted: the endpoint's user; '*': every partition. Answers are cached for the
-        configured TTL (default 30 s); `force` asks the scheduler again.
-        """
         who = await self._user(user)
         collected, partitions = await self._partitions(force)
         if who != EVERYONE and any(p.allowed_groups or p.allowed_users for p in partitions):
@@ -199,17 +183,9 @@ class QueueInfo(Plugin):
             backend=self.impl.name, user=who, collected=collected, partitions=partitions
         )
 
-    @rpc
     async def list_jobs(
         self, queue: QueueName, user: UserName | None = None, force: bool = False
-    ) -> JobList:
-        """Jobs of `user` in partition/queue `queue`: queued, held, running and finishing,
-        each with its normalised state (PENDING, RUNNING, DONE, FAILED, CANCELLED, HELD,
-        UNKNOWN) and the scheduler's own.
-
-        `user` omitted: the endpoint's user; '*': everyone's. An unknown queue is not_found.
-        Cached like get_info; `force` asks the scheduler again.
-        """
+    ) -> QueueJobList:
         if not re.match(QUEUE_PATTERN, queue):
             raise InvalidRequest(f"{queue!r} is not a partition/queue name, e.g. debug")
         who = await self._user(user)
@@ -221,29 +197,20 @@ class QueueInfo(Plugin):
             )
         collected, jobs = await self._jobs(who, force)
         mine = [job for job in jobs if queue in job.queue.split(",")]
-        return JobList(
+        return QueueJobList(
             backend=self.impl.name, user=who, queue=queue, collected=collected, jobs=mine
         )
 
-    @rpc
-    async def list_all_jobs(self, user: UserName | None = None, force: bool = False) -> JobList:
-        """Jobs of `user` in every partition/queue (see list_jobs).
-
-        `user` omitted: the endpoint's user; '*': everyone's. `force` bypasses the cache.
-        """
+    async def list_all_jobs(
+        self, user: UserName | None = None, force: bool = False
+    ) -> QueueJobList:
         who = await self._user(user)
         collected, jobs = await self._jobs(who, force)
-        return JobList(backend=self.impl.name, user=who, collected=collected, jobs=jobs)
+        return QueueJobList(backend=self.impl.name, user=who, collected=collected, jobs=jobs)
 
-    @rpc
     async def list_allocations(
         self, user: UserName | None = None, force: bool = False
     ) -> AllocationList:
-        """Accounts/projects `user` may charge, with QOS and limits (Slurm: from sacctmgr).
-
-        Where the batch system keeps no accounting (Slurm without slurmdbd, PBS, none) the
-        answer is an `unavailable` error (AccountingUnavailable) that says so.
-        """
         who = await self._user(user)
         target = None if who == EVERYONE else who
         collected, allocations = await self._cached(
@@ -253,14 +220,8 @@ class QueueInfo(Plugin):
             backend=self.impl.name, user=who, collected=collected, allocations=allocations
         )
 
-    @rpc
     async def job_allocation(self) -> JobAllocation | None:
-        """The batch job the endpoint itself runs in: job id, partition, nodes, hostnames,
-        CPUs and GPUs per node, account, runtime and time limit; null on a login node."""
         return await self.impl.job_allocation()
 
-    @rpc
     async def nodelist(self) -> list[str]:
-        """Hostnames of the endpoint's allocation, one per node in scheduler order; [] outside
-        a batch job or without a batch system."""
         return await self.impl.nodelist()

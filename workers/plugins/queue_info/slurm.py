@@ -9,24 +9,26 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from orbit_mq.workers.plugins.queue_info.base import BatchBackend
-from orbit_mq.workers.plugins.queue_info.errors import (
+from orbit_mq.contracts.queue_info.errors import (
     AccountingUnavailable,
     CommandFailed,
     SchedulerOutputError,
     UnknownUser,
 )
-from orbit_mq.workers.plugins.queue_info.hostlist import expand_hostlist
-from orbit_mq.workers.plugins.queue_info.models import (
+from orbit_mq.contracts.queue_info.models import (
     Allocation,
     Backend,
     CpuCounts,
-    Job,
     JobAllocation,
-    JobState,
     NodeCounts,
     Partition,
+    QueueJob,
 )
+from orbit_mq.contracts.queue_info.models import (
+    QueueJobState as State,
+)
+from orbit_mq.workers.plugins.queue_info.base import BatchBackend
+from orbit_mq.workers.plugins.queue_info.hostlist import expand_hostlist
 from orbit_mq.workers.plugins.queue_info.parsing import (
     clock_seconds,
     is_blank,
@@ -46,18 +48,18 @@ SQUEUE_FORMAT = SEP.join(
 )
 SACCTMGR_FIELDS = "Cluster,Account,User,Partition,QOS,DefaultQOS,MaxWall,GrpTRES,MaxTRES,MaxJobs"
 
-STATES: dict[str, JobState] = {
-    **dict.fromkeys(["PENDING", "PD", "CONFIGURING", "CF", "REQUEUED", "RQ"], JobState.PENDING),
-    **dict.fromkeys(["REQUEUE_FED", "RF", "POWER_UP_NODE", "PU"], JobState.PENDING),
-    **dict.fromkeys(["RUNNING", "R", "COMPLETING", "CG", "SIGNALING", "SI"], JobState.RUNNING),
-    **dict.fromkeys(["STAGE_OUT", "SO", "RESIZING", "RS", "UPDATE_DB", "UD"], JobState.RUNNING),
-    **dict.fromkeys(["COMPLETED", "CD"], JobState.DONE),
-    **dict.fromkeys(["FAILED", "F", "TIMEOUT", "TO", "NODE_FAIL", "NF"], JobState.FAILED),
-    **dict.fromkeys(["OUT_OF_MEMORY", "OOM", "BOOT_FAIL", "BF"], JobState.FAILED),
-    **dict.fromkeys(["DEADLINE", "DL", "PREEMPTED", "PR"], JobState.FAILED),
-    **dict.fromkeys(["CANCELLED", "CA", "REVOKED", "RV"], JobState.CANCELLED),
-    **dict.fromkeys(["SUSPENDED", "S", "STOPPED", "ST", "SPECIAL_EXIT", "SE"], JobState.HELD),
-    **dict.fromkeys(["REQUEUE_HOLD", "RH", "RESV_DEL_HOLD", "RD"], JobState.HELD),
+STATES: dict[str, State] = {
+    **dict.fromkeys(["PENDING", "PD", "CONFIGURING", "CF", "REQUEUED", "RQ"], State.PENDING),
+    **dict.fromkeys(["REQUEUE_FED", "RF", "POWER_UP_NODE", "PU"], State.PENDING),
+    **dict.fromkeys(["RUNNING", "R", "COMPLETING", "CG", "SIGNALING", "SI"], State.RUNNING),
+    **dict.fromkeys(["STAGE_OUT", "SO", "RESIZING", "RS", "UPDATE_DB", "UD"], State.RUNNING),
+    **dict.fromkeys(["COMPLETED", "CD"], State.DONE),
+    **dict.fromkeys(["FAILED", "F", "TIMEOUT", "TO", "NODE_FAIL", "NF"], State.FAILED),
+    **dict.fromkeys(["OUT_OF_MEMORY", "OOM", "BOOT_FAIL", "BF"], State.FAILED),
+    **dict.fromkeys(["DEADLINE", "DL", "PREEMPTED", "PR"], State.FAILED),
+    **dict.fromkeys(["CANCELLED", "CA", "REVOKED", "RV"], State.CANCELLED),
+    **dict.fromkeys(["SUSPENDED", "S", "STOPPED", "ST", "SPECIAL_EXIT", "SE"], State.HELD),
+    **dict.fromkeys(["REQUEUE_HOLD", "RH", "RESV_DEL_HOLD", "RD"], State.HELD),
 }
 # Pending jobs that only a user or an administrator can release.
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "held"})
@@ -66,12 +68,12 @@ _GRES_COUNT = re.compile(r"^gpu(?::[^:]*)*?:(\d+)$")
 _SCONTROL_KEY = re.compile(r"\s(?=[A-Za-z][\w/:]*=)")
 
 
-def normalise_state(native: str, reason: str | None = None) -> JobState:
+def normalise_state(native: str, reason: str | None = None) -> State:
     """The normalised state of a Slurm state (long or short form, `CANCELLED by 123`)."""
     word = native.strip().split(" ", 1)[0].rstrip("+").upper()
-    state = STATES.get(word, JobState.UNKNOWN)
-    if state is JobState.PENDING and reason in HELD_REASONS:
-        return JobState.HELD
+    state = STATES.get(word, State.UNKNOWN)
+    if state is State.PENDING and reason in HELD_REASONS:
+        return State.HELD
     return state
 
 
@@ -170,7 +172,7 @@ def parse_sinfo(text: str) -> list[Partition]:
     return list(partitions.values())
 
 
-def _job_row(line: str) -> Job:
+def _job_row(line: str) -> QueueJob:
     fields = line.split(SEP, 14)
     if len(fields) != 15:
         raise SchedulerOutputError(f"squeue printed {len(fields)} fields, not 15: {line!r}")
@@ -179,7 +181,7 @@ def _job_row(line: str) -> Job:
     node_count = to_int(nodes)
     per_node = gres_gpus(gres)
     reason_text = None if is_blank(reason) else reason.strip()
-    return Job(
+    return QueueJob(
         job_id=job_id.strip(),
         name=name,
         user=user.strip(),
@@ -199,7 +201,7 @@ def _job_row(line: str) -> Job:
     )
 
 
-def parse_squeue(text: str) -> list[Job]:
+def parse_squeue(text: str) -> list[QueueJob]:
     """Jobs from `squeue -h -o SQUEUE_FORMAT`."""
     return [_job_row(line) for line in text.splitlines() if line.strip()]
 
@@ -291,7 +293,7 @@ class SlurmBackend(BatchBackend):
         result = await self.run(["sinfo", "-h", "-a", "-o", SINFO_FORMAT])
         return parse_sinfo(result.stdout)
 
-    async def jobs(self, user: str | None) -> list[Job]:
+    async def jobs(self, user: str | None) -> list[QueueJob]:
         argv = ["squeue", "-h", "-a", "-o", SQUEUE_FORMAT]
         result = await self.run([*argv, f"--user={user}"] if user else argv)
         if "Invalid user" in result.stderr:  # squeue says so but exits 0

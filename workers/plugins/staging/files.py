@@ -12,15 +12,16 @@ import threading
 from collections import OrderedDict
 from datetime import UTC, datetime
 
-from orbit_mq.workers.plugins.staging.errors import (
+from orbit_mq.contracts.staging.errors import (
     DirectoryNotEmpty,
     FileExists,
     FileNotFound,
     NotADirectory,
     NotAFile,
 )
-from orbit_mq.workers.plugins.staging.models import EntryType, FileInfo, Listing
-from orbit_mq.workers.plugins.staging.paths import Roots, os_errors
+from orbit_mq.contracts.staging.files import os_errors
+from orbit_mq.contracts.staging.models import EntryType, FileInfo, Listing
+from orbit_mq.workers.plugins.staging.paths import Roots
 
 # Read files with O_NOFOLLOW: a last component swapped for a symlink after the check fails.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -9,20 +9,12 @@ Blocking (a few `lstat` calls): call from a worker thread.
 
 from __future__ import annotations
 
-import errno
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
-from orbit_mq.workers.plugins.staging.errors import (
-    AccessDenied,
-    FileExists,
-    FileNotFound,
+from orbit_mq.contracts.staging.errors import (
     InvalidPath,
-    NoSpace,
-    NotADirectory,
-    NotAFile,
     PathNotAllowed,
 )
 
@@ -91,37 +83,3 @@ def absolute_path(path: str) -> str:
             {"path": path},
         )
     return expanded
-
-
-@contextmanager
-def os_errors(path: str) -> Iterator[None]:
-    """Turn the OSError of a file operation on `path` into the matching domain error."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise FileNotFound(f"{path!r} does not exist", {"path": path}) from None
-    except FileExistsError:
-        raise FileExists(
-            f"{path!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it",
-            {"path": path},
-        ) from None
-    except NotADirectoryError:
-        raise NotADirectory(f"a component of {path!r} is not a directory", {"path": path}) from None
-    except IsADirectoryError:
-        raise NotAFile(f"{path!r} is a directory, not a file", {"path": path}) from None
-    except PermissionError as exc:
-        raise AccessDenied(
-            f"the endpoint's user may not access {path!r}: {exc.strerror}", {"path": path}
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink swapped in after the check
-            raise PathNotAllowed(
-                f"{path!r} became a symlink while it was being used; refused", {"path": path}
-            ) from None
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(f"no space left for {path!r}: {exc.strerror}", {"path": path}) from None
-        if exc.errno == errno.EROFS:
-            raise AccessDenied(f"{path!r} is on a read-only filesystem", {"path": path}) from None
-        if exc.errno == errno.ENAMETOOLONG:
-            raise InvalidPath(f"{path!r}: file name too long", {"path": path}) from None
-        raise

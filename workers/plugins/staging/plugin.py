@@ -1,14 +1,8 @@
-"""`staging`: files between clients and the endpoint host, in chunks through the broker.
+"""`staging` on the endpoint: the contract (orbit_mq/contracts/staging) on the host's files.
 
-Uploads: `put_begin` → `put_chunk`… → `put_commit` (or `put_abort`). Downloads: `get_begin`
-→ `get_chunk`…. Plus `stat`, `list`, `mkdir`, `remove` and `roots`. Every path is confined
-to the allowed roots after following symlinks (paths.py); uploads land under a hidden name
-and are renamed into place only once their SHA-256 matches (transfers.py, uploads.py). The
-SDK helpers `orbit_mq.put_file` / `orbit_mq.get_file` drive whole transfers with pipelining
-and resume.
-
-Parameter constraints are given as `Field(...)` defaults: they reach the schema and the
-validation however the signature is read.
+Every path is confined to the allowed roots after following symlinks (paths.py); uploads land
+under a hidden name and are renamed into place only once their SHA-256 matches (transfers.py,
+uploads.py).
 """
 
 from __future__ import annotations
@@ -17,20 +11,17 @@ import asyncio
 import time
 from typing import Any, ClassVar, cast
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from orbit_mq.errors import ConfigError, InvalidRequest
-from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugin import Plugin
-from orbit_mq.workers.plugins.staging import files
-from orbit_mq.workers.plugins.staging.codec import decode_base64
-from orbit_mq.workers.plugins.staging.errors import (
+from orbit_mq.contracts import staging as contract
+from orbit_mq.contracts.staging.codec import decode_base64
+from orbit_mq.contracts.staging.errors import (
     ChunkTooLarge,
     NotADirectory,
     PathNotAllowed,
     TransferGap,
 )
-from orbit_mq.workers.plugins.staging.models import (
+from orbit_mq.contracts.staging.models import (
     Chunk,
     ChunkAck,
     DownloadInfo,
@@ -39,18 +30,21 @@ from orbit_mq.workers.plugins.staging.models import (
     PutState,
     Removed,
 )
+from orbit_mq.errors import ConfigError, InvalidRequest
+from orbit_mq.rpc import INJECTED, CallContext, in_thread
+from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.plugins.staging import files
 from orbit_mq.workers.plugins.staging.paths import Roots
 from orbit_mq.workers.plugins.staging.settings import StagingSettings
 from orbit_mq.workers.plugins.staging.transfers import write_chunk
 from orbit_mq.workers.plugins.staging.uploads import Uploads, transfer_gone
-from orbit_mq.workers.rpc import CallContext, rpc
 
 log = bounded_logger("orbit_mq.plugin.staging")
 
 # Room left in a request for everything but the base64 data (ids, offsets, JSON).
 ENVELOPE = 64 * 1024
 REPLY_MARGIN = 0.5  # s: a waiting chunk gives up this long before its caller's deadline
-PATH_DOC = "Absolute path on the endpoint (~ is the endpoint user's home)."
 
 
 def chunk_limit(max_message_size: int) -> int:
@@ -58,9 +52,7 @@ def chunk_limit(max_message_size: int) -> int:
     return max(1, (max_message_size - ENVELOPE) // 4 * 3)
 
 
-class Staging(Plugin):
-    name = "staging"
-    version = "1.0.0"
+class Staging(Plugin, contract.Staging):
     # Settings for this class instead of ORBIT_MQ_STAGING_*; see `configured`.
     config: ClassVar[StagingSettings | None] = None
     # A chunk further than this many chunks ahead of the bytes received is refused at once.
@@ -106,26 +98,17 @@ class Staging(Plugin):
 
     # -- uploads ---------------------------------------------------------------------------
 
-    @rpc
     async def put_begin(
         self,
-        ctx: CallContext,
-        path: str = Field(description=PATH_DOC),
-        size: int = Field(ge=0, description="Size of the file to upload, bytes."),
-        sha256: str = Field(
-            pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the whole file, 64 hex digits."
-        ),
-        overwrite: bool = Field(False, description="Replace an existing file at `path`."),
-        parents: bool = Field(True, description="Create missing parent directories."),
-        chunk_size: int | None = Field(None, gt=0, description="Preferred chunk size, bytes."),
+        path: str,
+        size: int,
+        sha256: str,
+        overwrite: bool = False,
+        parents: bool = True,
+        chunk_size: int | None = None,
+        *,
+        ctx: CallContext = INJECTED,
     ) -> PutState:
-        """Start (or resume) uploading `size` bytes whose SHA-256 is `sha256` to `path`.
-
-        The same user putting the same path, size and sha256 again continues the earlier
-        partial upload: `offset` says how many bytes the endpoint already has. Refuses an
-        existing target unless `overwrite`; creates missing parent directories when
-        `parents`. Data goes to a hidden file beside the target until put_commit.
-        """
         chunk = self._chunk_size(chunk_size)
         target = await asyncio.to_thread(files.prepare_target, self.roots, path, overwrite, parents)
         upload, resumed = await self.uploads.begin(
@@ -141,22 +124,14 @@ class Staging(Plugin):
             max_chunk_size=self.max_chunk,
         )
 
-    @rpc
     async def put_chunk(
         self,
-        ctx: CallContext,
-        transfer_id: str = Field(description="From put_begin."),
-        offset: int = Field(ge=0, description="Where `data` starts in the file."),
-        data: str = Field(
-            description="The bytes as base64 (standard or URL-safe alphabet, padded).",
-            json_schema_extra={"contentEncoding": "base64"},
-        ),
+        transfer_id: str,
+        offset: int,
+        data: str,
+        *,
+        ctx: CallContext = INJECTED,
     ) -> ChunkAck:
-        """Write `data` at `offset` of upload `transfer_id`.
-
-        Chunks may arrive out of order (a pipelining client): one that starts past the bytes
-        received waits for those before it. Sending a chunk again is harmless.
-        """
         upload = self.uploads.get(transfer_id, ctx.user)
         raw = _decoded(data)
         self._check_length(len(raw))
@@ -177,35 +152,20 @@ class Staging(Plugin):
             raise transfer_gone(transfer_id)
         return ChunkAck(received=received)
 
-    @rpc(dedupe=True)
-    async def put_commit(
-        self, ctx: CallContext, transfer_id: str = Field(description="From put_begin.")
-    ) -> FileInfo:
-        """Finish upload `transfer_id`: check the SHA-256 of every byte received, then rename
-        the hidden partial file to the target (never over an existing file unless the upload
-        was started with overwrite). On a checksum mismatch nothing is written."""
+    async def put_commit(self, transfer_id: str, *, ctx: CallContext = INJECTED) -> FileInfo:
         return await self.uploads.commit(self.uploads.get(transfer_id, ctx.user))
 
-    @rpc
-    async def put_abort(
-        self, ctx: CallContext, transfer_id: str = Field(description="From put_begin.")
-    ) -> None:
-        """Cancel upload `transfer_id` and delete its partial file."""
+    async def put_abort(self, transfer_id: str, *, ctx: CallContext = INJECTED) -> None:
         await self.uploads.abort(transfer_id, ctx.user)
 
     # -- downloads -------------------------------------------------------------------------
 
-    @rpc
+    @in_thread
     def get_begin(
         self,
-        path: str = Field(description=PATH_DOC),
-        chunk_size: int | None = Field(None, gt=0, description="Preferred chunk size, bytes."),
+        path: str,
+        chunk_size: int | None = None,
     ) -> DownloadInfo:
-        """Size, mtime and SHA-256 of the file at `path`, to download it with get_chunk.
-
-        The SHA-256 costs one read of the whole file on the endpoint (≈ 1.5 GB/s from the
-        page cache); it is remembered while the file stays unchanged.
-        """
         chunk = self._chunk_size(chunk_size)
         real = self.roots.resolve(path)
         st = files.regular_file(real)
@@ -219,14 +179,13 @@ class Staging(Plugin):
             max_chunk_size=self.max_chunk,
         )
 
-    @rpc
+    @in_thread
     def get_chunk(
         self,
-        path: str = Field(description=PATH_DOC),
-        offset: int = Field(ge=0, description="Where to start reading, bytes."),
-        length: int = Field(gt=0, description="How many bytes to read at most."),
+        path: str,
+        offset: int,
+        length: int,
     ) -> Chunk:
-        """Up to `length` bytes of the file at `path` from `offset`, base64-encoded."""
         self._check_length(length)
         real = self.roots.resolve(path)
         data, size = files.read_chunk(real, offset, length)
@@ -234,54 +193,45 @@ class Staging(Plugin):
 
     # -- files and directories -------------------------------------------------------------
 
-    @rpc
+    @in_thread
     def stat(
         self,
-        path: str = Field(description=PATH_DOC),
-        checksum: bool = Field(False, description="Also compute the SHA-256 of a file."),
+        path: str,
+        checksum: bool = False,
     ) -> FileInfo:
-        """What is at `path` (symlinks followed); with `checksum`, the SHA-256 of a file."""
         return files.file_info(self.roots.resolve(path), checksum, self.digests)
 
-    @rpc(name="list")
+    @in_thread
     def list_dir(
         self,
-        path: str = Field(description=PATH_DOC),
-        limit: int = Field(1000, ge=1, description="Most entries to return."),
-        start_after: str | None = Field(None, description="List names after this one."),
+        path: str,
+        limit: int = 1000,
+        start_after: str | None = None,
     ) -> Listing:
-        """The entries of directory `path`, sorted by name, symlinks shown as links.
-
-        At most `limit` entries (capped by the endpoint); when `truncated`, list again with
-        `start_after` = the last name received.
-        """
         real = self.roots.resolve(path)
         info = files.file_info(real)
         if info.type != "dir":
             raise NotADirectory(f"{real!r} is a {info.type}, not a directory", {"path": real})
         return files.list_dir(real, min(limit, self.options.list_limit), start_after)
 
-    @rpc
+    @in_thread
     def mkdir(
         self,
-        path: str = Field(description=PATH_DOC),
-        parents: bool = Field(False, description="Create missing parent directories too."),
-        exist_ok: bool = Field(False, description="Succeed if the directory exists already."),
+        path: str,
+        parents: bool = False,
+        exist_ok: bool = False,
     ) -> FileInfo:
-        """Create directory `path` (with its missing parents when `parents`)."""
         real = self.roots.resolve(path)
         files.make_dir(real, parents, exist_ok)
         self.roots.resolve(real)  # nothing was swapped for a symlink meanwhile
         return files.file_info(real)
 
-    @rpc
+    @in_thread
     def remove(
         self,
-        path: str = Field(description=PATH_DOC),
-        recursive: bool = Field(False, description="Remove a directory with its content."),
+        path: str,
+        recursive: bool = False,
     ) -> Removed:
-        """Remove a file, a symlink (not what it points to) or an empty directory; a directory
-        with everything in it when `recursive`. An allowed root itself is never removed."""
         real = self.roots.resolve_entry(path)
         if self.roots.is_root(real):
             raise PathNotAllowed(
@@ -290,9 +240,7 @@ class Staging(Plugin):
             )
         return Removed(path=real, removed=files.remove_path(real, recursive))
 
-    @rpc(name="roots")
     async def allowed_roots(self) -> list[str]:
-        """The directories this endpoint lets clients use, symlinks resolved."""
         return list(self.roots.paths)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -10,23 +10,24 @@ arrives before its predecessors (pipelined calls may overtake each other) waits 
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import os
 import threading
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 
-from orbit_mq.workers.plugins.staging.errors import FileExists, TransferGap
-from orbit_mq.workers.plugins.staging.paths import os_errors
+from orbit_mq.contracts.staging.errors import TransferGap
+from orbit_mq.contracts.staging.files import (
+    NAME_KEEP,
+    PART_MARK,
+    READ_BLOCK,
+    os_errors,
+    remove_quietly,
+)
 
-PART_MARK = ".orbit-part-"
 # Partial files are created exclusively and never through a symlink.
 PART_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 REOPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-READ_BLOCK = 4 * 1024 * 1024
-NAME_KEEP = 150  # characters of the target's name kept in the partial's name (NAME_MAX 255)
 
 
 @dataclass
@@ -169,49 +170,3 @@ async def write_chunk(upload: Upload, offset: int, data: bytes, wait: float) -> 
     async with upload.changed:
         upload.changed.notify_all()
     return received
-
-
-def publish(partial: str, target: str, overwrite: bool) -> None:
-    """Move the finished partial file to `target` atomically. Without `overwrite` this never
-    replaces anything: a hard link fails if the target exists (then the partial stays)."""
-    with os_errors(target):
-        if overwrite:
-            os.replace(partial, target)
-        else:
-            try:
-                os.link(partial, target)
-            except FileExistsError:
-                raise FileExists(
-                    f"{target!r} appeared while the upload ran; pass overwrite=True "
-                    "(CLI: --overwrite) and put again to replace it (the data is kept: "
-                    "nothing is sent twice)",
-                    {"path": target},
-                ) from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
-                # No hard links here (some network filesystems): claim the name exclusively,
-                # then rename over our own placeholder.
-                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
-                os.replace(partial, target)
-            else:
-                os.unlink(partial)
-        sync_directory(os.path.dirname(target))
-
-
-def sync_directory(path: str) -> None:
-    """Make a rename in `path` durable (not possible everywhere: then it is skipped)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        with suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_quietly(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)

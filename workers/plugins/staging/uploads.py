@@ -12,24 +12,19 @@ import sqlite3
 import time
 import uuid
 
-from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugins.staging import files
-from orbit_mq.workers.plugins.staging.errors import (
+from orbit_mq.contracts.staging.errors import (
     ChecksumMismatch,
     FileNotFound,
     IncompleteTransfer,
     PathNotAllowed,
     TransferNotFound,
 )
-from orbit_mq.workers.plugins.staging.models import FileInfo
+from orbit_mq.contracts.staging.files import publish, remove_quietly
+from orbit_mq.contracts.staging.models import FileInfo
+from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugins.staging import files
 from orbit_mq.workers.plugins.staging.paths import Roots
-from orbit_mq.workers.plugins.staging.transfers import (
-    Upload,
-    UploadRow,
-    partial_path,
-    publish,
-    remove_quietly,
-)
+from orbit_mq.workers.plugins.staging.transfers import Upload, UploadRow, partial_path
 
 log = bounded_logger("orbit_mq.plugin.staging")
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 
-class JobState(StrEnum):
+class QueueJobState(StrEnum):
     """The normalised job states; each job also keeps its scheduler's own word."""
 
     PENDING = "PENDING"  # waiting for resources, a start time or a dependency
@@ -74,7 +74,7 @@ class QueueInfoReport(BaseModel):
     partitions: list[Partition] = Field(description="Partitions/queues the user may use.")
 
 
-class Job(BaseModel):
+class QueueJob(BaseModel):
     """One job as the scheduler lists it."""
 
     job_id: str = Field(description="Scheduler job id, e.g. 1234, 1234_7 or 1234.server.")
@@ -82,7 +82,7 @@ class Job(BaseModel):
     user: str = Field(description="Owner.")
     account: str | None = Field(None, description="Account/project charged; null if none.")
     queue: str = Field(description="Partition/queue (several, comma-separated, while pending).")
-    state: JobState = Field(description="Normalised state.")
+    state: QueueJobState = Field(description="Normalised state.")
     native_state: str = Field(description="The scheduler's own state, e.g. COMPLETING or Q.")
     reason: str | None = Field(None, description="Why it waits or what the scheduler says.")
     nodes: int | None = Field(None, description="Nodes asked for or allocated.")
@@ -97,12 +97,14 @@ class Job(BaseModel):
     )
 
 
-class JobList(BaseModel):
+class QueueJobList(BaseModel):
     backend: Backend = Field(description="The batch system: slurm, pbs or none.")
     user: str = Field(description="Whose jobs; '*' for everyone's.")
     queue: str | None = Field(None, description="The partition/queue; null for all of them.")
     collected: datetime = Field(description="When the scheduler was asked (results are cached).")
-    jobs: list[Job] = Field(description="Jobs the scheduler lists (queued, running, finishing).")
+    jobs: list[QueueJob] = Field(
+        description="Jobs the scheduler lists (queued, running, finishing)."
+    )
 
 
 class Allocation(BaseModel):

@@ -1,5 +1,5 @@
-"""The psij plugin's wire models: job specifications (ours and PSI/J's own JSON form), job
-states and the reports the methods return.
+"""The psij contract's models: job specifications (ours and PSI/J's own JSON form), job
+states, the reports the methods return, the events, and the SDK's job handle (`Job`).
 
 Importing this module does not import psij: SDK and CLI users load these models too, and
 importing psij installs a SIGCHLD handler in the importing process.
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AliasChoices,
@@ -20,9 +22,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    PrivateAttr,
     model_validator,
 )
 
+from orbit_mq.errors import ConfigError
 from orbit_mq.numbers import NotBool
 
 
@@ -43,6 +47,10 @@ class JobState(StrEnum):
 
 
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELED})
+Stream = Literal["stdout", "stderr"]
+
+if TYPE_CHECKING:
+    from orbit_mq.contracts.psij import PsiJ
 
 # -- durations -------------------------------------------------------------------------------
 
@@ -223,8 +231,9 @@ def from_psij_form(data: Any) -> Any:
 # -- reports ---------------------------------------------------------------------------------
 
 
-class JobInfo(BaseModel):
-    """A job and where it stands."""
+class Job(BaseModel):
+    """A job and where it stands. In the SDK it is also the job's handle (results of the psij
+    proxy are bound to it): `await job.wait()`, `job.watch()`, `job.output()`, `job.cancel()`."""
 
     job_id: str = Field(description="The endpoint's id for the job.")
     native_id: str | None = Field(description="The executor's id (pid, Slurm job id, …).")
@@ -238,6 +247,68 @@ class JobInfo(BaseModel):
     name: str | None = None
     session: str | None = Field(default=None, description="Session that submitted the job.")
 
+    _psij: Any = PrivateAttr(default=None)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.job_id} state={self.state}>"
+
+    def bind(self, psij: Any) -> None:
+        """Tie this job to the psij proxy that returned it (the SDK does this)."""
+        self._psij = psij
+
+    @property
+    def psij(self) -> PsiJ:
+        if self._psij is None:
+            raise ConfigError(
+                f"job {self.job_id} is not bound to a psij proxy: take it from a psij call "
+                "(submit_job, get_job_status, …) or Job.attach(psij, job_id)"
+            )
+        proxy: PsiJ = self._psij
+        return proxy
+
+    @classmethod
+    async def attach(cls, psij: PsiJ, job_id: str) -> JobStatus:
+        """The handle of a job submitted earlier (by anyone the endpoint serves); JobNotFound
+        (a NotFound) when the endpoint does not know the id."""
+        return await psij.get_job_status(job_id=job_id, **NO_OUTPUT)
+
+    async def status(self, stdout_offset: int = 0, stderr_offset: int = 0) -> JobStatus:
+        """The job's full status (state, exit code, history, output from the offsets); this
+        handle takes its state too."""
+        status = await self.psij.get_job_status(
+            job_id=self.job_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset
+        )
+        self._take(status)
+        return status
+
+    async def cancel(self) -> Job:
+        job = await self.psij.cancel_job(job_id=self.job_id)
+        self._take(job)
+        return job
+
+    def watch(self) -> AsyncIterator[JobStatusEvent]:
+        """Every state transition from the first, in order, each once, to the terminal one."""
+        from orbit_mq.jobs import watch
+
+        return watch(self)
+
+    async def wait(self, timeout: float | None = None) -> JobStatusEvent:
+        """The terminal transition, waiting for it at most `timeout` seconds (CallTimeout)."""
+        from orbit_mq.jobs import wait
+
+        return await wait(self, timeout)
+
+    def output(self, follow: bool = False) -> AsyncIterator[OutputChunk]:
+        """The job's stdout and stderr, page by page; with `follow`, also what is written
+        later, until the job ends."""
+        from orbit_mq.jobs import output
+
+        return output(self, follow)
+
+    def _take(self, other: Job) -> None:
+        for name in Job.model_fields:
+            setattr(self, name, getattr(other, name))
+
 
 class HistoryEntry(BaseModel):
     state: JobState
@@ -246,7 +317,7 @@ class HistoryEntry(BaseModel):
     message: str | None = None
 
 
-class JobStatus(JobInfo):
+class JobStatus(Job):
     """A job with its spec summary, output from the requested offsets and its state history."""
 
     executable: str
@@ -297,7 +368,7 @@ class JobOutputEvent(BaseModel):
     job_status event."""
 
     job_id: str
-    stream: Literal["stdout", "stderr"]
+    stream: Stream
     offset: int = Field(ge=0, description="Byte offset of `text` in the stream.")
     text: str = Field(description="At most 64 KiB, cut at a UTF-8 character boundary.")
 
@@ -306,7 +377,53 @@ class JobOutputEvent(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobInfo] = Field(description="Newest first.")
+    jobs: list[Job] = Field(description="Newest first.")
     total: int = Field(description="Jobs matching the filters.")
     offset: int
     limit: int
+
+
+# -- tunnels (submit_tunneled) ---------------------------------------------------------------
+
+TunnelMode = Literal["none", "forward", "reverse"]
+TunnelStatusName = Literal["pending", "active", "failed", "done", "no_tunnel"]
+
+
+class TunneledJobSpec(JobSpec):
+    """A job spec whose executable may be left out: then it is the endpoint's Python running
+    `orbit-mq endpoint start` followed by `arguments`."""
+
+    executable: str | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="Program to run; `python -m orbit_mq.cli endpoint start` when null.",
+    )
+
+
+class TunnelStatus(BaseModel):
+    """Where the tunnel of a child endpoint started with submit_tunneled stands."""
+
+    name: str = Field(description="The child endpoint's name.")
+    status: TunnelStatusName = Field(
+        description="pending (job or tunnel not up yet, or reconnecting), active, failed, done "
+        "(the job ended), no_tunnel (no tunnel for that name, or tunnel='none')."
+    )
+    mode: TunnelMode | None = None
+    port: int | None = Field(default=None, description="The port the child connects to.")
+    job_id: str | None = None
+    node: str | None = Field(default=None, description="The host at the tunnel's far end.")
+    reconnects: int = Field(default=0, description="Times the SSH session was re-established.")
+    message: str | None = Field(default=None, description="Why it failed.")
+
+
+# -- the SDK's view of output ----------------------------------------------------------------
+
+NO_OUTPUT = {"stdout_offset": 2**53 - 1, "stderr_offset": 2**53 - 1}  # past any output: none
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a job's output, `offset` bytes into its stream (`Job.output`)."""
+
+    stream: Stream
+    offset: int
+    text: str

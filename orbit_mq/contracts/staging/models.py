@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
-from orbit_mq.workers.plugins.staging.codec import decoded, encode_base64
+from orbit_mq.contracts.staging.codec import decoded, encode_base64
 
 Base64Data = Annotated[
     bytes,

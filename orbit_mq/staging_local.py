@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from orbit_mq.workers.plugins.staging.codec import decode_base64, encode_base64
-from orbit_mq.workers.plugins.staging.errors import ChecksumMismatch, FileExists
-from orbit_mq.workers.plugins.staging.transfers import NAME_KEEP, PART_MARK, READ_BLOCK
+from orbit_mq.contracts.staging.codec import decode_base64, encode_base64
+from orbit_mq.contracts.staging.errors import ChecksumMismatch, FileExists
+from orbit_mq.contracts.staging.files import NAME_KEEP, PART_MARK, READ_BLOCK
 
 T = TypeVar("T")
 
