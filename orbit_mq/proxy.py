@@ -11,6 +11,7 @@ and returns plain JSON values.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Self
@@ -77,7 +78,7 @@ class PluginProxy:
             raise AttributeError(method)
         spec = self.specs.get(method)  # a wire name that is not the Python one ("list")
         if spec is not None:
-            return _remote_method(spec).__get__(self)
+            return functools.partial(_remote_method(spec), self)
         if self.contract is not None:
             methods = ", ".join(sorted(self.specs))
             raise AttributeError(f"plugin {self.plugin!r} has no method {method!r}: {methods}")
