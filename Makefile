@@ -27,7 +27,7 @@ help:
 	@echo "  sshd     a loopback sshd on 127.0.0.1:2222 for the tunnel tests (scripts/ensure-sshd.sh; root)"
 	@echo "  test     venv + broker, then pytest -q -ra \$$(PYTEST_ARGS)"
 	@echo "  demo     venv + broker, then orbit-mq demo"
-	@echo "  lint     ruff check, ruff format --check, mypy -p orbit_mq"
+	@echo "  lint     ruff check, ruff format --check, mypy -p orbit_mq and typing_checks/"
 	@echo "  schemas  orbit-mq schemas"
 	@echo "  bench    the benchmarks: bench/rpc.py, bench/jobs.py, bench/staging.py (JSON on stdout)"
 	@echo "  clean    remove .venv and caches"
@@ -74,6 +74,8 @@ lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	# mypy runs outside the repo so it reads the installed package-dir mapping (orbit_mq.workers, orbit_mq.cli)
 	cd /tmp && $(CURDIR)/$(VENV)/bin/mypy -p orbit_mq --config-file $(CURDIR)/pyproject.toml
+	# the SDK's types as a user sees them (assert_type; a misspelt parameter must be an error)
+	cd /tmp && $(CURDIR)/$(VENV)/bin/mypy $(CURDIR)/typing_checks --config-file $(CURDIR)/pyproject.toml
 
 schemas: venv
 	$(VENV)/bin/orbit-mq schemas

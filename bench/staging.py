@@ -31,7 +31,7 @@ import uvloop
 from support import endpoint_process, wait_online
 
 import orbit_mq
-from orbit_mq.workers.plugins.staging import codec
+from orbit_mq.contracts.staging import codec
 
 TARGETS = {"put_mb_s": 100.0, "get_mb_s": 100.0}
 MB = 1_000_000

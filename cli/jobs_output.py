@@ -36,7 +36,7 @@ from orbit_mq.contracts.psij import (
 )
 from orbit_mq.contracts.psij import PsiJ as PsiJContract
 from orbit_mq.errors import OrbitError
-from orbit_mq.jobs import STREAMS
+from orbit_mq.jobs import pieces_of
 
 T = TypeVar("T")
 
@@ -149,16 +149,15 @@ async def final_exit_code(job: Job, transition: JobStatusEvent) -> int | None:
 async def output_so_far(job: Job) -> AsyncIterator[OutputChunk]:
     """All output written so far, page by page (`job.output()` stops after the first page,
     and the plugin pages at 1 MiB)."""
-    offsets = dict.fromkeys(STREAMS, 0)
+    out = err = 0
     while True:
-        status = await job.status(offsets["stdout"], offsets["stderr"])
-        texts = {"stdout": status.stdout, "stderr": status.stderr}
-        if not any(texts.values()):
+        status = await job.status(out, err)
+        pieces = [piece for piece in pieces_of(status, out, err) if piece.text]
+        if not pieces:
             return
-        for stream in STREAMS:
-            if texts[stream]:
-                yield OutputChunk(stream, offsets[stream], texts[stream])
-        offsets = {"stdout": status.stdout_offset, "stderr": status.stderr_offset}
+        for piece in pieces:
+            yield piece
+        out, err = status.stdout_offset, status.stderr_offset
 
 
 async def stream_output(job: Job, *, follow: bool, as_json: bool, stderr: bool = True) -> None:

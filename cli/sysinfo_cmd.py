@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -26,8 +26,7 @@ from orbit_mq.config import Settings
 from orbit_mq.contracts.sysinfo import HostRoleReport, Metrics, SysInfo
 
 
-@dataclass(frozen=True)
-class HostReport:
+class HostReport(BaseModel):
     """The answers of sysinfo.homedir, sysinfo.host_role and sysinfo.metrics."""
 
     homedir: str
@@ -35,11 +34,8 @@ class HostReport:
     metrics: Metrics
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "homedir": self.homedir,
-            "host_role": self.host_role.model_dump(mode="json"),
-            "metrics": self.metrics.model_dump(mode="json"),
-        }
+        dumped: dict[str, Any] = self.model_dump(mode="json")
+        return dumped
 
 
 async def fetch_report(fabric: Fabric, endpoint: str) -> HostReport:

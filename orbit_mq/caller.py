@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiormq
-import orjson
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
@@ -25,16 +24,8 @@ from orbit_mq.broker import translated
 from orbit_mq.config import Settings
 from orbit_mq.errors import BrokerError, CallTimeout, ConnectionLost, EndpointNotFound
 from orbit_mq.lanes import Lane
-from orbit_mq.protocol import (
-    BATCH_TYPE,
-    CONTENT_TYPE,
-    HEADER_DEADLINE,
-    HEADER_PROTOCOL,
-    HEADER_SESSION,
-    PROTOCOL_VERSION,
-    REPLY_TO,
-    RPC_EXCHANGE,
-)
+from orbit_mq.protocol import BATCH_TYPE, REPLY_TO, RPC_EXCHANGE
+from orbit_mq.wire import BatchItem, batch_body, replies, request_properties
 
 Target = tuple[str, str]  # (endpoint, plugin)
 
@@ -204,17 +195,8 @@ class Caller:
         )
 
     async def _publish_batch(self, calls: list[Call]) -> None:
-        items = b",".join(
-            b'{"id":"%s","method":%s,"params":%s,"message_id":%s,"deadline":%d%s}'
-            % (
-                call.id.encode(),
-                orjson.dumps(call.method),
-                call.body,
-                orjson.dumps(call.message_id),
-                call.deadline_ms,
-                b',"session":' + orjson.dumps(call.session) if call.session else b"",
-            )
-            for call in calls
+        items = batch_body(
+            BatchItem(c.id, c.method, c.body, c.message_id, c.deadline_ms, c.session) for c in calls
         )
         batch_id = new_id()
         deadline = max(call.deadline for call in calls)
@@ -224,7 +206,7 @@ class Caller:
         await self._publish(
             calls,
             calls[0].target,
-            b'{"calls":[' + items + b"]}",
+            items,
             method=BATCH_TYPE,
             correlation_id=batch_id,
             message_id=batch_id,
@@ -246,22 +228,14 @@ class Caller:
         deadline: float,
         persistent: bool,
     ) -> None:
-        headers: dict[str, Any] = {
-            HEADER_PROTOCOL: PROTOCOL_VERSION,
-            HEADER_DEADLINE: int(deadline * 1000),
-        }
-        if session:
-            headers[HEADER_SESSION] = session
-        properties = aiormq.spec.Basic.Properties(
-            content_type=CONTENT_TYPE,
+        properties = request_properties(
+            method=method,
             correlation_id=correlation_id,
-            reply_to=REPLY_TO,
             message_id=message_id,
-            message_type=method,
-            user_id=self._user,
-            expiration=str(max(int((deadline - time.time()) * 1000), 1)),
-            delivery_mode=2 if persistent else 1,
-            headers=headers,
+            user=self._user,
+            deadline=deadline,
+            session=session,
+            persistent=persistent,
         )
         with translated(f"publishing a request to {target[0]}.{target[1]}"):
             lane = self._safe if persistent else self._fast
@@ -285,18 +259,14 @@ class Caller:
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
-        try:
-            reply = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            return  # not ours to parse; the waiting call will time out
-        if properties.message_type == BATCH_TYPE:
-            for item in reply.get("replies", ()):
-                self._resolve(item.pop("id", None), item)
-        elif properties.correlation_id in self._batches:  # refused before any call ran
-            for call in self._batches.pop(properties.correlation_id):
-                self._resolve(call.id, reply)
-        else:
-            self._resolve(properties.correlation_id, reply)
+        for call_id, reply in replies(message.body, properties.message_type):
+            if call_id is not None:
+                self._resolve(call_id, reply)
+            elif properties.correlation_id in self._batches:  # refused before any call ran
+                for call in self._batches.pop(properties.correlation_id):
+                    self._resolve(call.id, reply)
+            else:
+                self._resolve(properties.correlation_id, reply)
 
     def _resolve(self, call_id: str | None, reply: Any) -> None:
         call = self._pending.get(call_id or "")

@@ -30,20 +30,15 @@ from orbit_mq.errors import (
     OrbitError,
     RequestTooLarge,
     TransientError,
-    from_error_info,
 )
 from orbit_mq.lanes import spare_channel
 from orbit_mq.protocol import (
-    CONTENT_TYPE,
     DISCOVER_KEY,
-    DISCOVER_TYPE,
     EVENTS_EXCHANGE,
-    PROTOCOL_VERSION,
     REPLY_TO,
     RPC_EXCHANGE,
     TOPOLOGY_EXCHANGE,
     EndpointInfo,
-    ErrorInfo,
     Event,
     check_name,
     request_key,
@@ -52,6 +47,7 @@ from orbit_mq.protocol import (
 from orbit_mq.proxy import PluginProxy, proxy_class
 from orbit_mq.retry import until_deadline
 from orbit_mq.subscribe import Subscription
+from orbit_mq.wire import discovery_properties, outcome
 
 log = logging.getLogger("orbit_mq.client")
 C = TypeVar("C", bound=Contract)
@@ -134,14 +130,7 @@ class Fabric:
                         answers.append(EndpointInfo.model_validate_json(message.body))
 
                 await amqp.basic_consume(REPLY_TO, on_answer, no_ack=True)
-                properties = aiormq.spec.Basic.Properties(
-                    reply_to=REPLY_TO,
-                    message_type=DISCOVER_TYPE,
-                    content_type=CONTENT_TYPE,
-                    user_id=self.user,
-                    expiration=str(int(window * 1000)) or "1",
-                    headers={"orbit-protocol": PROTOCOL_VERSION},
-                )
+                properties = discovery_properties(self.user, window)
                 await amqp.basic_publish(
                     b"{}", exchange=RPC_EXCHANGE, routing_key=DISCOVER_KEY, properties=properties
                 )
@@ -301,9 +290,7 @@ class Fabric:
             if not call.persistent and not await self._served_by(endpoint, plugin, 5):
                 raise await self._offline(endpoint, plugin) from error
             raise
-        if reply.get("ok") is True:
-            return reply.get("result")
-        raise from_error_info(ErrorInfo.model_validate(reply.get("error")), plugin)
+        return outcome(reply, plugin)
 
     async def _ensure_request_queue(self, endpoint: str, plugin: str, timeout: float) -> None:
         """Declare the plugin queue the way its endpoint does, so a waiting request is kept."""

@@ -70,3 +70,6 @@ class Contract:
     async def describe(self) -> PluginDescription:
         """The plugin's methods with the JSON Schemas of their parameters and results."""
         raise NotImplementedError
+
+
+Contract.rpc_methods = build_specs(Contract)  # the methods every plugin answers

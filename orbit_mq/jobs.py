@@ -26,7 +26,6 @@ from orbit_mq.contracts.psij.models import (
     JobStatus,
     JobStatusEvent,
     OutputChunk,
-    Stream,
 )
 from orbit_mq.errors import CallTimeout, OrbitError, TransientError
 from orbit_mq.proxy import remote
@@ -40,7 +39,6 @@ RECHECK_INTERVAL = 5.0  # s without an event after which `watch` reads the journ
 RECOVERY_WINDOW = 120.0  # s a re-check may keep failing (broker or endpoint restarting)
 # What a re-check can meet while the broker or the endpoint is coming back.
 TRANSIENT = (TransientError, CallTimeout, TimeoutError)
-STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +90,9 @@ async def _after(job: Job, events: Subscription[Event], last: int) -> list[JobSt
     that event shows a gap or none came for a while (events published while the subscription
     was being re-established after a broker restart never reach it)."""
     try:
-        event = await asyncio.wait_for(_next_event(job, events), RECHECK_INTERVAL)
+        transition = await asyncio.wait_for(_next_event(job, events), RECHECK_INTERVAL)
     except TimeoutError:
         return await _history_after(job, last)
-    transition = JobStatusEvent.model_validate(event.data)
     if transition.seq <= last:
         return []  # already seen
     if transition.seq > last + 1:
@@ -109,10 +106,11 @@ async def _history_after(job: Job, last: int) -> list[JobStatusEvent]:
         return [t for t in history(await job.status(**NO_OUTPUT)) if t.seq > last]
 
 
-async def _next_event(job: Job, events: Subscription[Event]) -> Event:
+async def _next_event(job: Job, events: Subscription[Event]) -> JobStatusEvent:
     async for event in events:
-        if event.data.get("job_id") == job.job_id:
-            return event
+        transition = JobStatusEvent.model_validate(event.data)
+        if transition.job_id == job.job_id:
+            return transition
     raise OrbitError(f"job {job.job_id}: the event subscription ended")
 
 
@@ -128,17 +126,19 @@ async def wait(job: Job, timeout: float | None = None) -> JobStatusEvent:
 
 
 async def output(job: Job, follow: bool = False) -> AsyncIterator[OutputChunk]:
-    offsets = dict.fromkeys(STREAMS, 0)
+    out = err = 0  # byte offsets in stdout and stderr
     while True:
-        status = await job.status(offsets["stdout"], offsets["stderr"])
-        new = False
-        for stream in STREAMS:
-            text = status.stdout if stream == "stdout" else status.stderr
-            if text:
-                new = True
-                yield OutputChunk(stream, offsets[stream], text)
-        offsets = {"stdout": status.stdout_offset, "stderr": status.stderr_offset}
-        if not new and (not follow or status.state.final):
+        status = await job.status(out, err)
+        pieces = [piece for piece in pieces_of(status, out, err) if piece.text]
+        for piece in pieces:
+            yield piece
+        out, err = status.stdout_offset, status.stderr_offset
+        if not pieces and (not follow or status.state.final):
             return  # everything written so far has been read (and, following, it ended)
-        if not new:
+        if not pieces:
             await asyncio.sleep(POLL_INTERVAL)  # polling the endpoint between writes
+
+
+def pieces_of(status: JobStatus, out: int, err: int) -> list[OutputChunk]:
+    """The output a status carries, from the offsets it was asked for."""
+    return [OutputChunk("stdout", out, status.stdout), OutputChunk("stderr", err, status.stderr)]

@@ -11,15 +11,17 @@ and returns plain JSON values.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from pydantic import ValidationError
 
 from orbit_mq.contract import Contract
 from orbit_mq.errors import ConfigError, InvalidArguments, SessionNotFound
+from orbit_mq.protocol import SessionInfo
 from orbit_mq.rpc import RpcSpec
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orbit_mq.client")
 
+C = TypeVar("C")
 _SESSION_METHODS = frozenset({"register_session", "unregister_session"})
 
 
@@ -50,7 +53,9 @@ class PluginProxy:
         self.timeout = timeout
         self.session_id: str | None = None
         self.session_ttl: float | None = None  # as asked for when the session was opened
-        self.specs: dict[str, RpcSpec] = self.contract.rpc_methods if self.contract else {}
+        self.message_id: str | None = None  # for every call: see `with_options`
+        # Without a contract still the methods every plugin has (sessions, health, describe).
+        self.specs: dict[str, RpcSpec] = (self.contract or Contract).rpc_methods
 
     def __repr__(self) -> str:
         return f"<PluginProxy {self.endpoint}.{self.plugin} session={self.session_id}>"
@@ -58,8 +63,8 @@ class PluginProxy:
     async def open_session(self, ttl: float | None = None) -> None:
         """Register a session; later calls carry it (and open a new one if it expired)."""
         self.session_id, self.session_ttl = None, ttl
-        info = await self.call("register_session", {"ttl": ttl} if ttl is not None else {})
-        self.session_id = str(info["session_id"] if isinstance(info, dict) else info.session_id)
+        session: SessionInfo = await self.call("register_session", {"ttl": ttl})
+        self.session_id = session.session_id
 
     async def close(self) -> None:
         """Unregister the session, if any."""
@@ -76,7 +81,7 @@ class PluginProxy:
     def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
         if method.startswith("_"):
             raise AttributeError(method)
-        spec = self.specs.get(method)  # a wire name that is not the Python one ("list")
+        spec = self.specs.get(method)  # a wire name unlike the Python one (staging's list)
         if spec is not None:
             return functools.partial(_remote_method(spec), self)
         if self.contract is not None:
@@ -155,7 +160,7 @@ class PluginProxy:
             timeout=self.timeout if timeout is None else timeout,
             wait=self.wait,
             session=self.session_id,
-            message_id=message_id,
+            message_id=message_id or self.message_id,
             retry=spec is not None and spec.dedupe,
         )
 
@@ -214,6 +219,16 @@ def proxy_class(contract: type[Contract]) -> type[PluginProxy]:
         namespace = {"contract": contract, "__module__": __name__, **methods}
         made = _classes[contract] = type(f"{contract.__name__}Proxy", (PluginProxy,), namespace)
     return made
+
+
+def with_options(proxy: C, *, timeout: float | None = None, message_id: str | None = None) -> C:
+    """The same proxy on other terms, for the next call: its own `timeout`, and a `message_id`
+    (to repeat an earlier call, e.g. a deduplicated commit whose reply was lost). It shares
+    the session as it is now."""
+    clone = copy.copy(remote(proxy))
+    clone.timeout = clone.timeout if timeout is None else timeout
+    clone.message_id = message_id
+    return cast(C, clone)
 
 
 def remote(proxy: object) -> PluginProxy:

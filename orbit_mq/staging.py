@@ -33,8 +33,8 @@ from orbit_mq.contracts.staging.errors import (
 )
 from orbit_mq.contracts.staging.files import publish
 from orbit_mq.errors import CallTimeout, TransientError
-from orbit_mq.proxy import PluginProxy
-from orbit_mq.proxy import remote as remote_proxy
+from orbit_mq.proxy import remote as proxy_of
+from orbit_mq.proxy import with_options
 from orbit_mq.retry import retrying
 from orbit_mq.staging_local import (
     BlockingCalls,
@@ -78,9 +78,10 @@ class TransferResult:
         return self.transferred / self.seconds if self.seconds > 0 else 0.0
 
 
-def _hashing_timeout(staging: PluginProxy, size: int) -> float:
+def _hashing_timeout(staging: Staging, size: int) -> float:
     """Calls that read a whole file on the endpoint get time for it."""
-    return (staging.timeout or staging.fabric.settings.timeout) + size / SLOWEST_DISK
+    proxy = proxy_of(staging)
+    return (proxy.timeout or proxy.fabric.settings.timeout) + size / SLOWEST_DISK
 
 
 def _resumable(error: BaseException) -> bool:
@@ -123,9 +124,11 @@ async def put_file(
     if remote.endswith("/"):
         remote += source.name
     size, digest = await asyncio.to_thread(local_digest, source)
-    link, started = remote_proxy(staging), time.monotonic()
-    hashing = _hashing_timeout(link, size)  # commit flushes the file to disk, begin may hash
-    commit_id = new_id()  # every try of the commit is one deduplicated request
+    started = time.monotonic()
+    # Commit flushes the file to disk, begin may hash it: they get time for that.
+    hashing = with_options(staging, timeout=_hashing_timeout(staging, size))
+    # Every try of the commit is one deduplicated request: it runs once, whatever is retried.
+    commit = with_options(staging, timeout=_hashing_timeout(staging, size), message_id=new_id())
     committed: list[str] = []
     first: list[int] = []
     sent = 0
@@ -134,25 +137,21 @@ async def put_file(
         nonlocal sent
         if committed:  # the last try's commit may have run: its stored reply says so
             try:
-                info: FileInfo = await link.call(
-                    "put_commit",
-                    {"transfer_id": committed[0]},
-                    timeout=hashing,
-                    message_id=commit_id,
-                )
-                return info
+                return await commit.put_commit(transfer_id=committed[0])
             except (TransferNotFound, IncompleteTransfer):  # it did not: upload again
                 committed.clear()
-        params = {"path": remote, "size": size, "sha256": digest, "overwrite": overwrite,
-                  "parents": parents, "chunk_size": chunk_size}  # fmt: skip
-        state: PutState = await link.call("put_begin", params, timeout=hashing)
-        first[:] = first or [state.offset]
-        sent += await _send(link, source, state, window, progress)
-        committed[:] = [state.transfer_id]
-        info = await link.call(
-            "put_commit", {"transfer_id": state.transfer_id}, timeout=hashing, message_id=commit_id
+        state = await hashing.put_begin(
+            path=remote,
+            size=size,
+            sha256=digest,
+            overwrite=overwrite,
+            parents=parents,
+            chunk_size=chunk_size,
         )
-        return info
+        first[:] = first or [state.offset]
+        sent += await _send(staging, source, state, window, progress)
+        committed[:] = [state.transfer_id]
+        return await commit.put_commit(transfer_id=state.transfer_id)
 
     info, attempts = await _with_retries(attempt, retries, f"put {source} to {remote}")
     return TransferResult(
@@ -169,7 +168,7 @@ async def put_file(
 
 
 async def _send(
-    link: PluginProxy, source: Path, state: PutState, window: int, progress: Progress | None
+    staging: Staging, source: Path, state: PutState, window: int, progress: Progress | None
 ) -> int:
     """Send the file from the endpoint's offset on, `window` chunks in flight; bytes sent."""
     size, offset, chunk = state.size, state.offset, state.chunk_size
@@ -184,14 +183,14 @@ async def _send(
             while position < size and len(in_flight) < window:
                 length = min(chunk, size - position)
                 data = await reader.run(read_encoded, fd, position, length, source)
-                params = {"transfer_id": state.transfer_id, "offset": position, "data": data}
-                # Already encoded: sent as it is (checking would only copy the data).
-                call = link.call("put_chunk", params, checked=False)
-                in_flight.add(asyncio.ensure_future(call))
+                sending = staging.put_chunk(
+                    transfer_id=state.transfer_id, offset=position, data=data
+                )
+                in_flight.add(asyncio.ensure_future(sending))
                 position += length
             done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for reply in _results(done).values():
-                acked = max(acked, reply["received"])
+                acked = max(acked, reply.received)
             if progress:
                 progress(acked, size)
     finally:
@@ -235,21 +234,20 @@ async def get_file(
     hidden partial file that is renamed into place once its SHA-256 matches the endpoint's;
     an existing local file is kept unless `overwrite`."""
     target = await asyncio.to_thread(local_target, local, remote, overwrite)
-    link, started = remote_proxy(staging), time.monotonic()
+    started = time.monotonic()
     first: list[int] = []
     received = 0
 
     async def attempt() -> tuple[str, int, str]:
         nonlocal received
-        found: FileInfo = await link.call("stat", {"path": remote})
-        params = {"path": remote, "chunk_size": chunk_size}
-        timeout = _hashing_timeout(link, found.size)
-        info: DownloadInfo = await link.call("get_begin", params, timeout=timeout)
+        found = await staging.stat(path=remote)
+        hashing = with_options(staging, timeout=_hashing_timeout(staging, found.size))
+        info = await hashing.get_begin(path=remote, chunk_size=chunk_size)
         partial = await asyncio.to_thread(LocalPartial.open, target, info.sha256, info.size)
         first[:] = first or [partial.have]
         before = partial.have
         try:
-            await _receive(link, info, partial, window, progress)
+            await _receive(staging, info, partial, window, progress)
         finally:
             received += partial.have - before
         digest = await asyncio.to_thread(partial.finish)
@@ -281,7 +279,7 @@ async def get_file(
 
 
 async def _receive(
-    link: PluginProxy,
+    staging: Staging,
     info: DownloadInfo,
     partial: LocalPartial,
     window: int,
@@ -300,18 +298,16 @@ async def _receive(
             while (position < size and len(in_flight) < window
                    and position - partial.have < window * chunk):  # fmt: skip
                 length = min(chunk, size - position)
-                params = {"path": info.path, "offset": position, "length": length}
-                # Returned as JSON: the writer thread decodes the data, not the event loop.
-                call = link.call("get_chunk", params, checked=False)
-                in_flight[asyncio.ensure_future(call)] = length
+                fetching = staging.get_chunk(path=info.path, offset=position, length=length)
+                in_flight[asyncio.ensure_future(fetching)] = length
                 position += length
                 await asyncio.sleep(0)  # one message per chunk, not a coalesced batch
             done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task, reply in _results(done).items():
                 length = in_flight.pop(task)
-                if len(reply["data"]) != (length + 2) // 3 * 4:  # base64 of exactly `length`
+                if len(reply.data) != (length + 2) // 3 * 4:  # base64 of exactly `length`
                     raise ChecksumMismatch(f"{info.path} changed size during the download")
-                ready[reply["offset"]] = reply["data"]
+                ready[reply.offset] = reply.data  # decoded by the writer thread
             pieces, offset = [], partial.have
             while offset in ready:
                 pieces.append(ready.pop(offset))

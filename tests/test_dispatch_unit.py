@@ -21,7 +21,8 @@ from orbit_mq.contract import Contract
 from orbit_mq.errors import ConfigError, from_error_info, to_error_info
 from orbit_mq.protocol import ErrorInfo
 from orbit_mq.rpc import rpc
-from orbit_mq.workers.dispatch import Dispatcher, Request
+from orbit_mq.wire import Request
+from orbit_mq.workers.dispatch import Dispatcher
 from orbit_mq.workers.plugin import Plugin, PluginContext
 from orbit_mq.workers.registry import known_plugins, load_plugins
 

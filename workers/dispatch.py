@@ -12,7 +12,6 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,17 +26,18 @@ from orbit_mq.errors import (
     RemoteError,
     SessionNotFound,
     Unauthorized,
-    to_error_info,
 )
-from orbit_mq.protocol import (
-    BATCH_TYPE,
-    PROTOCOL_VERSION,
-    REPLY_TO,
-    BatchCall,
-    BatchRequest,
-)
+from orbit_mq.protocol import BATCH_TYPE, PROTOCOL_VERSION, REPLY_TO, BatchCall
 from orbit_mq.rpc import CallContext, RpcSpec, Session
 from orbit_mq.shorten import shorten
+from orbit_mq.wire import (
+    Request,
+    batch_item,
+    batch_reply_body,
+    error_body,
+    parse_batch,
+    success_body,
+)
 from orbit_mq.workers.logs import RefusalLog, bounded_logger
 from orbit_mq.workers.plugin import Plugin
 
@@ -45,25 +45,6 @@ log = bounded_logger("orbit_mq.endpoint")
 
 # reply_to, correlation_id, body, message type
 ReplySink = Callable[[str, str | None, bytes, str | None], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Request:
-    """The parts of a request message the dispatcher reads."""
-
-    body: bytes
-    method: str | None
-    user: str | None
-    reply_to: str | None
-    correlation_id: str | None = None
-    message_id: str | None = None
-    session: str | None = None
-    deadline_ms: int | None = None
-    protocol: str | None = None
-
-
-def error_body(error: RemoteError) -> bytes:
-    return orjson.dumps({"ok": False, "error": to_error_info(error).model_dump(mode="json")})
 
 
 def _now_ms() -> int:
@@ -320,17 +301,12 @@ class Dispatcher:
                 f"{self.max_message_size}-byte limit",
                 {"size": len(payload), "limit": self.max_message_size},
             )
-        return b'{"ok":true,"result":' + payload + b"}"
+        return success_body(payload)
 
     async def _handle_batch(self, request: Request, send: ReplySink) -> None:
         """Run coalesced calls concurrently; answer each group that finishes together at once."""
         assert request.reply_to is not None
-        try:
-            batch = BatchRequest.model_validate_json(request.body)
-        except ValidationError as exc:
-            raise InvalidRequest(
-                f"malformed orbit.batch request: {exc.error_count()} errors"
-            ) from None
+        batch = parse_batch(request.body)
         user = request.user or ""
         pending = {
             asyncio.ensure_future(self._answer_item(call, user, request.session))
@@ -338,8 +314,7 @@ class Dispatcher:
         }
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            items = b",".join(task.result() for task in done)
-            body = b'{"replies":[' + items + b"]}"
+            body = batch_reply_body([task.result() for task in done])
             await send(request.reply_to, request.correlation_id, body, BATCH_TYPE)
 
     async def _answer_item(self, call: BatchCall, user: str, session: str | None) -> bytes:
@@ -352,4 +327,4 @@ class Dispatcher:
             call.message_id,
             call.deadline,
         )
-        return b'{"id":' + orjson.dumps(call.id) + b"," + body[1:]
+        return batch_item(call.id, body)

@@ -39,12 +39,8 @@ from orbit_mq.config import Settings, url_user
 from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
 from orbit_mq.lanes import Lane
 from orbit_mq.protocol import (
-    CONTENT_TYPE,
     DISCOVER_KEY,
     EVENTS_EXCHANGE,
-    HEADER_DEADLINE,
-    HEADER_PROTOCOL,
-    HEADER_SESSION,
     RPC_EXCHANGE,
     TOPOLOGY_EXCHANGE,
     EndpointInfo,
@@ -56,8 +52,9 @@ from orbit_mq.protocol import (
     request_key,
     request_queue,
 )
+from orbit_mq.wire import Request, presence_properties, reply_properties
 from orbit_mq.workers.acking import settled
-from orbit_mq.workers.dispatch import Dispatcher, Request
+from orbit_mq.workers.dispatch import Dispatcher
 from orbit_mq.workers.hostinfo import detect_host_role
 from orbit_mq.workers.journal import Journal, journal_path
 from orbit_mq.workers.logs import bounded_logger
@@ -65,36 +62,6 @@ from orbit_mq.workers.outbox import Outbox
 from orbit_mq.workers.plugin import Plugin, PluginContext
 
 log = bounded_logger("orbit_mq.endpoint")
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _deadline(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        log.warning("ignoring a malformed %s header: %r", HEADER_DEADLINE, value)
-        return None
-
-
-def request_from_message(message: DeliveredMessage) -> Request:
-    properties = message.header.properties
-    headers = properties.headers or {}
-    return Request(
-        body=message.body,
-        method=properties.message_type,
-        user=properties.user_id,
-        reply_to=properties.reply_to,
-        correlation_id=properties.correlation_id,
-        message_id=properties.message_id,
-        session=_text(headers.get(HEADER_SESSION)),
-        deadline_ms=_deadline(headers.get(HEADER_DEADLINE)),
-        protocol=_text(headers.get(HEADER_PROTOCOL)),
-    )
 
 
 class Endpoint:
@@ -278,7 +245,7 @@ class Endpoint:
         task.add_done_callback(self._inflight.discard)
 
     async def _serve(self, dispatcher: Dispatcher, plugin: str, message: DeliveredMessage) -> None:
-        request = request_from_message(message)
+        request = Request.of(message)
         reply = partial(self._reply, self._lanes[plugin])
         async with settled(message, self.settings.ack_within) as settlement:
             try:
@@ -303,9 +270,7 @@ class Endpoint:
         be sent is dropped: the caller's channel went with the connection, and a caller that
         retries gets the stored answer of a deduplicated call."""
         # Direct reply-to addresses take mandatory=False (see docs/protocol.md).
-        properties = aiormq.spec.Basic.Properties(
-            correlation_id=correlation_id, content_type=CONTENT_TYPE, message_type=message_type
-        )
+        properties = reply_properties(correlation_id, message_type)
         amqp = lane.current
         if amqp is None:
             log.info("%s: a reply was dropped: the broker connection is down", lane.name)
@@ -365,7 +330,7 @@ class Endpoint:
         """Presence goes straight out (a stale one is worth nothing), events via the outbox."""
         assert self._events is not None
         body = self.info(status).model_dump_json().encode()
-        properties = aiormq.spec.Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=2)
+        properties = presence_properties()
         with translated(f"publishing {status} presence"):
             amqp = await self._events.get(timeout)
             await amqp.basic_publish(

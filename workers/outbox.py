@@ -16,7 +16,7 @@ from contextlib import suppress
 
 import aiormq
 
-from orbit_mq.protocol import CONTENT_TYPE
+from orbit_mq.wire import event_properties
 from orbit_mq.workers.journal import Journal, OutboxEntry
 from orbit_mq.workers.logs import bounded_logger
 
@@ -97,9 +97,7 @@ class Outbox:
                     entry.body,
                     exchange=entry.exchange,
                     routing_key=entry.routing_key,
-                    properties=aiormq.spec.Basic.Properties(
-                        content_type=CONTENT_TYPE, delivery_mode=2, message_id=entry.message_id
-                    ),
+                    properties=event_properties(entry.message_id),
                 )
             )
             for entry in entries

@@ -189,7 +189,7 @@ class Staging(Plugin, contract.Staging):
         self._check_length(length)
         real = self.roots.resolve(path)
         data, size = files.read_chunk(real, offset, length)
-        return Chunk(offset=offset, data=data, eof=offset + len(data) >= size)
+        return Chunk.of(offset, data, eof=offset + len(data) >= size)
 
     # -- files and directories -------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""One definition per operation: outside the contract modules, the SDK and the CLI spell no
+psij state, no plugin method name and no result key; they use the contracts' models."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from orbit_mq.contract import Contract
+from orbit_mq.contracts import installed_contracts
+from orbit_mq.contracts.psij import JobState
+
+REPO = Path(__file__).resolve().parent.parent
+# The SDK and the CLI, without the contracts themselves and the modules that define the wire
+# format (its fixed names, the reply envelope, error details, the generated schemas).
+WIRE_MODULES = {"protocol.py", "wire.py", "errors.py", "schemas.py"}
+SOURCES = sorted(
+    path
+    for path in [*(REPO / "orbit_mq").rglob("*.py"), *(REPO / "cli").glob("*.py")]
+    if "contracts" not in path.parts and path.name not in WIRE_MODULES
+)
+
+
+def _fields(models: list[type[BaseModel]]) -> set[str]:
+    """Every field of the models and of the models in them."""
+    fields: set[str] = set()
+
+    def collect(model: type[BaseModel]) -> None:
+        for name, info in model.model_fields.items():
+            if name not in fields:
+                fields.add(name)
+                annotation = info.annotation
+                for candidate in (annotation, *getattr(annotation, "__args__", ())):
+                    if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                        collect(candidate)
+
+    for model in models:
+        collect(model)
+    return fields
+
+
+def _models(annotation: object) -> list[type[BaseModel]]:
+    candidates = (annotation, *getattr(annotation, "__args__", ()))
+    return [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+
+
+def _result_fields() -> set[str]:
+    """The fields of what contract methods return, except those that are also parameters
+    (building a request, e.g. a job spec from CLI flags, is the CLI's own business)."""
+    specs = [spec for c in installed_contracts() for spec in c.rpc_methods.values()]
+    results = _fields([m for spec in specs for m in _models(spec.result._type)])
+    params = _fields([spec.params for spec in specs])
+    return results - params
+
+
+def _own_methods() -> set[str]:
+    return {
+        name
+        for contract in installed_contracts()
+        for name in contract.rpc_methods
+        if name not in Contract.rpc_methods
+    }
+
+
+def _hits(pattern: re.Pattern[str]) -> list[str]:
+    return [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in SOURCES
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+
+
+def test_the_sources_are_found() -> None:
+    assert len(SOURCES) > 20 and _result_fields() >= {"native_id", "exit_code", "received", "eof"}
+
+
+@pytest.mark.parametrize(
+    ("what", "pattern"),
+    [
+        ("a psij state", re.compile(rf"[\"']({'|'.join(JobState)})[\"']")),
+        ("a plugin method name", re.compile(rf"[\"']({'|'.join(sorted(_own_methods()))})[\"']")),
+        (
+            "a result key",
+            re.compile(rf"(\[|\.get\()[\"']({'|'.join(sorted(_result_fields()))})[\"']"),
+        ),
+    ],
+)
+def test_no_spelling_outside_the_contracts(what: str, pattern: re.Pattern[str]) -> None:
+    assert not _hits(pattern), f"{what} spelt outside orbit_mq/contracts: {_hits(pattern)}"
