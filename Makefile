@@ -76,6 +76,9 @@ lint: venv
 	cd /tmp && $(CURDIR)/$(VENV)/bin/mypy -p orbit_mq --config-file $(CURDIR)/pyproject.toml
 	# the SDK's types as a user sees them (assert_type; a misspelt parameter must be an error)
 	cd /tmp && $(CURDIR)/$(VENV)/bin/mypy $(CURDIR)/typing_checks --config-file $(CURDIR)/pyproject.toml
+	# the python examples in README.md and docs/ type-check against the SDK
+	$(VPY) scripts/doc_snippets.py build/doc-snippets
+	cd /tmp && $(CURDIR)/$(VENV)/bin/mypy $(CURDIR)/build/doc-snippets --config-file $(CURDIR)/pyproject.toml
 
 schemas: venv
 	$(VENV)/bin/orbit-mq schemas

@@ -52,7 +52,7 @@ from orbit_mq.protocol import (
     PluginInfo,
     SessionInfo,
 )
-from orbit_mq.proxy import PluginProxy, remote
+from orbit_mq.proxy import PluginProxy, remote, with_options
 from orbit_mq.staging import TransferResult, get_file, put_file
 from orbit_mq.subscribe import Subscription
 
@@ -110,4 +110,5 @@ __all__ = [
     "get_file",
     "put_file",
     "remote",
+    "with_options",
 ]

@@ -15,7 +15,6 @@ the connection was down, or published before the subscription) from the endpoint
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from orbit_mq.contracts.psij.models import (
 )
 from orbit_mq.errors import CallTimeout, OrbitError, TransientError
 from orbit_mq.proxy import remote
+from orbit_mq.retry import retrying
 
 if TYPE_CHECKING:
     from orbit_mq.protocol import Event
@@ -39,8 +39,6 @@ RECHECK_INTERVAL = 5.0  # s without an event after which `watch` reads the journ
 RECOVERY_WINDOW = 120.0  # s a re-check may keep failing (broker or endpoint restarting)
 # What a re-check can meet while the broker or the endpoint is coming back.
 TRANSIENT = (TransientError, CallTimeout, TimeoutError)
-
-log = logging.getLogger(__name__)
 
 
 def history(status: JobStatus) -> list[JobStatusEvent]:
@@ -66,7 +64,6 @@ async def watch(job: Job) -> AsyncIterator[JobStatusEvent]:
     async with proxy.fabric.subscribe(f"{proxy.endpoint}.psij.job_status") as events:
         # Subscribed first, then read the journal: nothing can fall between the two.
         pending = history(await job.status(**NO_OUTPUT))
-        failing_since: float | None = None
         while True:
             for transition in pending:
                 if transition.seq == last + 1:
@@ -74,15 +71,19 @@ async def watch(job: Job) -> AsyncIterator[JobStatusEvent]:
                     yield transition
                     if transition.state.final:
                         return
-            try:
-                pending = await _after(job, events, last)
-                failing_since = None
-            except TRANSIENT as exc:
-                failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > RECOVERY_WINDOW:
-                    raise
-                log.info("job %s: re-check failed (%s); trying again", job.job_id, exc)
-                pending = []
+            # A re-check may fail for a while: the broker or the endpoint is coming back.
+            rechecks = retrying(
+                deadline=time.time() + RECOVERY_WINDOW,
+                when=_transient,
+                what=f"job {job.job_id}: re-check",
+            )
+            async for trying in rechecks:
+                with trying:
+                    pending = await _after(job, events, last)
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT)
 
 
 async def _after(job: Job, events: Subscription[Event], last: int) -> list[JobStatusEvent]:

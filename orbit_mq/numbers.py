@@ -9,11 +9,13 @@ carry use `NotBool` on their numeric fields.
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from typing import Annotated, Any, Union
 
 from pydantic import BeforeValidator
+from pydantic.fields import FieldInfo
 
 
 def _refuse_bool(value: Any) -> Any:
@@ -35,9 +37,37 @@ def no_booleans(annotation: Any) -> Any:
         base, metadata = args[0], annotation.__metadata__
         if base in (int, float):  # NotBool last: constraints before it keep their schema
             return Annotated[(base, *metadata, NotBool)]
+        if typing.get_origin(base) in (Union, types.UnionType):
+            return _constrained_union(base, metadata)
         return Annotated[(no_booleans(base), *metadata)]
     if origin in (Union, types.UnionType):
         return Union[tuple(no_booleans(arg) for arg in args)]  # noqa: UP007
     if origin in _CONTAINERS and args:
         return origin[tuple(no_booleans(arg) if arg is not Ellipsis else arg for arg in args)]
     return annotation
+
+
+def _constrained_union(union: Any, metadata: tuple[Any, ...]) -> Any:
+    """`Annotated[int | None, Field(gt=0)]` as `Annotated[int, Gt(0), NotBool] | None` with
+    the field's other settings outside: pydantic would otherwise publish the constraint of a
+    validated member as "gt", which is not JSON Schema, instead of "exclusiveMinimum"."""
+    constraints: list[Any] = []
+    outer: list[Any] = []
+    for item in metadata:
+        if isinstance(item, FieldInfo):
+            constraints.extend(item.metadata)
+            item = copy.copy(item)
+            item.metadata = []
+            outer.append(item)
+        else:
+            constraints.append(item)
+    members = []
+    for member in typing.get_args(union):
+        if member in (int, float):
+            members.append(Annotated[(member, *constraints, NotBool)])
+        elif member is type(None) or not constraints:
+            members.append(no_booleans(member))
+        else:  # a constraint on a non-numeric member (a length, a pattern): kept as it was
+            return Annotated[(no_booleans(union), *metadata)]
+    rewritten: Any = Union[tuple(members)]  # noqa: UP007
+    return Annotated[(rewritten, *outer)] if outer else rewritten

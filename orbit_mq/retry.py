@@ -21,6 +21,7 @@ from tenacity import (
     stop_after_attempt,
     stop_any,
     stop_before_delay,
+    stop_never,
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
@@ -43,18 +44,19 @@ def retrying(
     *,
     deadline: float | None = None,
     attempts: int | None = None,
+    forever: bool = False,
     when: Callable[[BaseException], bool] = _is_transient,
     what: str = "call",
 ) -> AsyncRetrying:
     """Attempts while `when(error)` holds, until the deadline (a `time.time()` value) leaves no
-    room for another or `attempts` were made; the last error is raised."""
-    stops: list[stop_base] = []
+    room for another or `attempts` were made (or `forever`); the last error is raised."""
+    stops: list[stop_base] = [stop_never] if forever else []
     if deadline is not None:
         stops.append(stop_before_delay(max(deadline - time.time(), 0)))
     if attempts is not None:
         stops.append(stop_after_attempt(attempts))
     if not stops:
-        raise ValueError("retrying needs a deadline or a number of attempts")
+        raise ValueError("retrying needs a deadline, a number of attempts, or forever")
 
     def logged(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None

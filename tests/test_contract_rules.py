@@ -91,3 +91,14 @@ def test_the_sources_are_found() -> None:
 )
 def test_no_spelling_outside_the_contracts(what: str, pattern: re.Pattern[str]) -> None:
     assert not _hits(pattern), f"{what} spelt outside orbit_mq/contracts: {_hits(pattern)}"
+
+
+def test_the_error_table_in_the_docs_lists_every_domain_error() -> None:
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    table = doc[doc.index("| plugin | domain errors") : doc.index("`to_error_info`")]
+    documented = set(re.findall(r"`(\w+)`", table))
+    declared = {error.__name__ for contract in installed_contracts() for error in contract.errors}
+    assert declared == documented, {
+        "not in docs/architecture.md": sorted(declared - documented),
+        "in the docs, declared by no contract": sorted(documented - declared),
+    }

@@ -219,6 +219,24 @@ async def test_numbers_refuse_booleans() -> None:
     assert replies[1]["error"]["details"]["errors"][0]["loc"] == "times"
 
 
+def test_a_constrained_optional_number_keeps_its_rule_and_its_schema() -> None:
+    from typing import Annotated
+
+    from pydantic import Field, TypeAdapter, ValidationError
+
+    from orbit_mq.numbers import no_booleans
+
+    field = TypeAdapter(no_booleans(Annotated[int | None, Field(gt=0, description="size")]))
+    assert field.json_schema() == {
+        "anyOf": [{"exclusiveMinimum": 0, "type": "integer"}, {"type": "null"}],
+        "description": "size",
+    }
+    assert field.validate_python(None) is None and field.validate_python(3) == 3
+    for refused in (0, True):
+        with pytest.raises(ValidationError):
+            field.validate_python(refused)
+
+
 async def test_one_session_rule_for_every_method() -> None:
     """A named session must be live and the caller's, whatever the method; one that needs a
     session refuses a call without one."""

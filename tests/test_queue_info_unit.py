@@ -20,7 +20,9 @@ from orbit_mq.contracts.queue_info import (
     QueueNotFound,
     UnknownUser,
 )
-from orbit_mq.errors import ConfigError, InvalidRequest, NotFound
+from orbit_mq.contracts.queue_info import QueueInfo as QueueInfoContract
+from orbit_mq.errors import ConfigError, InvalidArguments, InvalidRequest, NotFound
+from orbit_mq.testing import PluginHarness
 from orbit_mq.workers.plugin import PluginContext
 from orbit_mq.workers.plugins.queue_info import QueueInfo, QueueInfoSettings
 from orbit_mq.workers.plugins.queue_info.base import (
@@ -152,24 +154,25 @@ async def test_cache_does_not_keep_errors_and_survives_a_cancelled_caller() -> N
     assert len(cache) == 0
 
 
-# -- the plugin over scripted backends ----------------------------------------------------------
+# -- the plugin over scripted backends, through the dispatcher (orbit_mq.testing) ---------------
 
 
-async def _no_events(plugin: str, topic: str, data: dict[str, Any]) -> None:
-    return None
+def plugin_class(backend: str, run: Scripted | None = None, **options: Any) -> type[QueueInfo]:
+    """queue_info configured with `options`, its scheduler commands answered by `run`."""
 
-
-def plugin_with(
-    tmp_path: Path, backend: str, run: Scripted | None = None, **options: Any
-) -> QueueInfo:
     class Configured(QueueInfo):
         config = QueueInfoSettings(backend=backend, **options)  # type: ignore[arg-type]
 
-    context = PluginContext("unit", Settings(home=tmp_path), _no_events)
-    plugin = Configured(context)
-    if run is not None:
-        plugin.impl = type(plugin.impl)(run, environ={})
-    return plugin
+        def __init__(self, context: PluginContext) -> None:
+            super().__init__(context)
+            if run is not None:
+                self.impl = type(self.impl)(run, environ={})
+
+    return Configured
+
+
+def harness(tmp_path: Path, backend: str, run: Scripted | None = None, **options: Any) -> Any:
+    return PluginHarness(plugin_class(backend, run, **options), home=tmp_path)
 
 
 PBS_ANSWERS: dict[str, str | Exception] = {
@@ -181,54 +184,59 @@ PBS_ANSWERS: dict[str, str | Exception] = {
 
 
 async def test_get_info_shows_the_queues_a_user_may_use(tmp_path: Path) -> None:
-    plugin = plugin_with(tmp_path, "pbs", Scripted(PBS_ANSWERS), prefetch=False)
-    me = getpass.getuser()
-    mine = await plugin.get_info()
-    assert (mine.backend, mine.user) == (Backend.PBS, me)
-    # gpu wants group gpuusers or admins, routeq users alice and bob: not us.
-    assert [q.name for q in mine.partitions] == ["workq", "long"]
-    everything = await plugin.get_info(user="*")
-    assert [q.name for q in everything.partitions] == ["workq", "gpu", "long", "routeq"]
-    assert everything.collected == mine.collected  # one cached qstat answer
-    with pytest.raises(UnknownUser, match="orbit-no-such-user"):
-        await plugin.get_info(user="orbit-no-such-user")
+    async with harness(tmp_path, "pbs", Scripted(PBS_ANSWERS), prefetch=False) as h:
+        qi = await h.proxy(QueueInfoContract)
+        me = getpass.getuser()
+        mine = await qi.get_info()
+        assert (mine.backend, mine.user) == (Backend.PBS, me)
+        # gpu wants group gpuusers or admins, routeq users alice and bob: not us.
+        assert [q.name for q in mine.partitions] == ["workq", "long"]
+        everything = await qi.get_info(user="*")
+        assert [q.name for q in everything.partitions] == ["workq", "gpu", "long", "routeq"]
+        assert everything.collected == mine.collected  # one cached qstat answer
+        with pytest.raises(UnknownUser, match="orbit-no-such-user"):
+            await qi.get_info(user="orbit-no-such-user")
 
 
 async def test_list_jobs_filters_by_queue_and_user(tmp_path: Path) -> None:
     run = Scripted(PBS_ANSWERS)
-    plugin = plugin_with(tmp_path, "pbs", run, prefetch=False)
-    jobs = await plugin.list_jobs(queue="workq", user="*")
-    assert (jobs.queue, jobs.user, len(jobs.jobs)) == ("workq", "*", 5)
-    assert (await plugin.list_jobs(queue="gpu", user="*")).jobs == []
-    with pytest.raises(QueueNotFound, match="known: workq, gpu, long, routeq") as missing:
-        await plugin.list_jobs(queue="nope", user="*")
-    assert isinstance(missing.value, NotFound)
-    qstat_runs = sum(call[:2] == ["qstat", "-f"] for call in run.calls)
-    await plugin.list_all_jobs(user="*")
-    assert sum(call[:2] == ["qstat", "-f"] for call in run.calls) == qstat_runs  # cached
-    await plugin.list_all_jobs(user="*", force=True)
-    assert sum(call[:2] == ["qstat", "-f"] for call in run.calls) == qstat_runs + 1
+    async with harness(tmp_path, "pbs", run, prefetch=False) as h:
+        qi = await h.proxy(QueueInfoContract)
+        jobs = await qi.list_jobs(queue="workq", user="*")
+        assert (jobs.queue, jobs.user, len(jobs.jobs)) == ("workq", "*", 5)
+        assert (await qi.list_jobs(queue="gpu", user="*")).jobs == []
+        with pytest.raises(QueueNotFound, match="known: workq, gpu, long, routeq") as missing:
+            await qi.list_jobs(queue="nope", user="*")
+        assert isinstance(missing.value, NotFound)
+        qstat_runs = sum(call[:2] == ["qstat", "-f"] for call in run.calls)
+        await qi.list_all_jobs(user="*")
+        assert sum(call[:2] == ["qstat", "-f"] for call in run.calls) == qstat_runs  # cached
+        await qi.list_all_jobs(user="*", force=True)
+        assert sum(call[:2] == ["qstat", "-f"] for call in run.calls) == qstat_runs + 1
 
 
 async def test_the_none_backend_answers_empty(tmp_path: Path) -> None:
-    plugin = plugin_with(tmp_path, "none")
-    await plugin.start()
-    try:
-        assert await plugin.backend() is Backend.NONE
-        assert (await plugin.get_info()).partitions == []
-        assert (await plugin.list_all_jobs(user="*")).jobs == []
-        assert await plugin.job_allocation() is None and await plugin.nodelist() == []
+    async with harness(tmp_path, "none") as h:
+        qi = await h.proxy(QueueInfoContract)
+        assert await qi.backend() is Backend.NONE
+        assert (await qi.get_info()).partitions == []
+        assert (await qi.list_all_jobs(user="*")).jobs == []
+        assert await qi.job_allocation() is None and await qi.nodelist() == []
         with pytest.raises(AccountingUnavailable, match="no batch system"):
-            await plugin.list_allocations()
+            await qi.list_allocations()
         with pytest.raises(QueueNotFound):
-            await plugin.list_jobs(queue="debug")
-    finally:
-        await plugin.stop()
+            await qi.list_jobs(queue="debug")
+
+
+async def _no_events(plugin: str, topic: str, data: dict[str, Any], key: str | None) -> None:
+    return None
 
 
 async def test_prefetch_runs_at_start_and_stops(tmp_path: Path) -> None:
     run = Scripted(PBS_ANSWERS)
-    plugin = plugin_with(tmp_path, "pbs", run, ttl=60, prefetch=True)
+    plugin = plugin_class("pbs", run, ttl=60, prefetch=True)(
+        PluginContext("unit", Settings(home=tmp_path), _no_events)
+    )
     await plugin.start()
     try:
         async with asyncio.timeout(10):
@@ -250,10 +258,20 @@ async def test_prefetch_runs_at_start_and_stops(tmp_path: Path) -> None:
 
 async def test_malformed_names_are_refused_before_anything_runs(tmp_path: Path) -> None:
     run = Scripted(PBS_ANSWERS)
-    plugin = plugin_with(tmp_path, "pbs", run, prefetch=False)
-    for bad in ["--all", "a b", "", "x;rm", "-u"]:
-        with pytest.raises(InvalidRequest, match="not a user name"):
-            await plugin.list_all_jobs(user=bad)
-    with pytest.raises(InvalidRequest, match="not a partition"):
-        await plugin.list_jobs(queue="--all")
+    async with harness(tmp_path, "pbs", run, prefetch=False) as h:
+        qi = await h.proxy(QueueInfoContract)
+        for bad in ["--all", "a b", "", "x;rm", "-u"]:  # the contract's patterns
+            with pytest.raises(InvalidArguments, match="user: String should match pattern"):
+                await qi.list_all_jobs(user=bad)
+        with pytest.raises(InvalidArguments, match="queue: String should match pattern"):
+            await qi.list_jobs(queue="--all")
+        for bad in ["--all", "a b"]:  # from a client that does not check first: the endpoint
+            with pytest.raises(InvalidRequest, match="user") as refused:
+                await h.call("list_all_jobs", {"user": bad})
+            assert refused.value.details["errors"][0]["loc"] == "user"
+    for bad in ["--all", "x;rm"]:  # and the plugin itself, called without the dispatcher
+        with pytest.raises(UnknownUser, match="not a user name"):
+            await plugin_class("pbs", run)(
+                PluginContext("unit", Settings(home=tmp_path), _no_events)
+            ).list_all_jobs(user=bad)
     assert run.calls == []

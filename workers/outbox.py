@@ -16,15 +16,21 @@ from contextlib import suppress
 
 import aiormq
 
+from orbit_mq.retry import retrying
 from orbit_mq.wire import event_properties
 from orbit_mq.workers.journal import Journal, OutboxEntry
-from orbit_mq.workers.logs import bounded_logger
-
-log = bounded_logger("orbit_mq.endpoint")
 
 ChannelGetter = Callable[[], Awaitable[aiormq.abc.AbstractChannel]]
-RETRY_INTERVAL = 1.0  # s between attempts while the broker is away
+IDLE_CHECK = 1.0  # s: the outbox looks at the journal at least this often
 BATCH = 500  # events published per confirm round
+
+
+class Unconfirmed(Exception):
+    """Events the broker did not confirm: they are published again."""
+
+
+def _any(error: BaseException) -> bool:
+    return isinstance(error, Exception)
 
 
 class Outbox:
@@ -34,6 +40,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._attempted: set[int] = set()  # ids sent at least once by this process
         self.republished = 0  # events sent again because their confirm never came
 
     def add(self, exchange: str, routing_key: str, body: bytes, message_id: str) -> None:
@@ -60,28 +67,28 @@ class Outbox:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        attempted: set[int] = set()  # ids sent at least once by this process
         while True:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), IDLE_CHECK)
             self._wake.clear()
-            entries = self.journal.pending_events(BATCH)
-            if not entries:
-                self._empty.set()
-                continue
-            self.republished += sum(entry.id in attempted for entry in entries)
-            attempted.update(entry.id for entry in entries)
+            # While the broker is away, the rest waits and goes out again (backing off).
+            async for trying in retrying(forever=True, when=_any, what="publishing events"):
+                with trying:
+                    await self._publish_pending()
+
+    async def _publish_pending(self) -> None:
+        """Publish what the outbox holds, oldest first, until it is empty; an event leaves it
+        when its own confirm arrives, and a failure leaves the rest for the next try."""
+        while entries := self.journal.pending_events(BATCH):
+            self.republished += sum(entry.id in self._attempted for entry in entries)
+            self._attempted.update(entry.id for entry in entries)
             confirmed, failure = await self._publish(entries)
             self.journal.published(confirmed)
-            attempted.difference_update(confirmed)
-            if failure is not None:  # the broker is away: the rest waits, and goes out again
-                log.warning(
-                    "%d events wait for the broker's confirm (%s); they are published again",
-                    len(entries) - len(confirmed),
-                    failure,
-                )
-                continue
-            self._wake.set()  # there may be more
+            self._attempted.difference_update(confirmed)
+            if failure is not None:
+                left = len(entries) - len(confirmed)
+                raise Unconfirmed(f"{left} events wait for the broker's confirm ({failure})")
+        self._empty.set()
 
     async def _publish(self, entries: list[OutboxEntry]) -> tuple[list[int], BaseException | None]:
         """Publish `entries` in order; the ids the broker confirmed, and why any was not."""

@@ -94,7 +94,8 @@ def _env_value(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0), NotBool]
+# constraints before the validators, so that the schema says "exclusiveMinimum"
+Seconds = Annotated[float, Field(gt=0), BeforeValidator(_seconds), NotBool]
 Count = Annotated[PositiveInt, NotBool]
 EnvValue = Annotated[str, BeforeValidator(_env_value)]
 AttributeValue = str | int | float | bool
