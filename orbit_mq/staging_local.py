@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from orbit_mq.contracts.staging.codec import decode_base64, encode_base64
 from orbit_mq.contracts.staging.errors import ChecksumMismatch, FileExists
-from orbit_mq.contracts.staging.files import NAME_KEEP, PART_MARK, READ_BLOCK
+from orbit_mq.contracts.staging.files import NAME_KEEP, PART_MARK, continue_partial
 
 T = TypeVar("T")
 
@@ -91,17 +91,11 @@ class LocalPartial:
             if old != path:
                 old.unlink(missing_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        have, digest = os.fstat(fd).st_size, hashlib.sha256()
-        if have > size:
-            os.ftruncate(fd, 0)
-            have = 0
-        done = 0
-        while done < have:
-            block = os.pread(fd, min(READ_BLOCK, have - done), done)
-            if not block:
-                break
-            digest.update(block)
-            done += len(block)
+        try:
+            done, digest = continue_partial(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(path, fd, done, digest)
 
     def append(self, pieces: list[str]) -> None:

@@ -4,9 +4,11 @@ beside its target, its atomic publication, and OS errors as the contract's domai
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 from orbit_mq.contracts.staging.errors import (
     AccessDenied,
@@ -22,6 +24,23 @@ from orbit_mq.contracts.staging.errors import (
 PART_MARK = ".orbit-part-"
 READ_BLOCK = 4 * 1024 * 1024
 NAME_KEEP = 150  # characters of the target's name kept in the partial's name (NAME_MAX 255)
+
+
+def continue_partial(fd: int, size: int) -> tuple[int, Any]:
+    """The bytes a partial file (open as `fd`) already holds of a `size`-byte transfer and
+    their running SHA-256; a partial longer than `size` is not a prefix of it: emptied."""
+    have, digest = os.fstat(fd).st_size, hashlib.sha256()
+    if have > size:
+        os.ftruncate(fd, 0)
+        have = 0
+    done = 0
+    while done < have:
+        block = os.pread(fd, min(READ_BLOCK, have - done), done)
+        if not block:
+            break
+        digest.update(block)
+        done += len(block)
+    return done, digest
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from orbit_mq.contracts.staging.errors import TransferGap
 from orbit_mq.contracts.staging.files import (
     NAME_KEEP,
     PART_MARK,
-    READ_BLOCK,
+    continue_partial,
     os_errors,
     remove_quietly,
 )
@@ -80,18 +80,7 @@ class Upload:
         with os_errors(row.partial):
             fd = os.open(row.partial, REOPEN_FLAGS)
         try:
-            size = os.fstat(fd).st_size
-            if size > row.size:  # not a prefix of this upload: start again
-                os.ftruncate(fd, 0)
-                size = 0
-            digest = hashlib.sha256()
-            done = 0
-            while done < size:
-                block = os.pread(fd, min(READ_BLOCK, size - done), done)
-                if not block:
-                    break
-                digest.update(block)
-                done += len(block)
+            done, digest = continue_partial(fd, row.size)
         except BaseException:
             os.close(fd)
             raise
