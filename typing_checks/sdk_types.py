@@ -8,7 +8,7 @@ check if it ever is not.
 
 from __future__ import annotations
 
-from typing import assert_type
+from typing import assert_type, reveal_type
 
 import orbit_mq
 from orbit_mq import Job, JobSpec, JobStatus, JobStatusEvent, PluginProxy, PsiJ, Staging
@@ -20,6 +20,7 @@ from orbit_mq.contracts.sysinfo import Metrics, SysInfo
 async def jobs(fabric: orbit_mq.Fabric) -> None:
     psij = await fabric.endpoint("hpc1").plugin(PsiJ)
     job = await psij.submit_job(spec=JobSpec(executable="/bin/date"))
+    reveal_type(job)  # make lint prints: Revealed type is "orbit_mq.contracts.psij.models.Job"
     assert_type(job, Job)
     assert_type(await job.wait(timeout=60), JobStatusEvent)
     assert_type(await job.status(), JobStatus)
