@@ -27,6 +27,7 @@ from orbit_mq.cli.jobs_cmd import cancel, jobs, logs, status, submit
 from orbit_mq.cli.output import console, endpoints_table, print_json
 from orbit_mq.cli.stage_cmd import stage_app
 from orbit_mq.cli.sysinfo_cmd import sysinfo
+from orbit_mq.cli.tasks_cmd import tasks_app
 from orbit_mq.cli.watch_cmd import watch
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
@@ -40,6 +41,7 @@ app = typer.Typer(
 )
 app.add_typer(endpoint_app, name="endpoint")
 app.add_typer(stage_app, name="stage")
+app.add_typer(tasks_app, name="tasks")
 app.command()(call)
 app.command()(watch)
 app.command()(sysinfo)

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from orbit_mq.client import EndpointHandle, Fabric, connect
 from orbit_mq.config import Settings
 from orbit_mq.contract import Contract
-from orbit_mq.contracts import PsiJ, QueueInfo, Staging, SysInfo
+from orbit_mq.contracts import PsiJ, QueueInfo, Staging, SysInfo, Tasks
 from orbit_mq.contracts.psij import (
     Job,
     JobSpec,
@@ -17,6 +17,8 @@ from orbit_mq.contracts.psij import (
     JobStatusEvent,
     OutputChunk,
 )
+from orbit_mq.contracts.tasks import Task, TaskSpec, TaskState, TaskStatus
+from orbit_mq.contracts.tasks.errors import TaskCanceled, TaskFailed
 from orbit_mq.errors import (
     AccessRefused,
     BrokerError,
@@ -55,6 +57,7 @@ from orbit_mq.protocol import (
 from orbit_mq.proxy import PluginProxy, remote, with_options
 from orbit_mq.staging import TransferResult, get_file, put_file
 from orbit_mq.subscribe import Subscription
+from orbit_mq.task_executor import TaskExecutor
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -101,6 +104,14 @@ __all__ = [
     "Staging",
     "Subscription",
     "SysInfo",
+    "Task",
+    "TaskCanceled",
+    "TaskExecutor",
+    "TaskFailed",
+    "TaskSpec",
+    "TaskState",
+    "TaskStatus",
+    "Tasks",
     "TransferResult",
     "TransientError",
     "Unauthorized",

@@ -27,6 +27,8 @@ from orbit_mq.rpc import PluginDescription, RpcSpec, build_specs, describe, rpc
 
 class Contract:
     name: ClassVar[str]
+    # Other names the plugin is also served under (its request queues; events use `name`).
+    aliases: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[str] = "0.1.0"
     # The data model of each event topic the plugin emits (schemas/events/ is made from it).
     events: ClassVar[dict[str, type[BaseModel]]] = {"session_status": SessionInfo}

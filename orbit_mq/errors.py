@@ -12,6 +12,8 @@
     │   ├── EndpointNotFound        nothing is bound for that endpoint/plugin
     │   └── EndpointOffline    (T)  the plugin queue exists but nobody consumes it
     ├── CallTimeout                 no reply before the caller's deadline
+    ├── TaskFailed                  a task's result was asked for, and it ended FAILED
+    │   └── TaskCanceled            … or CANCELED (orbit_mq.contracts.tasks.errors)
     └── RemoteError                 the endpoint answered with an error (has .code)
         ├── InvalidRequest          invalid_request
         │   └── PayloadTooLarge

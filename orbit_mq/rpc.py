@@ -238,14 +238,16 @@ def build_spec(owner: type, attr: str, stub: Callable[..., Any], marks: _Marks) 
 
 
 def build_specs(cls: type) -> dict[str, RpcSpec]:
-    """Every remote method of a contract or plugin class: the `@rpc` stubs of its classes,
-    each with the implementation `cls` has for it."""
+    """Every remote method of a contract or plugin class: the `@rpc` stubs of its classes
+    (the most derived definition of each), each with the implementation `cls` has for it."""
     marked: dict[str, tuple[Callable[..., Any], _Marks]] = {}
     for klass in reversed(cls.__mro__):
         for attr, value in vars(klass).items():
             marks = getattr(value, _MARK, None)
-            if isinstance(marks, _Marks) and attr not in marked:
-                marked[attr] = (value, marks)  # the first (most basic) definition wins
+            if isinstance(marks, _Marks):
+                # A contract may redefine an inherited method (more parameters): the most
+                # derived definition wins; implementations are not marked.
+                marked[attr] = (value, marks)
     specs = [build_spec(cls, attr, stub, marks) for attr, (stub, marks) in marked.items()]
     return {spec.name: spec for spec in specs}
 

@@ -168,7 +168,7 @@ def endpoint_process(
     delete_request_queues(settings.url, name)
 
 
-PLUGIN_NAMES = ("sysinfo", "echo", "psij", "queue_info", "staging")
+PLUGIN_NAMES = ("sysinfo", "echo", "psij", "queue_info", "staging", "tasks", "rhapsody")
 
 
 def delete_request_queues(url: str, *endpoints: str) -> None:

@@ -210,15 +210,16 @@ class Endpoint:
             max_message_size=self.settings.max_message_size,
             executor=self._executor,
         )
-        lane = Lane(
-            self._connection,
-            request_queue(self.name, plugin.name),
-            prefetch=self.settings.prefetch,
-            setup=partial(self._setup_plugin, plugin.name, dispatcher),
-            kept=True,
-        )
-        self._lanes[plugin.name] = lane
-        await lane.get()
+        for served in (plugin.name, *plugin.aliases):
+            lane = Lane(
+                self._connection,
+                request_queue(self.name, served),
+                prefetch=self.settings.prefetch,
+                setup=partial(self._setup_plugin, served, dispatcher),
+                kept=True,
+            )
+            self._lanes[served] = lane
+            await lane.get()
 
     async def _setup_plugin(
         self, plugin: str, dispatcher: Dispatcher, amqp: aiormq.Channel
@@ -323,7 +324,12 @@ class Endpoint:
             started=datetime.fromtimestamp(self.started, UTC),
             uptime=time.time() - self.started,
             heartbeat_interval=self.settings.heartbeat_interval,
-            plugins=[type(plugin).info() for plugin in self.plugins.values()],
+            plugins=[
+                info.model_copy(update={"name": served})
+                for plugin in self.plugins.values()
+                for info in [type(plugin).info()]
+                for served in (plugin.name, *plugin.aliases)
+            ],
         )
 
     async def _announce(self, status: PresenceStatus, timeout: float | None = None) -> None:

@@ -139,6 +139,18 @@ class Plugin(Contract):
         return type(self).description()
 
 
+REPLY_MARGIN = 0.5  # s: a waiting call answers this long before its caller's deadline
+
+
+def wait_budget(timeout: float | None, ctx: CallContext) -> float | None:
+    """How long a call that waits (wait_jobs, wait_tasks) may wait: its own timeout, bounded
+    by the request's deadline; None for no limit."""
+    limits = [] if timeout is None else [timeout]
+    if ctx.deadline_ms is not None:
+        limits.append(ctx.deadline_ms / 1000 - time.time() - REPLY_MARGIN)
+    return max(0.0, min(limits)) if limits else None
+
+
 def _unimplemented(cls: type, attr: str) -> bool:
     """Whether `cls.attr` is still a contract's stub."""
     owner = next((klass for klass in cls.__mro__ if attr in vars(klass)), None)

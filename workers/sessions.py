@@ -7,6 +7,7 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from orbit_mq.errors import SessionNotFound, Unauthorized
 from orbit_mq.protocol import SessionStatus
@@ -31,7 +32,10 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def open(self, user: str, ttl: float | None = None) -> Session:
+    async def open(
+        self, user: str, ttl: float | None = None, state: dict[str, Any] | None = None
+    ) -> Session:
+        """A new session of `user`; `state` is the plugin's own, journaled with it."""
         now = time.time()
         session = Session(
             id=secrets.token_urlsafe(12),
@@ -40,6 +44,7 @@ class SessionRegistry:
             ttl=min(ttl, self.default_ttl) if ttl else self.default_ttl,
             created=now,
             last_used=now,
+            state=dict(state or {}),
         )
         self._sessions[session.id] = session
         self._journal.save_session(dataclasses.asdict(session))

@@ -11,6 +11,7 @@ from orbit_mq.contracts.psij import PsiJ
 from orbit_mq.contracts.queue_info import QueueInfo
 from orbit_mq.contracts.staging import Staging
 from orbit_mq.contracts.sysinfo import SysInfo
+from orbit_mq.contracts.tasks import Tasks
 
 GROUP = "orbit_mq.contracts"  # entry points: plugin name -> its contract class
 
@@ -27,4 +28,4 @@ def installed_contracts() -> list[type[Contract]]:
     return sorted((c for c in found if issubclass(c, Contract)), key=lambda c: c.name)
 
 
-__all__ = ["PsiJ", "QueueInfo", "Staging", "SysInfo", "installed_contracts"]
+__all__ = ["PsiJ", "QueueInfo", "Staging", "SysInfo", "Tasks", "installed_contracts"]

@@ -28,7 +28,7 @@ from orbit_mq.contracts.psij import (
 )
 from orbit_mq.rpc import INJECTED, CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.plugin import Plugin, wait_budget
 from orbit_mq.workers.plugins.psij import executors as ex
 from orbit_mq.workers.plugins.psij.files import JobDir, read_page
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
@@ -42,22 +42,12 @@ if TYPE_CHECKING:
 
 log = bounded_logger("orbit_mq.plugin.psij")
 
-REPLY_MARGIN = 0.5  # s: wait_jobs answers this long before the caller's deadline
-
 
 def _resolve(path: str | None, directory: Path) -> Path | None:
     if path is None:
         return None
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() else directory / candidate
-
-
-def _budget(timeout: float | None, deadline_ms: int | None) -> float | None:
-    """How long wait_jobs may wait: its timeout, bounded by the request's deadline."""
-    limits = [] if timeout is None else [timeout]
-    if deadline_ms is not None:
-        limits.append(deadline_ms / 1000 - time.time() - REPLY_MARGIN)
-    return max(0.0, min(limits)) if limits else None
 
 
 class PsiJ(Plugin, contract.PsiJ):
@@ -191,7 +181,7 @@ class PsiJ(Plugin, contract.PsiJ):
         if missing:
             raise JobNotFound(f"no such job: {', '.join(missing)}", {"job_ids": missing})
         live = [self.tracker.live[job_id] for job_id in unique if job_id in self.tracker.live]
-        budget = _budget(timeout, ctx.deadline_ms)
+        budget = wait_budget(timeout, ctx)
         if live and (budget is None or budget > 0):
             waits = [asyncio.ensure_future(job.done.wait()) for job in live]
             try:

@@ -1,0 +1,1 @@
+"""The tasks plugin: many small tasks and Python functions (see orbit_mq/contracts/tasks)."""

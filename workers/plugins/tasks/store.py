@@ -1,0 +1,341 @@
+"""The tasks plugin's table in the endpoint journal: every accepted task with its spec, its
+current state and its outcome. Writes come in batches, each in one transaction together with
+the events that announce them (callers hold the journal's transaction).
+
+A task's `spec` column is its TaskSpec as JSON; results are kept whole (`result`), events
+and statuses carry them inline only when small.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from orbit_mq.contracts.tasks.models import (
+    EVENT_TAIL,
+    INLINE_RESULT,
+    TASK_TAIL,
+    TERMINAL,
+    Task,
+    TaskState,
+    TaskStatus,
+)
+from orbit_mq.contracts.tasks.values import inline_value
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    session TEXT,
+    name TEXT,
+    kind TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    notify TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    submitted REAL NOT NULL,
+    changed REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    exit_code INTEGER,
+    encoding TEXT,
+    result BLOB,
+    error TEXT,
+    exception TEXT,
+    stdout TEXT NOT NULL DEFAULT '',
+    stderr TEXT NOT NULL DEFAULT '',
+    UNIQUE (user, uid)
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
+CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user, state);
+"""
+_TERMINAL_NAMES = tuple(state.value for state in TERMINAL)
+_OPEN = "state NOT IN ('DONE', 'FAILED', 'CANCELED')"
+_STATUS_COLUMNS = (
+    "id, uid, state, seq, changed, attempt, exit_code, encoding, result, error, exception, "
+    "stdout, stderr"
+)
+_QUEUED_COLUMNS = "id, user, uid, kind, backend, notify, spec, state, seq, attempt, retries"
+_LOOKUP_CHUNK = 500  # uids per `IN (…)` query
+
+
+def when(timestamp: float) -> str:
+    """An event time: ISO 8601 in UTC with a Z, like every timestamp on the wire."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Record:
+    """A task's state as written and announced: one row's status columns, or one transition."""
+
+    id: int
+    uid: str
+    state: TaskState
+    seq: int
+    time: float
+    attempt: int = 1
+    exit_code: int | None = None
+    encoding: str | None = None
+    result: bytes | None = None
+    error: str | None = None
+    exception: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+    def status(self, tail: int = EVENT_TAIL) -> dict[str, Any]:
+        """The TaskStatus of this record, as JSON (built directly: this is the hot path)."""
+        kept = self.result is not None and len(self.result) > INLINE_RESULT
+        inline = self.result is not None and not kept
+        return {
+            "uid": self.uid,
+            "seq": self.seq,
+            "state": self.state.value,
+            "time": when(self.time),
+            "attempt": self.attempt,
+            "exit_code": self.exit_code,
+            "return_value": inline_value(self.encoding, self.result)  # type: ignore[arg-type]
+            if inline
+            else None,
+            "result_encoding": self.encoding if self.result is not None else None,
+            "result_kept": kept,
+            "error": self.error,
+            "exception": self.exception[-tail:] if self.exception else self.exception,
+            "stdout": self.stdout[-tail:],
+            "stderr": self.stderr[-tail:],
+        }
+
+
+@dataclass(slots=True)
+class QueuedTask:
+    """What the runner needs of a task that waits to run."""
+
+    id: int
+    user: str
+    uid: str
+    kind: str
+    backend: str
+    notify: str
+    spec: bytes
+    state: TaskState
+    seq: int
+    attempt: int
+    retries: int
+
+
+@dataclass(slots=True)
+class NewTask:
+    user: str
+    uid: str
+    session: str | None
+    name: str | None
+    kind: str
+    backend: str
+    notify: str
+    spec: bytes
+    retries: int
+
+
+def _inserted(i: int, t: NewTask, now: float) -> tuple[Any, ...]:
+    return (i, t.user, t.uid, t.session, t.name, t.kind, t.backend, t.notify, t.spec,
+            t.retries, now, now)  # fmt: skip
+
+
+def _written(r: Record) -> tuple[Any, ...]:
+    state = r.state.value
+    return (state, r.seq, r.attempt, r.time, state, r.time, state, r.time, r.exit_code,
+            r.encoding, r.result, r.error, r.exception, r.stdout[-TASK_TAIL:],
+            r.stderr[-TASK_TAIL:], r.id)  # fmt: skip
+
+
+def _queued(row: tuple[Any, ...]) -> QueuedTask:
+    task_id, user, uid, kind, backend, notify, spec, state, seq, attempt, retries = row
+    state = TaskState(state)
+    return QueuedTask(task_id, user, uid, kind, backend, notify, spec, state, seq, attempt, retries)
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    return Record(row[0], row[1], TaskState(row[2]), *row[3:])
+
+
+class TaskStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.executescript(_SCHEMA)
+
+    # -- writes (callers hold the journal's transaction) -----------------------------------
+
+    def known(self, user: str, uids: list[str]) -> set[str]:
+        """Which of `uids` the user already has."""
+        found: set[str] = set()
+        for chunk in _chunks(uids, _LOOKUP_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT uid FROM tasks WHERE user = ? AND uid IN ({marks})", (user, *chunk)
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def insert(self, tasks: list[NewTask], now: float) -> list[int]:
+        """Add new tasks (state NEW, seq 1); their ids, in order."""
+        first = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks").fetchone()[0]
+        ids = list(range(first, first + len(tasks)))
+        self.db.executemany(
+            "INSERT INTO tasks (id, user, uid, session, name, kind, backend, notify, spec, "
+            "state, seq, attempt, retries, submitted, changed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'NEW', 1, 1, ?, ?, ?)",
+            [_inserted(i, t, now) for i, t in zip(ids, tasks, strict=True)],
+        )
+        return ids
+
+    def write(self, records: Iterable[Record]) -> None:
+        """Store transitions: state, seq and attempt always, the rest as the state has it."""
+        self.db.executemany(
+            "UPDATE tasks SET state = ?, seq = ?, attempt = ?, changed = ?, "
+            "started = CASE WHEN ? = 'RUNNING' THEN ? ELSE started END, "
+            "finished = CASE WHEN ? IN ('DONE', 'FAILED', 'CANCELED') THEN ? ELSE NULL END, "
+            "exit_code = ?, encoding = ?, result = ?, error = ?, exception = ?, "
+            "stdout = ?, stderr = ? WHERE id = ?",
+            [_written(record) for record in records],
+        )
+
+    # -- the runner's reads ----------------------------------------------------------------
+
+    def queued(self, after: int, limit: int) -> list[QueuedTask]:
+        """Tasks waiting to run, oldest first, with ids above `after`."""
+        rows = self.db.execute(
+            f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE state = 'NEW' AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        return [_queued(row) for row in rows]
+
+    def running(self) -> list[QueuedTask]:
+        rows = self.db.execute(
+            f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE state = 'RUNNING' ORDER BY id"
+        )
+        return [_queued(row) for row in rows]
+
+    def open_ids(self, user: str, session: str | None, after: int, limit: int) -> list[int]:
+        """Ids of the user's (session's) tasks that have not ended, above `after`."""
+        query = f"SELECT id FROM tasks WHERE user = ? AND {_OPEN} AND id > ?"
+        args: list[Any] = [user, after]
+        if session is not None:
+            query += " AND session = ?"
+            args.append(session)
+        rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*args, limit))
+        return [row[0] for row in rows]
+
+    def queued_by_id(self, ids: list[int]) -> list[QueuedTask]:
+        found: list[QueuedTask] = []
+        for chunk in _chunks(ids, _LOOKUP_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE id IN ({marks})",
+                chunk,
+            )
+            found.extend(_queued(row) for row in rows)
+        return found
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def ids(self, user: str, uids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(uids, _LOOKUP_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT uid, id FROM tasks WHERE user = ? AND uid IN ({marks})", (user, *chunk)
+            )
+            found.update(rows)
+        return found
+
+    def statuses(self, ids: list[int]) -> dict[int, Record]:
+        found: dict[int, Record] = {}
+        for chunk in _chunks(ids, _LOOKUP_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT {_STATUS_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+            )
+            found.update((row[0], _record(row)) for row in rows)
+        return found
+
+    def page(
+        self, user: str, state: TaskState | None, session: str | None, offset: int, limit: int
+    ) -> tuple[list[TaskStatus], int]:
+        where, args = self._filter(user, state, session)
+        total = self.db.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}", args).fetchone()[0]
+        rows = self.db.execute(
+            f"SELECT {_STATUS_COLUMNS} FROM tasks WHERE {where} ORDER BY id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [TaskStatus.model_validate(_record(row).status()) for row in rows], total
+
+    def counts(self, user: str, session: str | None) -> dict[TaskState, int]:
+        where, args = self._filter(user, None, session)
+        rows = self.db.execute(
+            f"SELECT state, COUNT(*) FROM tasks WHERE {where} GROUP BY state", args
+        )
+        counts = dict.fromkeys(TaskState, 0)
+        counts.update((TaskState(state), count) for state, count in rows)
+        return counts
+
+    def task(self, user: str, uid: str) -> Task | None:
+        row = self.db.execute(
+            f"SELECT {_STATUS_COLUMNS}, name, kind, backend, session, submitted, started, "
+            "finished, retries, LENGTH(result) FROM tasks WHERE user = ? AND uid = ?",
+            (user, uid),
+        ).fetchone()
+        if row is None:
+            return None
+        name, kind, backend, session, submitted, started, finished, retries, size = row[13:]
+        return Task.model_validate(
+            {
+                **_record(row[:13]).status(TASK_TAIL),
+                "name": name,
+                "kind": kind,
+                "backend": backend,
+                "session": session,
+                "submitted": when(submitted),
+                "started": when(started) if started is not None else None,
+                "finished": when(finished) if finished is not None else None,
+                "retries": retries,
+                "result_size": size,
+            }
+        )
+
+    def result(self, user: str, uid: str) -> tuple[str, TaskState, str | None, bytes | None]:
+        """(uid, state, encoding, result) of one of the user's tasks; KeyError if unknown."""
+        row = self.db.execute(
+            "SELECT uid, state, encoding, result FROM tasks WHERE user = ? AND uid = ?",
+            (user, uid),
+        ).fetchone()
+        if row is None:
+            raise KeyError(uid)
+        return row[0], TaskState(row[1]), row[2], row[3]
+
+    def totals(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
+
+    @staticmethod
+    def _filter(
+        user: str, state: TaskState | None, session: str | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        where, args = ["user = ?"], [user]
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        if session is not None:
+            where.append("session = ?")
+            args.append(session)
+        return " AND ".join(where), tuple(args)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
