@@ -2,7 +2,8 @@
 
 The tour starts an endpoint process on this host, finds it through discovery, calls its
 sysinfo plugin through the SDK, runs a job through its psij plugin (the local executor) while
-streaming the job's output and state events, lists the jobs and stops the endpoint again.
+streaming the job's output and state events, lists the jobs, stages a file, runs a handful of
+tasks and stops the endpoint again.
 A new step is a function taking the `Tour` and an entry in `STEPS`.
 """
 
@@ -33,15 +34,19 @@ from orbit_mq.cli.output import endpoints_table
 from orbit_mq.cli.sysinfo_cmd import fetch_report, render_report
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
-from orbit_mq.contracts import PsiJ, Staging
+from orbit_mq.contracts import PsiJ, Staging, Tasks
 from orbit_mq.contracts.psij import Job, JobSpec
+from orbit_mq.contracts.tasks import TaskSpec, TaskState
 from orbit_mq.errors import OrbitError
 from orbit_mq.staging import get_file, put_file
+from orbit_mq.tasks import as_completed
+from orbit_mq.tasks import result as task_result
+from orbit_mq.tasks import submit as submit_tasks
 
 ONLINE_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 JOB_TIMEOUT = 60.0
-DEMO_PLUGINS = ("sysinfo", "psij", "staging")
+DEMO_PLUGINS = ("sysinfo", "psij", "staging", "tasks")
 DEMO_FILE_SIZE = 4 * 1024 * 1024  # bytes staged to the endpoint and back
 DEMO_JOB = ["/bin/sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done"]
 
@@ -178,6 +183,29 @@ async def stage_file(tour: Tour) -> None:
         raise OrbitError("the file came back different")
 
 
+async def run_tasks(tour: Tour) -> None:
+    """Run a handful of tasks through its tasks plugin: executables and Python functions."""
+    for line in (
+        f"tasks = await fabric.endpoint({tour.name!r}).plugin(Tasks)",
+        "uids = await orbit_mq.tasks.submit(tasks, [TaskSpec(function='math:factorial', ...)])",
+        "async for status in as_completed(tasks, uids): ...",
+    ):
+        tour.console.print(f"  [dim]{line}", overflow="ellipsis", no_wrap=True)
+    tasks = await tour.fabric.endpoint(tour.name).plugin(Tasks, session=False)
+    specs = [TaskSpec(function="math:factorial", args=[n]) for n in range(1, 6)]
+    specs += [TaskSpec(executable="/bin/echo", arguments=["hello from a task"])]
+    uids = await submit_tasks(tasks, specs)
+    async with asyncio.timeout(JOB_TIMEOUT):
+        ended = {status.uid: status async for status in as_completed(tasks, uids)}
+    for uid, spec in zip(uids, specs, strict=True):
+        status = ended[uid]
+        what = spec.executable or f"{spec.function}{tuple(spec.args)}"
+        outcome = status.stdout.strip() if spec.executable else await task_result(tasks, status)
+        tour.console.print(f"  [dim]{uid}[/] {status.state} {escape(str(what))} → {outcome}")
+    if any(status.state is not TaskState.DONE for status in ended.values()):
+        raise OrbitError("a demo task did not end DONE")
+
+
 async def stop_endpoint(tour: Tour) -> None:
     """Stop the endpoint with SIGTERM and wait for it to say goodbye."""
     process, tour.process = tour.process, None
@@ -207,6 +235,7 @@ STEPS: list[Step] = [
     ("Running a job through its psij plugin", run_job),
     ("Listing its jobs", list_jobs),
     ("Staging a file to it and back", stage_file),
+    ("Running tasks through its tasks plugin", run_tasks),
     ("Stopping the endpoint (SIGTERM)", stop_endpoint),
 ]
 

@@ -5,9 +5,9 @@
         future = ex.submit("math:sqrt", 2.0)                # by import path
 
 For plain (synchronous) programs: the executor runs its own event loop in a thread, with one
-connection. Calls are gathered into batches (up to 1,000, or what arrived within 5 ms) and
-submitted pipelined; results come from the endpoint's `task_status_batch` events. Functions
-given as objects travel cloudpickled (the endpoint must accept pickles from this user); a
+connection. The calls made while a submission is on its way go together in the next one (up
+to 1,000 a request, pipelined); results come from the endpoint's `task_status_batch` events.
+Functions given as objects travel cloudpickled (the endpoint must accept pickles from this user); a
 string "module:name" travels as an import path. Arguments go as JSON where they are JSON,
 pickled otherwise.
 """
@@ -29,7 +29,6 @@ from orbit_mq.errors import ConfigError
 from orbit_mq.tasks import RECHECK_INTERVAL, TaskWatcher, new_uid, result, submit
 
 BATCH = 1000  # calls per submission
-LINGER = 0.005  # s a call waits for others to share its submission
 
 
 class TaskExecutor(Executor):
@@ -155,7 +154,7 @@ class TaskExecutor(Executor):
         assert self._tasks is not None
         while True:
             await self._kick.wait()
-            await asyncio.sleep(LINGER)  # let a burst of submit() calls share a batch
+            # No lingering: the calls made while one submission is on its way share the next.
             self._kick.clear()
             with self._lock:
                 taken, self._queue = self._queue, []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from orbit_mq.protocol import Event
     from orbit_mq.subscribe import Subscription
 
+log = logging.getLogger("orbit_mq.client")
 BATCH_SIZE = 5000
 BATCH_BYTES = 4 * 1024 * 1024  # well under the endpoint's max_message_size (16 MiB)
 WINDOW = 4  # batches in flight
@@ -267,4 +269,7 @@ class TaskWatcher:
             self.watched.discard(status.uid)
         elif not self.running or status.state is not TaskState.RUNNING:
             return
-        await self.on_status(status)
+        try:
+            await self.on_status(status)
+        except Exception:  # the caller's handler failed: the others still get theirs
+            log.exception("task watcher: handling the status of %s failed", status.uid)

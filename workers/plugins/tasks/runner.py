@@ -39,16 +39,24 @@ class Work:
     """A loaded task, from NEW until its terminal state is written."""
 
     row: QueuedTask
-    spec: TaskSpec
+    fields: dict[str, Any]  # its TaskSpec as JSON (validated when it was submitted)
     state: TaskState
     seq: int
     attempt: int
     process: executables.RunningProcess | None = None
+    started: float | None = None  # when its current attempt started
 
     @classmethod
     def of(cls, row: QueuedTask) -> Work:
-        spec = TaskSpec.model_validate_json(row.spec)
-        return cls(row, spec, row.state, row.seq, row.attempt)
+        return cls(row, orjson.loads(row.spec), row.state, row.seq, row.attempt)
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec.model_validate(self.fields)
+
+    @property
+    def is_function(self) -> bool:
+        return self.row.kind == "function"
 
 
 class Runner:
@@ -126,7 +134,7 @@ class Runner:
             self._transition(work, TaskState.CANCELED, Outcome(task_id, False, error="canceled"))
             if process is not None:
                 await process.stop("canceled")
-            elif running and work.spec.kind == "function":
+            elif running and work.is_function:
                 self.pool.kill_running(task_id, "canceled")
         return canceled
 
@@ -151,7 +159,7 @@ class Runner:
 
     def _queue(self, work: Work) -> None:
         self.loaded[work.row.id] = work
-        queue = self._functions if work.spec.kind == "function" else self._executables
+        queue = self._functions if work.is_function else self._executables
         queue.append(work)
 
     def _dispatch(self) -> None:
@@ -184,8 +192,9 @@ class Runner:
     async def _run_chunk(self, chunk: list[Work]) -> None:
         done = 0
         try:
+            now = time.time()
             for work in chunk:
-                self._transition(work, TaskState.RUNNING)
+                self._transition(work, TaskState.RUNNING, now=now)
             try:
                 async for outcome in self.pool.run([_call(work) for work in chunk]):
                     self._finished(chunk[done], outcome)
@@ -212,14 +221,15 @@ class Runner:
     async def _run_executable(self, work: Work) -> None:
         try:
             self._transition(work, TaskState.RUNNING)
-            started = await executables.start(
-                work.row.id, work.row.uid, work.spec, self.directory, self.settings.kill_grace
+            spec = work.spec
+            started = executables.start(
+                work.row.id, work.row.uid, spec, self.directory, self.settings.kill_grace
             )
             if isinstance(started, Outcome):
                 self._finished(work, started)
                 return
             work.process = started
-            outcome = await executables.finish(work.row.id, started, work.spec.timeout)
+            outcome = await executables.finish(work.row.id, started, spec.timeout)
             self._finished(work, outcome)
         finally:
             work.process = None
@@ -246,10 +256,20 @@ class Runner:
         else:
             self._transition(work, TaskState.FAILED, outcome)
 
-    def _transition(self, work: Work, state: TaskState, outcome: Outcome | None = None) -> None:
+    def _transition(
+        self,
+        work: Work,
+        state: TaskState,
+        outcome: Outcome | None = None,
+        now: float | None = None,
+    ) -> None:
+        now = time.time() if now is None else now
         work.state = state
         work.seq += 1
-        record = Record(work.row.id, work.row.uid, state, work.seq, time.time(), work.attempt)
+        if state is TaskState.RUNNING:
+            work.started = now
+        record = Record(work.row.id, work.row.uid, state, work.seq, now, work.attempt)
+        record.started = work.started
         if outcome is not None and state is not TaskState.NEW:
             record.exit_code = outcome.exit_code
             record.encoding = outcome.encoding
@@ -262,15 +282,15 @@ class Runner:
 
 
 def _call(work: Work) -> Call:
-    spec = work.spec
+    get = work.fields.get
     return Call(
         work.row.id,
-        spec.function,
-        spec.pickled_function,
-        spec.args,
-        spec.kwargs,
-        spec.pickled_arguments,
-        spec.timeout,
+        get("function"),
+        get("pickled_function"),
+        get("args", []),
+        get("kwargs", {}),
+        get("pickled_arguments"),
+        get("timeout"),
     )
 
 

@@ -8,6 +8,7 @@ and statuses carry them inline only when small.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,9 +54,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     stderr TEXT NOT NULL DEFAULT '',
     UNIQUE (user, uid)
 );
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
-CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user, state);
+CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks (id) WHERE state = 'NEW';
+CREATE INDEX IF NOT EXISTS tasks_running ON tasks (id) WHERE state = 'RUNNING';
+CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user, id);
 """
+# Partial indexes for the runner's two questions (what waits, what ran when the endpoint
+# stopped) and an index without the state for the users' queries: a transition changes no
+# index entry but when a task leaves NEW or RUNNING.
 _TERMINAL_NAMES = tuple(state.value for state in TERMINAL)
 _OPEN = "state NOT IN ('DONE', 'FAILED', 'CANCELED')"
 _STATUS_COLUMNS = (
@@ -66,6 +71,7 @@ _QUEUED_COLUMNS = "id, user, uid, kind, backend, notify, spec, state, seq, attem
 _LOOKUP_CHUNK = 500  # uids per `IN (…)` query
 
 
+@functools.lru_cache(maxsize=1024)  # the transitions of a chunk share their time
 def when(timestamp: float) -> str:
     """An event time: ISO 8601 in UTC with a Z, like every timestamp on the wire."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
@@ -88,6 +94,7 @@ class Record:
     exception: str | None = None
     stdout: str = ""
     stderr: str = ""
+    started: float | None = None  # when its attempt started (not part of a status)
 
     def status(self, tail: int = EVENT_TAIL) -> dict[str, Any]:
         """The TaskStatus of this record, as JSON (built directly: this is the hot path)."""
@@ -149,7 +156,7 @@ def _inserted(i: int, t: NewTask, now: float) -> tuple[Any, ...]:
 
 def _written(r: Record) -> tuple[Any, ...]:
     state = r.state.value
-    return (state, r.seq, r.attempt, r.time, state, r.time, state, r.time, r.exit_code,
+    return (state, r.seq, r.attempt, r.time, r.started, state, r.time, r.exit_code,
             r.encoding, r.result, r.error, r.exception, r.stdout[-TASK_TAIL:],
             r.stderr[-TASK_TAIL:], r.id)  # fmt: skip
 
@@ -161,7 +168,7 @@ def _queued(row: tuple[Any, ...]) -> QueuedTask:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    return Record(row[0], row[1], TaskState(row[2]), *row[3:])
+    return Record(row[0], row[1], TaskState(row[2]), *row[3:])  # _STATUS_COLUMNS, in order
 
 
 class TaskStore:
@@ -195,14 +202,15 @@ class TaskStore:
         return ids
 
     def write(self, records: Iterable[Record]) -> None:
-        """Store transitions: state, seq and attempt always, the rest as the state has it."""
+        """Store transitions: a task's last one in the batch is its row (the others are only
+        announced)."""
+        last = {record.id: record for record in records}
         self.db.executemany(
-            "UPDATE tasks SET state = ?, seq = ?, attempt = ?, changed = ?, "
-            "started = CASE WHEN ? = 'RUNNING' THEN ? ELSE started END, "
+            "UPDATE tasks SET state = ?, seq = ?, attempt = ?, changed = ?, started = ?, "
             "finished = CASE WHEN ? IN ('DONE', 'FAILED', 'CANCELED') THEN ? ELSE NULL END, "
             "exit_code = ?, encoding = ?, result = ?, error = ?, exception = ?, "
             "stdout = ?, stderr = ? WHERE id = ?",
-            [_written(record) for record in records],
+            [_written(record) for record in last.values()],
         )
 
     # -- the runner's reads ----------------------------------------------------------------
