@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -41,7 +42,7 @@ from support import endpoint_process, percentile, wait_online
 import orbit_mq
 from orbit_mq.contracts.tasks import Tasks, TaskSpec, TaskState, TaskStatus
 from orbit_mq.contracts.tasks.values import pickled
-from orbit_mq.tasks import TaskWatcher, as_completed, submit, with_uid
+from orbit_mq.tasks import TaskWatcher, submit, with_uid
 
 TARGETS = {
     "functions_2000_per_s": 5000,
@@ -61,19 +62,33 @@ def _noop(x: int) -> int:
 
 
 async def run_case(
-    fabric: orbit_mq.Fabric, tasks: Tasks, name: str, specs: list[TaskSpec]
+    fabric: orbit_mq.Fabric, tasks: Tasks, name: str, specs: Iterable[TaskSpec], count: int
 ) -> dict[str, Any]:
+    """Submit the tasks and wait for all: the SDK's way for many tasks (a TaskWatcher, started
+    before the first batch, learns each ending from the events), while another subscription
+    counts every terminal transition announced."""
     ends: Counter[str] = Counter()
     counted = asyncio.Condition()
+    done = Counter[TaskState]()
+    all_ended = asyncio.Event()
+
+    async def on_status(status: TaskStatus) -> None:
+        done[status.state] += 1
+        if sum(done.values()) == count:
+            all_ended.set()
+
     async with fabric.subscribe(f"{name}.tasks.task_status_batch") as events:
         counting = asyncio.create_task(_count(events, ends, counted))
+        watcher = TaskWatcher(tasks, on_status)
+        await watcher.start()
         began = time.perf_counter()
-        uids = await submit(tasks, specs)
+        uids = await submit(tasks, specs, watcher=watcher)
         submitted = time.perf_counter() - began
-        statuses = [s async for s in as_completed(tasks, uids, timeout=600)]
+        await asyncio.wait_for(all_ended.wait(), 3600)
         seconds = time.perf_counter() - began
+        await watcher.close()
         wanted = set(uids)
-        with contextlib.suppress(TimeoutError):  # the counter catches up with as_completed
+        with contextlib.suppress(TimeoutError):  # the counter catches up with the watcher
             async with asyncio.timeout(30), counted:
                 await counted.wait_for(lambda: wanted <= ends.keys())
         counting.cancel()
@@ -82,7 +97,7 @@ async def run_case(
         "seconds": round(seconds, 3),
         "per_s": round(len(uids) / seconds),
         "submit_seconds": round(submitted, 3),
-        "done": sum(s.state is TaskState.DONE for s in statuses),
+        "done": done[TaskState.DONE],
         "lost": len(wanted - set(ends)),
         "duplicates": sum(n - 1 for uid, n in ends.items() if uid in wanted and n > 1),
     }
@@ -192,7 +207,7 @@ async def memory(
             await asyncio.sleep(0.2)  # a sampling interval
 
     sampler = asyncio.create_task(sample())
-    case = await run_case(fabric, tasks, name, [NOOP] * count)
+    case = await run_case(fabric, tasks, name, (NOOP for _ in range(count)), count)
     sampling = False
     await sampler
     client = psutil.Process(os.getpid()).memory_info().rss
@@ -212,20 +227,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         async with orbit_mq.Fabric(settings) as fabric:
             await wait_online(fabric, name)
             tasks = await fabric.endpoint(name).plugin(Tasks)
-            await run_case(fabric, tasks, name, [NOOP] * 200)  # workers started, caches warm
+            await run_case(fabric, tasks, name, [NOOP] * 200, 200)  # workers started, caches warm
             for count in (2000, 10_000):
                 if wanted(f"functions_{count}"):
                     cases[f"functions_{count}"] = await run_case(
-                        fabric, tasks, name, [NOOP] * count
+                        fabric, tasks, name, [NOOP] * count, count
                     )
             if wanted("pickled_10000"):
                 spec = TaskSpec(pickled_function=pickled(_noop), args=[1])
-                cases["pickled_10000"] = await run_case(fabric, tasks, name, [spec] * 10_000)
+                cases["pickled_10000"] = await run_case(
+                    fabric, tasks, name, [spec] * 10_000, 10_000
+                )
             if wanted("executables_1000"):
                 baseline = await asyncio_true(1000)
-                case = await run_case(
-                    fabric, tasks, name, [TaskSpec(executable="/bin/true")] * 1000
-                )
+                exe = TaskSpec(executable="/bin/true")
+                case = await run_case(fabric, tasks, name, [exe] * 1000, 1000)
                 case["baseline_asyncio_per_s"] = round(baseline)
                 case["ratio"] = round(case["per_s"] / baseline, 2)
                 cases["executables_1000"] = case

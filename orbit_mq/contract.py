@@ -44,6 +44,8 @@ class Contract:
         if "name" in cls.__dict__:
             check_name("plugin", cls.name)
             Contract.known.setdefault(cls.name, cls)  # the first: the contract, not a subclass
+            for alias in cls.aliases:
+                Contract.known.setdefault(check_name("plugin", alias), cls)
         if "errors" in cls.__dict__:
             register_errors(cls.name, cls.errors)
 

@@ -80,7 +80,9 @@ class Subscription(Generic[M]):
     subscription delivers it once more: at least once across processes). A non-durable one
     uses a private queue that lives as long as the connection: events published while it is
     being re-established after a broker restart are not seen (use a durable one, or, for a
-    job, `Job.watch`, which reads them from the endpoint's journal).
+    job, `Job.watch`, which reads them from the endpoint's journal). Either way at most
+    `prefetch` messages wait in this process: a reader that falls behind leaves the rest in
+    its queue on the broker and catches up from there.
     """
 
     def __init__(
@@ -134,7 +136,10 @@ class Subscription(Generic[M]):
         )
         for pattern in self.patterns:
             await amqp.queue_bind(self.queue_name, self._exchange, routing_key=pattern)
-        await amqp.basic_consume(self.queue_name, self._inbox.put, no_ack=not durable)
+        # Acknowledged as they are taken (durable ones: when the next is asked for), so that
+        # at most `prefetch` wait in this process and a slow reader leaves the rest in its
+        # queue on the broker (flow control), instead of in memory here.
+        await amqp.basic_consume(self.queue_name, self._inbox.put, no_ack=False)
 
     async def close(self) -> None:
         """Stop consuming: nothing is left consuming the queue, and what the caller has not
@@ -165,11 +170,12 @@ class Subscription(Generic[M]):
                 self._inbox.put_nowait(None)
                 raise StopAsyncIteration
             item = self._accept(message)
+            if item is not None and self._durable:
+                self._unacked = message
+            else:
+                await self._ack(message)
             if item is not None:
-                if self._durable:
-                    self._unacked = message
                 return item
-            await self._ack(message)
 
     def _accept(self, message: DeliveredMessage) -> M | None:
         """The message as a model, or None for a repeat or a malformed one."""
@@ -194,8 +200,6 @@ class Subscription(Generic[M]):
             await self._ack(message)
 
     async def _ack(self, message: DeliveredMessage) -> None:
-        if not self._durable:
-            return
         # On the channel it came on: after a reconnection that channel is closed and the ack
         # is not sent (its tag means nothing on the new channel); the broker delivers the
         # message again and `Seen` drops the repeat.

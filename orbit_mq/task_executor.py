@@ -85,11 +85,17 @@ class TaskExecutor(Executor):
                 for _, future in self._queue:
                     future.cancel()
         self._loop.call_soon_threadsafe(self._kick.set)
-        if wait:
-            with contextlib.suppress(Exception):
-                self._call(self._drained())
-        self._call(self._close())
-        self._stop_loop()
+        if not wait:  # the calls made still end, and their futures with them
+            asyncio.run_coroutine_threadsafe(self._finish(), self._loop)
+            return
+        self._call(self._finish())
+        self._thread.join(timeout=10)
+
+    async def _finish(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._drained()
+        await self._close()
+        self._loop.call_soon(self._loop.stop)
 
     # -- building tasks --------------------------------------------------------------------
 

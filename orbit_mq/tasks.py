@@ -88,13 +88,17 @@ async def submit(
     notify: str = "batch",
     batch_size: int = BATCH_SIZE,
     window: int = WINDOW,
+    watcher: TaskWatcher | None = None,
 ) -> list[str]:
-    """Submit any number of tasks; their uids in order, once every batch is journaled."""
+    """Submit any number of tasks; their uids in order, once every batch is journaled. With
+    a (started) `watcher`, each batch's tasks are watched before the batch is sent."""
     uids: list[str] = []
     running: set[asyncio.Task[list[str]]] = set()
     results: list[asyncio.Task[list[str]]] = []
     try:
         for batch in batches(specs, batch_size):
+            if watcher is not None:
+                watcher.watch(spec.uid for spec in batch if spec.uid)
             while len(running) >= window:
                 finished, running = await asyncio.wait(running, return_when="FIRST_COMPLETED")
                 for task in finished:

@@ -22,9 +22,11 @@ import orjson
 from orbit_mq.contracts.tasks.models import TaskSpec, TaskState
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.tasks import executables
+from orbit_mq.workers.plugins.tasks.backends import DEFAULT_BACKEND
 from orbit_mq.workers.plugins.tasks.functions import Call, Outcome
 from orbit_mq.workers.plugins.tasks.pool import FunctionPool, WorkerDied
 from orbit_mq.workers.plugins.tasks.recorder import Recorder
+from orbit_mq.workers.plugins.tasks.remote import RhapsodyBackend
 from orbit_mq.workers.plugins.tasks.settings import TasksSettings
 from orbit_mq.workers.plugins.tasks.store import QueuedTask, Record, TaskStore
 
@@ -45,6 +47,7 @@ class Work:
     attempt: int
     process: executables.RunningProcess | None = None
     started: float | None = None  # when its current attempt started
+    handed: RhapsodyBackend | None = None  # the rhapsody-py backend running it
 
     @classmethod
     def of(cls, row: QueuedTask) -> Work:
@@ -71,6 +74,8 @@ class Runner:
         self.loaded: dict[int, Work] = {}
         self._functions: deque[Work] = deque()
         self._executables: deque[Work] = deque()
+        self._elsewhere: deque[Work] = deque()  # for rhapsody-py's backends
+        self._remote: dict[str, RhapsodyBackend] = {}
         self._chunks = 0  # chunks in the pool
         self._processes = 0  # executables running
         self._cursor = 0  # the highest id loaded from the journal
@@ -97,6 +102,9 @@ class Runner:
             if work.process is not None:
                 await work.process.stop(STOPPED)
         await self.pool.stop()
+        for backend in self._remote.values():
+            with contextlib.suppress(Exception):  # it is going away either way
+                await backend.stop()
         if self._running:  # chunks see their worker gone and settle their calls
             await asyncio.wait(self._running, timeout=self.settings.kill_grace)
         for task in list(self._running):
@@ -134,6 +142,8 @@ class Runner:
             self._transition(work, TaskState.CANCELED, Outcome(task_id, False, error="canceled"))
             if process is not None:
                 await process.stop("canceled")
+            elif work.handed is not None:
+                await work.handed.cancel(task_id)
             elif running and work.is_function:
                 self.pool.kill_running(task_id, "canceled")
         return canceled
@@ -159,8 +169,12 @@ class Runner:
 
     def _queue(self, work: Work) -> None:
         self.loaded[work.row.id] = work
-        queue = self._functions if work.is_function else self._executables
-        queue.append(work)
+        if work.row.backend != DEFAULT_BACKEND:
+            self._elsewhere.append(work)
+        elif work.is_function:
+            self._functions.append(work)
+        else:
+            self._executables.append(work)
 
     def _dispatch(self) -> None:
         while self._functions and self._chunks < self.pool.workers:  # a chunk per worker
@@ -173,6 +187,41 @@ class Runner:
             if work.state is TaskState.NEW:
                 self._processes += 1
                 self._spawn(self._run_executable(work))
+        if self._elsewhere:
+            self._hand_over()
+
+    # -- rhapsody-py's backends ------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        groups: dict[str, list[Work]] = {}
+        while self._elsewhere:
+            work = self._elsewhere.popleft()
+            if work.state is TaskState.NEW:
+                groups.setdefault(work.row.backend, []).append(work)
+        for name, works in groups.items():
+            backend = self._remote.get(name)
+            if backend is None:
+                backend = self._remote[name] = RhapsodyBackend(
+                    name, self._started_elsewhere, self._ended_elsewhere
+                )
+            for work in works:
+                work.handed = backend
+            batch = [(work.row.id, work.row.uid, work.fields) for work in works]
+            self._spawn(backend.submit(batch))
+
+    def _started_elsewhere(self, task_id: int) -> None:
+        work = self.loaded.get(task_id)
+        if work is not None and work.state is TaskState.NEW:
+            self._transition(work, TaskState.RUNNING)
+
+    def _ended_elsewhere(self, task_id: int, outcome: Outcome) -> None:
+        work = self.loaded.get(task_id)
+        if work is None:
+            return
+        work.handed = None
+        if work.state is TaskState.NEW:  # the backend did not say it ran: it did
+            self._transition(work, TaskState.RUNNING)
+        self._finished(work, outcome)
 
     def _next_chunk(self) -> list[Work]:
         # Small chunks when little waits (spread over the workers), up to CHUNK when much does.
@@ -190,13 +239,15 @@ class Runner:
         task.add_done_callback(self._running.discard)
 
     async def _run_chunk(self, chunk: list[Work]) -> None:
+        """Run a chunk in a worker. The worker runs its calls one after the other, so each
+        call is RUNNING from the outcome of the one before it (the first from the start)."""
         done = 0
         try:
-            now = time.time()
-            for work in chunk:
-                self._transition(work, TaskState.RUNNING, now=now)
+            self._start(chunk[0])
             try:
                 async for outcome in self.pool.run([_call(work) for work in chunk]):
+                    if done + 1 < len(chunk):
+                        self._start(chunk[done + 1])
                     self._finished(chunk[done], outcome)
                     done += 1
             except WorkerDied as exc:
@@ -205,17 +256,21 @@ class Runner:
             self._chunks -= 1
             self._wake.set()
 
+    def _start(self, work: Work) -> None:
+        if work.state is TaskState.NEW:  # else canceled while it waited in the chunk
+            self._transition(work, TaskState.RUNNING)
+
     def _worker_died(self, current: Work, unstarted: list[Work], exc: WorkerDied) -> None:
         """The call that ran when its worker died failed, if it caused that (a crash, its
         own timeout); the calls after it never started and wait again."""
         if exc.target in (None, current.row.id):
             self._finished(current, Outcome(current.row.id, False, error=str(exc)))
-        else:  # killed for another call's cancel, just as that one ended: not its failure
+        elif current.state is TaskState.RUNNING:  # killed for another call's cancel
+            again = "its worker process was stopped under it; it waits again"
+            self._transition(current, TaskState.NEW, Outcome(current.row.id, False, error=again))
             unstarted = [current, *unstarted]
         for work in reversed(unstarted):
-            if work.state is TaskState.RUNNING:
-                again = "its worker process stopped before it ran; it waits again"
-                self._transition(work, TaskState.NEW, Outcome(work.row.id, False, error=again))
+            if work.state is TaskState.NEW:
                 self._functions.appendleft(work)
 
     async def _run_executable(self, work: Work) -> None:
