@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -32,6 +32,16 @@ def config_file() -> Path:
     return Path(base) / "orbit-mq" / "config.toml"
 
 
+def _split_names(value: Any) -> Any:
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
+# A list of names, from the environment as "alice,bob" (settings of the endpoint and plugins).
+Names = Annotated[list[str], NoDecode, BeforeValidator(_split_names)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORBIT_MQ_", extra="ignore")
 
@@ -44,7 +54,7 @@ class Settings(BaseSettings):
         Path.home() / ".local" / "share" / "orbit-mq",
         description="Where endpoints keep their state.",
     )
-    allowed_users: Annotated[list[str], NoDecode] = Field(
+    allowed_users: Names = Field(
         default_factory=list,
         description="Broker users an endpoint serves; empty means only its own user.",
     )
@@ -67,13 +77,6 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Pause between reconnection attempts after the broker drops, s."
     )
     coalesce: bool = Field(True, description="Send concurrent calls to one plugin as one message.")
-
-    @field_validator("allowed_users", mode="before")
-    @classmethod
-    def _split_users(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [user.strip() for user in value.split(",") if user.strip()]
-        return value
 
     @classmethod
     def settings_customise_sources(

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orbit_mq.config import Names
 
 
 class TasksSettings(BaseSettings):
@@ -32,7 +33,7 @@ class TasksSettings(BaseSettings):
     allow_pickle: bool = Field(
         True, description="Accept cloudpickled functions and arguments at all."
     )
-    pickle_users: Annotated[list[str], NoDecode] = Field(
+    pickle_users: Names = Field(
         default_factory=list,
         description="Users whose pickles are accepted; empty means every user the endpoint "
         "serves (a pickle runs any code as the endpoint's user).",
@@ -45,13 +46,6 @@ class TasksSettings(BaseSettings):
     kill_grace: float = Field(
         2.0, gt=0, description="Seconds between SIGTERM and SIGKILL when a task is stopped."
     )
-
-    @field_validator("pickle_users", mode="before")
-    @classmethod
-    def _split_users(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [user.strip() for user in value.split(",") if user.strip()]
-        return value
 
     def pickles_from(self, user: str) -> bool:
         return self.allow_pickle and (not self.pickle_users or user in self.pickle_users)
