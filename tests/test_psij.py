@@ -79,6 +79,19 @@ async def test_echo_completes_with_its_output(psij: Any, watcher: Watcher) -> No
     assert again.stdout == "" and again.stdout_offset == 6
 
 
+async def test_every_job_knows_its_id_directory_and_endpoint(
+    psij: Any, watcher: Watcher, settings: orbit_mq.Settings, name: str
+) -> None:
+    script = 'echo "$ORBIT_MQ_JOB_ID $ORBIT_MQ_JOB_DIR $ORBIT_MQ_ENDPOINT $MINE"'
+    job = await submit(
+        psij, spec={**spec("/bin/sh", "-c", script), "environment": {"MINE": "kept"}}
+    )
+    await watcher.until_ended(job.job_id)
+    status = await psij.get_job_status(job_id=job.job_id)
+    root = settings.home / "endpoints" / name / "jobs" / job.job_id
+    assert status.stdout == f"{job.job_id} {root} {name} kept\n"
+
+
 async def test_job_directory_holds_spec_history_output_and_work(
     psij: Any, watcher: Watcher, settings: orbit_mq.Settings, name: str
 ) -> None:

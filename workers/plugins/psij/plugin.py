@@ -304,10 +304,16 @@ class PsiJ(Plugin, contract.PsiJ):
         """A journaled unfinished job, to re-attach after a restart."""
         return LiveJob(row, psij_spec=self._psij_spec(row))
 
-    @staticmethod
-    def _psij_spec(row: JobRow) -> psij.JobSpec:
+    def _psij_spec(self, row: JobRow) -> psij.JobSpec:
         spec = JobSpec.model_validate(row.spec)
         directory = Path(spec.directory) if spec.directory else row.job_dir / "work"
+        # Every job learns who it is and where its files are (as psik's jobs do).
+        own = {
+            "ORBIT_MQ_JOB_ID": row.job_id,
+            "ORBIT_MQ_JOB_DIR": str(row.job_dir),
+            "ORBIT_MQ_ENDPOINT": self.context.endpoint,
+        }
+        spec = spec.model_copy(update={"environment": {**spec.environment, **own}})
         return ex.psij_spec(spec, directory, row.stdout_path, row.stderr_path, row.exit_file)
 
     def _with_site_defaults(self, spec: JobSpec, executor: str) -> JobSpec:
