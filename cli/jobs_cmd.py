@@ -283,6 +283,26 @@ def cancel(
 
 
 @guarded
+def rm(
+    ctx: typer.Context,
+    endpoint: EndpointArg,
+    job_ids: Annotated[
+        list[str], typer.Argument(metavar="JOB...", help="Ended jobs.", show_default=False)
+    ],
+    timeout: TimeoutOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Remove ended jobs: their directories on the endpoint and their journal rows."""
+    settings = settings_for(ctx, url=url, timeout=timeout)
+
+    async def remove(psij: PsiJ) -> list[Job]:
+        return [await psij.remove_job(job_id=job_id) for job_id in job_ids]
+
+    for job in run_async(show.on_psij(settings, endpoint, remove)):
+        console.print(f"removed {job.job_id} ({job.state.value})", soft_wrap=True)
+
+
+@guarded
 def logs(
     ctx: typer.Context,
     endpoint: EndpointArg,

@@ -23,7 +23,7 @@ from orbit_mq.cli.common import (
 )
 from orbit_mq.cli.demo import demo
 from orbit_mq.cli.endpoint_cmd import endpoint_app
-from orbit_mq.cli.jobs_cmd import cancel, jobs, logs, status, submit
+from orbit_mq.cli.jobs_cmd import cancel, jobs, logs, rm, status, submit
 from orbit_mq.cli.output import console, endpoints_table, print_json
 from orbit_mq.cli.stage_cmd import stage_app
 from orbit_mq.cli.sysinfo_cmd import sysinfo
@@ -45,7 +45,7 @@ app.add_typer(tasks_app, name="tasks")
 app.command()(call)
 app.command()(watch)
 app.command()(sysinfo)
-for job_command in (submit, status, jobs, cancel, logs):
+for job_command in (submit, status, jobs, cancel, rm, logs):
     app.command()(job_command)
 app.command()(demo)
 

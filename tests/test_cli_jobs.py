@@ -123,6 +123,20 @@ async def test_wait_json_prints_every_transition(settings: Settings, psij_endpoi
     assert len({t["job_id"] for t in transitions}) == 1
 
 
+async def test_rm_removes_ended_jobs_only(settings: Settings, psij_endpoint: str) -> None:
+    done = await submit(settings, psij_endpoint, "--wait", "--json", command=["/bin/true"])
+    job_id = json_lines(done)[0]["job_id"]
+    running = await submit(settings, psij_endpoint, command=["/bin/sleep", "30"])
+    sleeper = running.stdout.split()[0]
+    removed = await run_cli(settings, "rm", psij_endpoint, job_id)
+    assert removed.code == 0 and f"removed {job_id} (COMPLETED)" in removed.stdout, removed
+    gone = await run_cli(settings, "status", psij_endpoint, job_id)
+    assert_one_error_line(gone, 1, job_id)
+    refused = await run_cli(settings, "rm", psij_endpoint, sleeper)
+    assert_one_error_line(refused, 1, "cancel it")
+    await run_cli(settings, "cancel", psij_endpoint, sleeper, "--wait")
+
+
 async def test_follow_streams_output_in_order(settings: Settings, psij_endpoint: str) -> None:
     streamed, mixed = await asyncio.gather(
         submit(settings, psij_endpoint, "--follow", command=DEMO_JOB),

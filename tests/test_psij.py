@@ -21,6 +21,7 @@ from orbit_mq.contracts.psij import (
     ExecutorUnavailable,
     InvalidJobSpec,
     Job,
+    JobNotEnded,
     JobNotFound,
     JobState,
 )
@@ -131,6 +132,28 @@ async def test_cancel_running_job(psij: Any, watcher: Watcher) -> None:
     assert (again.state, again.seq) == (JobState.CANCELED, 4)
     with pytest.raises(JobNotFound):
         await psij.cancel_job(job_id="no-such-job")
+
+
+async def test_an_ended_job_can_be_removed_and_a_running_one_not(
+    psij: Any, watcher: Watcher, settings: orbit_mq.Settings, name: str
+) -> None:
+    running = await submit(psij, spec=spec("/bin/sleep", "30"))
+    ended = await submit(psij, spec=spec("/bin/echo", "bye"))
+    await watcher.until_ended(ended.job_id)
+    await watcher.until_state(running.job_id, "ACTIVE")
+    with pytest.raises(JobNotEnded, match="cancel it"):
+        await psij.remove_job(job_id=running.job_id)
+    root = settings.home / "endpoints" / name / "jobs"
+    assert (root / ended.job_id / "stdout").read_text() == "bye\n"
+    removed = await psij.remove_job(job_id=ended.job_id)
+    assert removed.state == JobState.COMPLETED and not (root / ended.job_id).exists()
+    with pytest.raises(JobNotFound):
+        await psij.get_job_status(job_id=ended.job_id)
+    assert ended.job_id not in {job.job_id for job in (await psij.list_jobs()).jobs}
+    await psij.cancel_job(job_id=running.job_id)
+    await watcher.until_ended(running.job_id)
+    await psij.remove_job(job_id=running.job_id)
+    assert not (root / running.job_id).exists()
 
 
 async def test_invalid_specs_submit_nothing(psij: Any, fabric: orbit_mq.Fabric, name: str) -> None:

@@ -23,6 +23,7 @@ from orbit_mq.contracts.psij.errors import (
     ExecutorUnavailable,
     HostKeyRejected,
     InvalidJobSpec,
+    JobNotEnded,
     JobNotFound,
     LoginRefused,
     TunnelConflict,
@@ -60,6 +61,7 @@ class PsiJ(Contract):
     }
     errors = (
         JobNotFound,
+        JobNotEnded,
         InvalidJobSpec,
         ExecutorUnavailable,
         EndpointNameMissing,
@@ -125,6 +127,13 @@ class PsiJ(Contract):
         raise NotImplementedError
 
     @rpc
+    async def remove_job(self, job_id: str) -> Job:
+        """Remove an ended job: its directory on the endpoint (output, work/ unless the spec
+        named a directory of its own) and its journal rows; returns the job as it was. A job
+        that has not ended is refused (JobNotEnded, a Conflict): cancel it first."""
+        raise NotImplementedError
+
+    @rpc
     async def wait_jobs(
         self, job_ids: list[str], timeout: NonNegativeFloat | None = None
     ) -> list[Job]:
@@ -174,6 +183,7 @@ __all__ = [
     "Job",
     "JobAttributes",
     "JobList",
+    "JobNotEnded",
     "JobNotFound",
     "JobOutputEvent",
     "JobSpec",

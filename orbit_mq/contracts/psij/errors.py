@@ -9,6 +9,10 @@ class JobNotFound(NotFound):
     """No job with that id on this endpoint."""
 
 
+class JobNotEnded(Conflict):
+    """The job has not ended: it cannot be removed (cancel it first)."""
+
+
 class InvalidJobSpec(InvalidRequest):
     """The spec is well-formed but cannot be run (e.g. an unknown launcher)."""
 

@@ -5,7 +5,9 @@ executors, a durable journal and strongly ordered `job_status` events.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +18,7 @@ from orbit_mq.contracts import psij as contract
 from orbit_mq.contracts.psij import (
     Job,
     JobList,
+    JobNotEnded,
     JobNotFound,
     JobSpec,
     JobState,
@@ -168,6 +171,22 @@ class PsiJ(Plugin, contract.PsiJ):
         if not self._row(job_id).state.final:
             await self.tracker.cancel(job_id)
         return self._row(job_id).info()
+
+    async def remove_job(self, job_id: str) -> Job:
+        row = self._row(job_id)
+        if not row.state.final or job_id in self.tracker.live:
+            raise JobNotEnded(
+                f"job {job_id} is {row.state.value}: cancel it, then remove it once it ended",
+                {"job_id": job_id, "state": row.state.value},
+            )
+        with self.context.journal.transaction():
+            self.store.remove(job_id)
+        # Its files go after the rows: a crash in between leaves a directory nobody lists.
+        await asyncio.get_running_loop().run_in_executor(
+            self.context.executor, partial(shutil.rmtree, row.job_dir, ignore_errors=True)
+        )
+        self.log.info("removed job %s and its directory %s", job_id, row.job_dir)
+        return row.info()
 
     async def wait_jobs(
         self,

@@ -201,6 +201,11 @@ class JobStore:
 
     # -- reads -----------------------------------------------------------------------------
 
+    def remove(self, job_id: str) -> None:
+        """Forget a job (its row and its history)."""
+        self.db.execute("DELETE FROM psij_history WHERE job_id = ?", (job_id,))
+        self.db.execute("DELETE FROM psij_jobs WHERE job_id = ?", (job_id,))
+
     def get(self, job_id: str) -> JobRow | None:
         rows = self._query("SELECT * FROM psij_jobs WHERE job_id = ?", (job_id,))
         return JobRow.from_sql(rows[0]) if rows else None
