@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -15,7 +15,9 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 
+from orbit_mq.client import Fabric
 from orbit_mq.config import Settings, load_settings
+from orbit_mq.contract import Contract
 from orbit_mq.errors import ConfigError, OrbitError
 from orbit_mq.protocol import check_name
 from orbit_mq.shorten import Bounded
@@ -23,6 +25,7 @@ from orbit_mq.shorten import Bounded
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+C = TypeVar("C", bound=Contract)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -121,6 +124,15 @@ def setup_logging(level: LogLevel = LogLevel.WARNING, quiet_libraries: bool = Tr
     quiet = level in (LogLevel.WARNING, LogLevel.ERROR) and quiet_libraries
     for library in ("aiormq", "aio_pika"):
         logging.getLogger(library).setLevel(logging.CRITICAL if quiet else logging.NOTSET)
+
+
+async def on_plugin(
+    settings: Settings, endpoint: str, contract: type[C], action: Callable[[C], Awaitable[T]]
+) -> T:
+    """Connect, run `action` with a session-less proxy of `contract` on `endpoint` (a command
+    acts as the user, not as a session of its own), disconnect."""
+    async with Fabric(settings) as fabric:
+        return await action(await fabric.endpoint(endpoint).plugin(contract, session=False))
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:

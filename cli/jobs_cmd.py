@@ -18,6 +18,7 @@ from orbit_mq.cli.common import (
     TimeoutOption,
     UrlOption,
     guarded,
+    on_plugin,
     run_async,
     settings_for,
 )
@@ -196,7 +197,7 @@ def submit(
     mode = show.SubmitMode(executor, stream, wait, follow, as_json)
     settings = settings_for(ctx, url=url, timeout=timeout)
     code = run_async(
-        show.on_psij(settings, endpoint, partial(show.submit_job, spec=spec, mode=mode))
+        on_plugin(settings, endpoint, PsiJ, partial(show.submit_job, spec=spec, mode=mode))
     )
     if code:
         raise typer.Exit(code)
@@ -217,7 +218,7 @@ def status(
     """
     settings = settings_for(ctx, url=url, timeout=timeout)
     found = run_async(
-        show.on_psij(settings, endpoint, lambda psij: psij.get_job_status(job_id=job_id))
+        on_plugin(settings, endpoint, PsiJ, lambda psij: psij.get_job_status(job_id=job_id))
     )
     if as_json:
         print_json(show.job_json(found))
@@ -246,9 +247,10 @@ def jobs(
     """List ENDPOINT's jobs, newest first."""
     settings = settings_for(ctx, url=url, timeout=timeout)
     listing = run_async(
-        show.on_psij(
+        on_plugin(
             settings,
             endpoint,
+            PsiJ,
             lambda psij: psij.list_jobs(state=state, offset=offset, limit=limit),
         )
     )
@@ -274,7 +276,7 @@ def cancel(
     settings = settings_for(ctx, url=url, timeout=timeout)
     until = settings.timeout if wait else None
     job = run_async(
-        show.on_psij(settings, endpoint, partial(show.cancel_job, job_id=job_id, wait=until))
+        on_plugin(settings, endpoint, PsiJ, partial(show.cancel_job, job_id=job_id, wait=until))
     )
     if as_json:
         print_json(show.job_json(job))
@@ -298,7 +300,7 @@ def rm(
     async def remove(psij: PsiJ) -> list[Job]:
         return [await psij.remove_job(job_id=job_id) for job_id in job_ids]
 
-    for job in run_async(show.on_psij(settings, endpoint, remove)):
+    for job in run_async(on_plugin(settings, endpoint, PsiJ, remove)):
         console.print(f"removed {job.job_id} ({job.state.value})", soft_wrap=True)
 
 
@@ -326,4 +328,4 @@ def logs(
     async def stream_logs(psij: PsiJ) -> None:
         await stream(await Job.attach(psij, job_id))
 
-    run_async(show.on_psij(settings, endpoint, stream_logs))
+    run_async(on_plugin(settings, endpoint, PsiJ, stream_logs))

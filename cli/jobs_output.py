@@ -10,7 +10,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -23,8 +23,6 @@ from rich.table import Table
 from rich.text import Text
 
 from orbit_mq.cli.output import console, human_duration, print_json
-from orbit_mq.client import Fabric
-from orbit_mq.config import Settings
 from orbit_mq.contracts.psij import (
     Job,
     JobList,
@@ -221,14 +219,6 @@ async def follow_job(job: Job, began: float, as_json: bool) -> int:
 
 
 # -- what the commands do -----------------------------------------------------------------------
-
-
-async def on_psij(
-    settings: Settings, endpoint: str, action: Callable[[PsiJContract], Awaitable[T]]
-) -> T:
-    """Connect, run `action` with a session-less psij proxy for `endpoint`, disconnect."""
-    async with Fabric(settings) as fabric:
-        return await action(await fabric.endpoint(endpoint).plugin(PsiJContract, session=False))
 
 
 @dataclass(frozen=True)

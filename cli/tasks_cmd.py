@@ -20,6 +20,7 @@ from orbit_mq.cli.common import (
     TimeoutOption,
     UrlOption,
     guarded,
+    on_plugin,
     run_async,
     settings_for,
 )
@@ -45,7 +46,12 @@ RECHECK = 1.0  # s: `wait --all` reads the counts at least this often
 
 
 async def _proxy(fabric: Fabric, endpoint: str) -> Tasks:
-    return await fabric.endpoint(endpoint).plugin(Tasks)
+    return await fabric.endpoint(endpoint).plugin(Tasks, session=False)
+
+
+def _check_uids_or_all(uids: list[str] | None, all_open: bool) -> None:
+    if bool(uids) == all_open:
+        raise ConfigError("give task uids or --all")
 
 
 # -- submit ------------------------------------------------------------------------------------
@@ -196,8 +202,7 @@ def wait_command(
     url: UrlOption = None,
 ) -> None:
     """Wait for tasks to end, with a progress bar; exits 1 unless all ended DONE."""
-    if bool(uids) == all_open:
-        raise ConfigError("give task uids or --all")
+    _check_uids_or_all(uids, all_open)
     settings = settings_for(ctx, url=url, timeout=timeout)
     show = not no_progress and not as_json
     try:
@@ -255,12 +260,14 @@ def list_command(
     """Your tasks on the endpoint, in the order they were submitted, with counts by state."""
     settings = settings_for(ctx, url=url, timeout=timeout)
 
-    async def main() -> Any:
-        async with Fabric(settings) as fabric:
-            tasks = await _proxy(fabric, endpoint)
-            return await tasks.list_tasks(state=state, offset=offset, limit=limit)
-
-    page = run_async(main())
+    page = run_async(
+        on_plugin(
+            settings,
+            endpoint,
+            Tasks,
+            lambda tasks: tasks.list_tasks(state=state, offset=offset, limit=limit),
+        )
+    )
     if as_json:
         print_json(page.model_dump(mode="json"))
         return
@@ -284,11 +291,8 @@ def status_command(
     """One task in full (JSON)."""
     settings = settings_for(ctx, url=url, timeout=timeout)
 
-    async def main() -> Any:
-        async with Fabric(settings) as fabric:
-            return await (await _proxy(fabric, endpoint)).get_task(uid=uid)
-
-    print_json(run_async(main()).model_dump(mode="json"))
+    task = run_async(on_plugin(settings, endpoint, Tasks, lambda tasks: tasks.get_task(uid=uid)))
+    print_json(task.model_dump(mode="json"))
 
 
 @tasks_app.command("cancel")
@@ -302,19 +306,16 @@ def cancel_command(
     url: UrlOption = None,
 ) -> None:
     """Cancel tasks (or --all of yours that have not ended)."""
-    if bool(uids) == all_open:
-        raise ConfigError("give task uids or --all")
+    _check_uids_or_all(uids, all_open)
     settings = settings_for(ctx, url=url, timeout=timeout)
 
-    async def main() -> int:
-        async with Fabric(settings) as fabric:
-            tasks = await _proxy(fabric, endpoint)
-            if all_open:
-                return (await tasks.cancel_all_tasks()).canceled
-            ended = [await tasks.cancel_task(uid=uid) for uid in uids or []]
-            return sum(task.state is TaskState.CANCELED for task in ended)
+    async def cancel(tasks: Tasks) -> int:
+        if all_open:  # all of the user's (the proxy has no session to narrow it)
+            return (await tasks.cancel_all_tasks()).canceled
+        ended = [await tasks.cancel_task(uid=uid) for uid in uids or []]
+        return sum(task.state is TaskState.CANCELED for task in ended)
 
-    console.print(f"canceled: {run_async(main())}")
+    console.print(f"canceled: {run_async(on_plugin(settings, endpoint, Tasks, cancel))}")
 
 
 @tasks_app.command("backends")
@@ -329,11 +330,7 @@ def backends_command(
     """The execution backends the endpoint knows, and which can run tasks there."""
     settings = settings_for(ctx, url=url, timeout=timeout)
 
-    async def main() -> Any:
-        async with Fabric(settings) as fabric:
-            return await (await _proxy(fabric, endpoint)).backends()
-
-    infos = run_async(main())
+    infos = run_async(on_plugin(settings, endpoint, Tasks, lambda tasks: tasks.backends()))
     if as_json:
         print_json([info.model_dump(mode="json") for info in infos])
         return

@@ -282,3 +282,18 @@ async def test_task_executor_futures_end_after_shutdown_without_wait(
         return values
 
     assert await asyncio.to_thread(use) == [i + 1 for i in range(50)]
+
+
+async def test_cli_cancels_all_of_a_users_open_tasks(
+    settings: orbit_mq.Settings, tasks_endpoint: str
+) -> None:
+    sent = await run_cli(
+        settings, "tasks", "submit", tasks_endpoint, "--count", "3", "--", "/bin/sleep", "30"
+    )
+    assert sent.code == 0, sent
+    canceled = await run_cli(settings, "tasks", "cancel", tasks_endpoint, "--all")
+    assert canceled.code == 0 and "canceled: 3" in canceled.stdout, canceled
+    waited = await run_cli(settings, "tasks", "wait", tasks_endpoint, "--all", "--no-progress")
+    assert waited.code == 1 and "CANCELED 3" in waited.stdout, waited
+    refused = await run_cli(settings, "tasks", "cancel", tasks_endpoint)
+    assert refused.code != 0 and "give task uids or --all" in refused.stderr, refused
