@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 
 from pydantic import BaseModel, PositiveFloat
 
@@ -142,6 +142,10 @@ class Plugin(Contract):
 REPLY_MARGIN = 0.5  # s: a waiting call answers this long before its caller's deadline
 
 
+@overload
+def wait_budget(timeout: float, ctx: CallContext) -> float: ...
+@overload
+def wait_budget(timeout: float | None, ctx: CallContext) -> float | None: ...
 def wait_budget(timeout: float | None, ctx: CallContext) -> float | None:
     """How long a call that waits (wait_jobs, wait_tasks) may wait: its own timeout, bounded
     by the request's deadline; None for no limit."""

@@ -8,7 +8,6 @@ uploads.py).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, ClassVar, cast
 
 from pydantic import ValidationError
@@ -33,7 +32,7 @@ from orbit_mq.contracts.staging.models import (
 from orbit_mq.errors import ConfigError, InvalidRequest
 from orbit_mq.rpc import INJECTED, CallContext, in_thread
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugin import Plugin
+from orbit_mq.workers.plugin import Plugin, wait_budget
 from orbit_mq.workers.plugins.staging import files
 from orbit_mq.workers.plugins.staging.paths import Roots
 from orbit_mq.workers.plugins.staging.settings import StagingSettings
@@ -44,7 +43,6 @@ log = bounded_logger("orbit_mq.plugin.staging")
 
 # Room left in a request for everything but the base64 data (ids, offsets, JSON).
 ENVELOPE = 64 * 1024
-REPLY_MARGIN = 0.5  # s: a waiting chunk gives up this long before its caller's deadline
 
 
 def chunk_limit(max_message_size: int) -> int:
@@ -147,7 +145,8 @@ class Staging(Plugin, contract.Staging):
                 f"received; send from offset {upload.received}",
                 {"offset": offset, "received": upload.received},
             )
-        received = await write_chunk(upload, offset, raw, self._gap_wait(ctx))
+        gap_wait = wait_budget(self.options.gap_wait, ctx)
+        received = await write_chunk(upload, offset, raw, gap_wait)
         if upload.closed:
             raise transfer_gone(transfer_id)
         return ChunkAck(received=received)
@@ -259,12 +258,6 @@ class Staging(Plugin, contract.Staging):
                 "smaller chunks",
                 {"size": length, "limit": self.max_chunk},
             )
-
-    def _gap_wait(self, ctx: CallContext) -> float:
-        wait = self.options.gap_wait
-        if ctx.deadline_ms is not None:
-            wait = min(wait, ctx.deadline_ms / 1000 - time.time() - REPLY_MARGIN)
-        return max(wait, 0.0)
 
     async def _clean_periodically(self) -> None:
         period = min(self.options.partial_max_age / 4, 3600.0)
