@@ -24,9 +24,10 @@ from typing import Any
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings, load_settings
 from orbit_mq.contracts.tasks import Tasks, TaskSpec, TaskStatus
+from orbit_mq.contracts.tasks.models import new_uid
 from orbit_mq.contracts.tasks.values import is_json, pickled
 from orbit_mq.errors import ConfigError
-from orbit_mq.tasks import RECHECK_INTERVAL, TaskWatcher, new_uid, result, submit
+from orbit_mq.tasks import RECHECK_INTERVAL, TaskWatcher, result, submit
 
 BATCH = 1000  # calls per submission
 

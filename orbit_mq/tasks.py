@@ -18,14 +18,14 @@ import asyncio
 import base64
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from orbit_mq.contracts.tasks import MAX_WAIT, Tasks, TaskSpec, TaskState, TaskStatus
+from orbit_mq.contracts.tasks import MAX_WAIT, TERMINAL, Tasks, TaskSpec, TaskState, TaskStatus
 from orbit_mq.contracts.tasks.errors import TaskCanceled, TaskFailed
+from orbit_mq.contracts.tasks.models import new_uid
 from orbit_mq.contracts.tasks.values import decode_value, value_of
 from orbit_mq.errors import CallTimeout, RequestTooLarge
 from orbit_mq.proxy import remote
@@ -41,10 +41,6 @@ BATCH_BYTES = 4 * 1024 * 1024  # well under the endpoint's max_message_size (16 
 WINDOW = 4  # batches in flight
 RECHECK_INTERVAL = 5.0  # s without a relevant event after which the journal is read
 RECOVERY_WINDOW = 120.0  # s such a read may keep failing (the endpoint or broker restarting)
-
-
-def new_uid() -> str:
-    return f"task.{secrets.token_hex(8)}"
 
 
 def with_uid(spec: TaskSpec) -> TaskSpec:
@@ -132,29 +128,21 @@ async def as_completed(
     tasks: Tasks, uids: Iterable[str], timeout: float | None = None
 ) -> AsyncIterator[TaskStatus]:
     """The terminal status of every task in `uids`, each once, as they end."""
-    proxy = remote(tasks)
-    pending = set(uids)
+    ended: asyncio.Queue[TaskStatus] = asyncio.Queue()
+    watcher = TaskWatcher(tasks, ended.put)
+    watcher.watch(uids)
+    count = len(watcher.watched)
     deadline = None if timeout is None else time.monotonic() + timeout
-    topic = f"{proxy.endpoint}.{Tasks.name}.task_status_batch"
-    async with proxy.fabric.subscribe(topic) as events:
-        # Subscribed first, then read the journal: nothing can fall between the two.
-        for status in await _ended(tasks, pending):
-            pending.discard(status.uid)
-            yield status
-        while pending:
-            wait = RECHECK_INTERVAL
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise CallTimeout(f"{len(pending)} tasks did not end within {timeout} s")
+    await watcher.start()
+    try:
+        for given in range(count):
+            left = None if deadline is None else deadline - time.monotonic()
             try:
-                ended = await asyncio.wait_for(_next_endings(events, pending), wait)
+                yield await asyncio.wait_for(ended.get(), left)
             except TimeoutError:
-                ended = await _ended(tasks, pending)
-            for status in ended:
-                if status.uid in pending:
-                    pending.discard(status.uid)
-                    yield status
+                raise CallTimeout(f"{count - given} tasks did not end within {timeout} s") from None
+    finally:
+        await watcher.close()
 
 
 async def _ended(tasks: Tasks, uids: set[str]) -> list[TaskStatus]:
@@ -170,18 +158,6 @@ async def _ended(tasks: Tasks, uids: set[str]) -> list[TaskStatus]:
         )
         ended.extend(status for status in statuses if status.state.final)
     return ended
-
-
-async def _next_endings(events: Any, pending: set[str]) -> list[TaskStatus]:
-    async for event in events:
-        ended = [
-            TaskStatus.model_validate(item)
-            for item in event.data.get("tasks", ())
-            if item.get("uid") in pending and TaskState(item.get("state")).final
-        ]
-        if ended:
-            return ended
-    raise CallTimeout("the task event subscription ended")
 
 
 async def wait(tasks: Tasks, uids: Iterable[str], timeout: float | None = None) -> list[TaskStatus]:
@@ -226,6 +202,7 @@ class TaskWatcher:
     Subscribe (`start`) before submitting."""
 
     def __init__(self, tasks: Tasks, on_status: OnStatus, *, running: bool = False) -> None:
+        """`start()` subscribes, then reads the journal for the tasks already watched."""
         self.tasks = tasks
         self.on_status = on_status
         self.running = running
@@ -237,6 +214,10 @@ class TaskWatcher:
         proxy = remote(self.tasks)
         topic = f"{proxy.endpoint}.{Tasks.name}.task_status_batch"
         self._events = await proxy.fabric.subscribe(topic).start()
+        # Subscribed first, then read the journal: nothing can fall between the two.
+        if self.watched:
+            for status in await _ended(self.tasks, set(self.watched)):
+                await self._seen(status)
         self._task = asyncio.create_task(self._run(), name="orbit-task-watcher")
 
     def watch(self, uids: Iterable[str]) -> None:
@@ -256,7 +237,7 @@ class TaskWatcher:
             with contextlib.suppress(TimeoutError):
                 event = await asyncio.wait_for(anext(self._events), RECHECK_INTERVAL)
                 for item in event.data.get("tasks", ()):
-                    if item.get("uid") in self.watched:
+                    if item.get("uid") in self.watched and self._wanted(item.get("state")):
                         quiet_since = time.monotonic()
                         await self._seen(TaskStatus.model_validate(item))
             if not self.watched:
@@ -266,13 +247,14 @@ class TaskWatcher:
                     await self._seen(status)  # endings whose events this subscription missed
                 quiet_since = time.monotonic()
 
+    def _wanted(self, state: object) -> bool:
+        return state in TERMINAL or (self.running and state == TaskState.RUNNING)
+
     async def _seen(self, status: TaskStatus) -> None:
-        if status.uid not in self.watched:
+        if status.uid not in self.watched or not self._wanted(status.state):
             return
         if status.state.final:
             self.watched.discard(status.uid)
-        elif not self.running or status.state is not TaskState.RUNNING:
-            return
         try:
             await self.on_status(status)
         except Exception:  # the caller's handler failed: the others still get theirs

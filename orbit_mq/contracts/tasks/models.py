@@ -5,6 +5,7 @@ kwargs, uid, task_backend_specific_kwargs), so that its users' task dicts valida
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -29,6 +30,16 @@ PICKLE_PREFIX = "cloudpickle::"  # rhapsody-py's form of a pickled function in `
 INLINE_RESULT = 16 * 1024  # bytes: larger results stay on the endpoint (get_result)
 EVENT_TAIL = 1024  # bytes of stdout/stderr (and exception text) a TaskStatus carries
 TASK_TAIL = 4096  # … and a Task
+
+
+def new_uid() -> str:
+    """A uid for a task submitted without one (random: unique among a user's tasks)."""
+    return f"task.{secrets.token_hex(8)}"
+
+
+def event_key(uid: str, seq: int) -> str:
+    """The dedupe key of a task's transition (the message_id of its task_status event)."""
+    return f"{uid}:{seq}"
 
 
 class TaskState(StrEnum):
@@ -185,7 +196,7 @@ class TaskStatus(BaseModel):
     stderr: str = ""
 
     def event_key(self) -> str:
-        return f"{self.uid}:{self.seq}"
+        return event_key(self.uid, self.seq)
 
 
 class Task(TaskStatus):

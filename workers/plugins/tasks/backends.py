@@ -8,12 +8,15 @@ run tasks where rhapsody-py and the backend's package are installed on the endpo
 
 from __future__ import annotations
 
+import functools
+
 from orbit_mq.contracts.tasks import BackendInfo
 from orbit_mq.workers.plugins.tasks.remote import RHAPSODY_BACKENDS, missing
 
 DEFAULT_BACKEND = "concurrent"
 
 
+@functools.cache  # what is installed does not change while the endpoint runs
 def backend_infos() -> list[BackendInfo]:
     infos = [BackendInfo(name=DEFAULT_BACKEND, available=True, default=True)]
     for name in RHAPSODY_BACKENDS:

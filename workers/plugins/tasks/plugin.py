@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,21 +33,18 @@ from orbit_mq.contracts.tasks import (
     TaskState,
     TaskStatus,
 )
+from orbit_mq.contracts.tasks.models import new_uid
 from orbit_mq.protocol import SessionInfo
 from orbit_mq.rpc import INJECTED, CallContext, Session
 from orbit_mq.shorten import shorten
 from orbit_mq.workers.plugin import Plugin, PluginContext, wait_budget
 from orbit_mq.workers.plugins.tasks.backends import DEFAULT_BACKEND, backend_infos
 from orbit_mq.workers.plugins.tasks.recorder import Recorder
-from orbit_mq.workers.plugins.tasks.runner import Runner, spec_json
+from orbit_mq.workers.plugins.tasks.runner import Runner
 from orbit_mq.workers.plugins.tasks.settings import TasksSettings
-from orbit_mq.workers.plugins.tasks.store import NewTask, Record, TaskStore
+from orbit_mq.workers.plugins.tasks.store import NewTask, Record, TaskStore, spec_json
 
 CANCEL_CHUNK = 1000  # tasks canceled per journal write by cancel_all_tasks
-
-
-def new_uid() -> str:
-    return f"task.{secrets.token_hex(8)}"
 
 
 class TasksPlugin(Plugin, contract.Tasks):
@@ -119,7 +115,7 @@ class TasksPlugin(Plugin, contract.Tasks):
         now = time.time()
         session_id = session.id if session else None
         with self.context.journal.transaction():
-            known = self.store.known(ctx.user, uids)
+            known = self.store.ids(ctx.user, uids).keys()
             fresh = [(uid, spec) for uid, spec in zip(uids, tasks, strict=True) if uid not in known]
             rows = [
                 NewTask(

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orbit_mq.contracts.tasks.models import EVENT_TAIL, INLINE_RESULT
+from orbit_mq.contracts.tasks.models import EVENT_TAIL, INLINE_RESULT, event_key
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.plugins.tasks.store import Record, TaskStore
 
@@ -126,7 +126,7 @@ class Recorder:
             await self.emit("task_status_batch", {"tasks": part}, None)
         for (record, each), status in zip(batch, statuses, strict=True):
             if each:
-                await self.emit("task_status", status, f"{record.uid}:{record.seq}")
+                await self.emit("task_status", status, event_key(record.uid, record.seq))
 
     def _wake_waiters(self, records: list[Record]) -> None:
         for record in records:

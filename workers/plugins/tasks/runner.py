@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 
 from orbit_mq.contracts.tasks.models import TaskSpec, TaskState
-from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.tasks import executables
 from orbit_mq.workers.plugins.tasks.backends import DEFAULT_BACKEND
 from orbit_mq.workers.plugins.tasks.functions import Call, Outcome
@@ -30,7 +29,6 @@ from orbit_mq.workers.plugins.tasks.remote import RhapsodyBackend
 from orbit_mq.workers.plugins.tasks.settings import TasksSettings
 from orbit_mq.workers.plugins.tasks.store import QueuedTask, Record, TaskStore
 
-log = bounded_logger("orbit_mq.plugin.tasks")
 CHUNK = 64  # most function calls handed to a worker at once
 IDLE_CHECK = 1.0  # s: the runner looks at the journal at least this often
 STOPPED = "the endpoint stopped while the task ran"
@@ -87,7 +85,7 @@ class Runner:
 
     async def start(self) -> None:
         """Settle what a previous run left RUNNING, then start taking tasks."""
-        for row in self.store.running():
+        for row in self.store.in_state(TaskState.RUNNING):
             self._after_failure(Work.of(row), Outcome(row.id, False, error=STOPPED))
         await self.recorder.flush()
         self._task = asyncio.create_task(self._run(), name="orbit-tasks-runner")
@@ -162,7 +160,7 @@ class Runner:
         room = self.settings.in_memory - len(self.loaded)
         if room <= 0:
             return
-        for row in self.store.queued(self._cursor, room):
+        for row in self.store.in_state(TaskState.NEW, self._cursor, room):
             self._cursor = max(self._cursor, row.id)
             if row.id not in self.loaded:
                 self._queue(Work.of(row))
@@ -311,14 +309,8 @@ class Runner:
         else:
             self._transition(work, TaskState.FAILED, outcome)
 
-    def _transition(
-        self,
-        work: Work,
-        state: TaskState,
-        outcome: Outcome | None = None,
-        now: float | None = None,
-    ) -> None:
-        now = time.time() if now is None else now
+    def _transition(self, work: Work, state: TaskState, outcome: Outcome | None = None) -> None:
+        now = time.time()
         work.state = state
         work.seq += 1
         if state is TaskState.RUNNING:
@@ -347,8 +339,3 @@ def _call(work: Work) -> Call:
         get("pickled_arguments"),
         get("timeout"),
     )
-
-
-def spec_json(spec: TaskSpec) -> bytes:
-    """A spec as the journal keeps it."""
-    return orjson.dumps(spec.model_dump(mode="json", exclude_defaults=True))

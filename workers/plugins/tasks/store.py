@@ -8,12 +8,13 @@ and statuses carry them inline only when small.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from orbit_mq.contracts.tasks.models import (
     EVENT_TAIL,
@@ -21,6 +22,7 @@ from orbit_mq.contracts.tasks.models import (
     TASK_TAIL,
     TERMINAL,
     Task,
+    TaskSpec,
     TaskState,
     TaskStatus,
 )
@@ -61,8 +63,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user, id);
 # Partial indexes for the runner's two questions (what waits, what ran when the endpoint
 # stopped) and an index without the state for the users' queries: a transition changes no
 # index entry but when a task leaves NEW or RUNNING.
-_TERMINAL_NAMES = tuple(state.value for state in TERMINAL)
-_OPEN = "state NOT IN ('DONE', 'FAILED', 'CANCELED')"
+_OPEN = f"state NOT IN ({', '.join(repr(state.value) for state in sorted(TERMINAL))})"
 _STATUS_COLUMNS = (
     "id, uid, state, seq, changed, attempt, exit_code, encoding, result, error, exception, "
     "stdout, stderr"
@@ -71,7 +72,11 @@ _QUEUED_COLUMNS = "id, user, uid, kind, backend, notify, spec, state, seq, attem
 _LOOKUP_CHUNK = 500  # uids per `IN (…)` query
 
 
-@functools.lru_cache(maxsize=1024)  # the transitions of a chunk share their time
+def spec_json(spec: TaskSpec) -> bytes:
+    """A spec as the journal keeps it (validated once, at submission; read back with orjson)."""
+    return orjson.dumps(spec.model_dump(mode="json", exclude_defaults=True))
+
+
 def when(timestamp: float) -> str:
     """An event time: ISO 8601 in UTC with a Z, like every timestamp on the wire."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
@@ -155,8 +160,8 @@ def _inserted(i: int, t: NewTask, now: float) -> tuple[Any, ...]:
 
 
 def _written(r: Record) -> tuple[Any, ...]:
-    state = r.state.value
-    return (state, r.seq, r.attempt, r.time, r.started, state, r.time, r.exit_code,
+    finished = r.time if r.state.final else None
+    return (r.state.value, r.seq, r.attempt, r.time, r.started, finished, r.exit_code,
             r.encoding, r.result, r.error, r.exception, r.stdout[-TASK_TAIL:],
             r.stderr[-TASK_TAIL:], r.id)  # fmt: skip
 
@@ -178,17 +183,6 @@ class TaskStore:
 
     # -- writes (callers hold the journal's transaction) -----------------------------------
 
-    def known(self, user: str, uids: list[str]) -> set[str]:
-        """Which of `uids` the user already has."""
-        found: set[str] = set()
-        for chunk in _chunks(uids, _LOOKUP_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT uid FROM tasks WHERE user = ? AND uid IN ({marks})", (user, *chunk)
-            )
-            found.update(row[0] for row in rows)
-        return found
-
     def insert(self, tasks: list[NewTask], now: float) -> list[int]:
         """Add new tasks (state NEW, seq 1); their ids, in order."""
         first = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks").fetchone()[0]
@@ -207,71 +201,56 @@ class TaskStore:
         last = {record.id: record for record in records}
         self.db.executemany(
             "UPDATE tasks SET state = ?, seq = ?, attempt = ?, changed = ?, started = ?, "
-            "finished = CASE WHEN ? IN ('DONE', 'FAILED', 'CANCELED') THEN ? ELSE NULL END, "
-            "exit_code = ?, encoding = ?, result = ?, error = ?, exception = ?, "
+            "finished = ?, exit_code = ?, encoding = ?, result = ?, error = ?, exception = ?, "
             "stdout = ?, stderr = ? WHERE id = ?",
             [_written(record) for record in last.values()],
         )
 
     # -- the runner's reads ----------------------------------------------------------------
 
-    def queued(self, after: int, limit: int) -> list[QueuedTask]:
-        """Tasks waiting to run, oldest first, with ids above `after`."""
+    def in_state(self, state: TaskState, after: int = 0, limit: int = -1) -> list[QueuedTask]:
+        """The tasks in `state` (NEW: waiting to run; RUNNING: running, or running when the
+        endpoint stopped), oldest first, with ids above `after`."""
+        # The state as a literal, so that the planner can always match the partial indexes.
         rows = self.db.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE state = 'NEW' AND id > ? "
+            f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE state = '{state.value}' AND id > ? "
             "ORDER BY id LIMIT ?",
             (after, limit),
         )
         return [_queued(row) for row in rows]
 
-    def running(self) -> list[QueuedTask]:
-        rows = self.db.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE state = 'RUNNING' ORDER BY id"
-        )
-        return [_queued(row) for row in rows]
-
     def open_ids(self, user: str, session: str | None, after: int, limit: int) -> list[int]:
         """Ids of the user's (session's) tasks that have not ended, above `after`."""
-        query = f"SELECT id FROM tasks WHERE user = ? AND {_OPEN} AND id > ?"
-        args: list[Any] = [user, after]
-        if session is not None:
-            query += " AND session = ?"
-            args.append(session)
-        rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*args, limit))
+        where, args = self._filter(user, None, session)
+        rows = self.db.execute(
+            f"SELECT id FROM tasks WHERE {where} AND {_OPEN} AND id > ? ORDER BY id LIMIT ?",
+            (*args, after, limit),
+        )
         return [row[0] for row in rows]
 
     def queued_by_id(self, ids: list[int]) -> list[QueuedTask]:
-        found: list[QueuedTask] = []
-        for chunk in _chunks(ids, _LOOKUP_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE id IN ({marks})",
-                chunk,
-            )
-            found.extend(_queued(row) for row in rows)
-        return found
+        sql = f"SELECT {_QUEUED_COLUMNS} FROM tasks WHERE id IN ({{marks}})"
+        return [_queued(row) for row in self._rows_in(sql, ids)]
 
     # -- queries ---------------------------------------------------------------------------
 
     def ids(self, user: str, uids: list[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for chunk in _chunks(uids, _LOOKUP_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT uid, id FROM tasks WHERE user = ? AND uid IN ({marks})", (user, *chunk)
-            )
-            found.update(rows)
-        return found
+        """The ids of those of `uids` the user has."""
+        sql = "SELECT uid, id FROM tasks WHERE user = ? AND uid IN ({marks})"
+        return dict(self._rows_in(sql, uids, user))
 
     def statuses(self, ids: list[int]) -> dict[int, Record]:
-        found: dict[int, Record] = {}
-        for chunk in _chunks(ids, _LOOKUP_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT {_STATUS_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+        sql = f"SELECT {_STATUS_COLUMNS} FROM tasks WHERE id IN ({{marks}})"
+        return {row[0]: _record(row) for row in self._rows_in(sql, ids)}
+
+    def _rows_in(self, sql: str, values: list[Any], *before: Any) -> Iterator[tuple[Any, ...]]:
+        """The rows of `sql`, whose `{marks}` is an `IN` list of `values`, asked in chunks
+        (after the parameters `before`)."""
+        for start in range(0, len(values), _LOOKUP_CHUNK):
+            chunk = values[start : start + _LOOKUP_CHUNK]
+            yield from self.db.execute(
+                sql.format(marks=",".join("?" * len(chunk))), (*before, *chunk)
             )
-            found.update((row[0], _record(row)) for row in rows)
-        return found
 
     def page(
         self, user: str, state: TaskState | None, session: str | None, offset: int, limit: int
@@ -349,8 +328,3 @@ class TaskStore:
             where.append("session = ?")
             args.append(session)
         return " AND ".join(where), tuple(args)
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
