@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from orbit_mq.cli.common import (
 )
 from orbit_mq.cli.output import console, print_json
 from orbit_mq.contracts.psij import Job, JobState, PsiJ
+from orbit_mq.contracts.psij.models import parse_duration as read_duration
 from orbit_mq.errors import ConfigError
 
 JobArg = Annotated[
@@ -234,6 +236,18 @@ def jobs(
         JobState | None,
         typer.Option("--state", "-s", help="Only jobs in this state.", case_sensitive=False),
     ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Only jobs that ended more than AGE ago (90s, 30m, 12h, 7d).",
+        ),
+    ] = None,
+    remove: Annotated[
+        bool,
+        typer.Option("--rm", help="Remove the jobs --older-than selects (directories and rows)."),
+    ] = False,
     limit: Annotated[
         int, typer.Option("--limit", "-n", metavar="N", help="At most N jobs.", min=1)
     ] = 100,
@@ -244,20 +258,44 @@ def jobs(
     timeout: TimeoutOption = None,
     url: UrlOption = None,
 ) -> None:
-    """List ENDPOINT's jobs, newest first."""
+    """List ENDPOINT's jobs, newest first; with --older-than AGE --rm, remove old ended ones."""
     settings = settings_for(ctx, url=url, timeout=timeout)
+    before = None if older_than is None else _ended_before(older_than)
+    if remove:
+        if before is None:
+            raise ConfigError(
+                "--rm removes the jobs --older-than selects: add --older-than AGE (e.g. 7d); "
+                f"to remove given jobs: orbit-mq rm {endpoint} JOB..."
+            )
+        prune = partial(show.remove_ended, state=state, before=before, progress=not as_json)
+        removed = run_async(on_plugin(settings, endpoint, PsiJ, prune))
+        if as_json:
+            print_json([show.job_json(job) for job in removed])
+        else:
+            console.print(f"removed {len(removed)} jobs that ended before {before:%Y-%m-%d %H:%M}")
+        return
     listing = run_async(
         on_plugin(
             settings,
             endpoint,
             PsiJ,
-            lambda psij: psij.list_jobs(state=state, offset=offset, limit=limit),
+            lambda psij: psij.list_jobs(
+                state=state, offset=offset, limit=min(limit, 1000), ended_before=before
+            ),
         )
     )
     if as_json:
         print_json(listing.model_dump(mode="json"))
     else:
         console.print(show.jobs_table(listing, endpoint))
+
+
+def _ended_before(age: str) -> datetime:
+    try:
+        seconds = read_duration(age)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 @guarded

@@ -6,6 +6,7 @@ Job commands use no session: a job outlives the CLI process that submitted it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic_core import to_jsonable_python
 from rich import box
 from rich.console import Console, Group
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
@@ -26,6 +28,7 @@ from orbit_mq.cli.output import console, human_duration, print_json
 from orbit_mq.contracts.psij import (
     Job,
     JobList,
+    JobNotFound,
     JobSpec,
     JobState,
     JobStatus,
@@ -254,6 +257,40 @@ async def cancel_job(psij: PsiJContract, job_id: str, wait: float | None) -> Job
         await job.wait(wait)
         await job.status()  # the handle takes the terminal state
     return as_job(job)
+
+
+REMOVE_PAGE = 1000  # jobs listed per round of remove_ended
+REMOVE_AT_ONCE = 64  # remove_job calls in flight
+
+
+async def remove_ended(
+    psij: PsiJContract, *, state: JobState | None, before: datetime, progress: bool
+) -> list[Job]:
+    """Remove every job that ended before `before` (in `state`, if given), a page at a time."""
+    first = await psij.list_jobs(state=state, ended_before=before, limit=REMOVE_PAGE)
+    removed: list[Job] = []
+    gate = asyncio.Semaphore(REMOVE_AT_ONCE)
+
+    async def remove(job_id: str) -> Job | None:
+        async with gate:
+            try:
+                return as_job(await psij.remove_job(job_id=job_id))
+            except JobNotFound:  # removed meanwhile (by retention or another caller)
+                return None
+
+    bar = Progress(console=err_console, disable=not progress or first.total < REMOVE_PAGE // 10)
+    with bar:
+        line = bar.add_task("removing jobs", total=first.total)
+        page = first
+        # Bounded: every round removes a page, and more may end meanwhile.
+        for _ in range(first.total // REMOVE_PAGE + 2):
+            if not page.jobs:
+                break
+            done = await asyncio.gather(*(remove(job.job_id) for job in page.jobs))
+            removed.extend(job for job in done if job is not None)
+            bar.update(line, completed=len(removed))
+            page = await psij.list_jobs(state=state, ended_before=before, limit=REMOVE_PAGE)
+    return removed
 
 
 # -- status and jobs ---------------------------------------------------------------------------

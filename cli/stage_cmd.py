@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from orbit_mq import numbers
 from orbit_mq.cli.common import (
     EndpointArg,
     JsonFlag,
@@ -46,8 +46,6 @@ stage_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 OverwriteFlag = Annotated[
     bool, typer.Option("--overwrite", help="Replace the destination file if it exists.")
@@ -81,10 +79,10 @@ def parse_size(text: str | None) -> int | None:
     """`"4M"` → 4194304, `"512K"`, `"1048576"`, `"2MiB"`; None stays None."""
     if text is None:
         return None
-    match = _SIZE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"--chunk-size {text!r} is not a size such as 512K, 1M or 1048576")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    try:
+        return numbers.parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"--chunk-size: {exc}") from None
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Numbers that refuse booleans.
+"""Numbers that refuse booleans, and sizes written as people write them.
 
 JSON `true` is not a number, but pydantic's lax mode reads it as 1 for `int` and `float`
 fields. `no_booleans` rewrites an annotation so that every `int` and `float` in it (inside
@@ -10,6 +10,7 @@ carry use `NotBool` on their numeric fields.
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from typing import Annotated, Any, Union
@@ -25,6 +26,20 @@ def _refuse_bool(value: Any) -> Any:
 
 
 NotBool = BeforeValidator(_refuse_bool)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `"4M"`, `"512K"`, `"2MiB"`, `"10GB"`, `"1048576"` (binary units); ValueError
+    for anything else or a size that is not positive."""
+    match = _SIZE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a size such as 512K, 1M, 10G or 1048576")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
 _CONTAINERS = (list, set, frozenset, tuple, dict)
 
 

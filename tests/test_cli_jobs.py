@@ -137,6 +137,26 @@ async def test_rm_removes_ended_jobs_only(settings: Settings, psij_endpoint: str
     await run_cli(settings, "cancel", psij_endpoint, sleeper, "--wait")
 
 
+async def test_jobs_older_than_rm_removes_only_ended_ones(
+    settings: Settings, psij_endpoint: str
+) -> None:
+    ended = []
+    for command in ("/bin/true", "/bin/false"):
+        done = await submit(settings, psij_endpoint, "--wait", "--json", command=[command])
+        ended.append(json_lines(done)[0]["job_id"])
+    sleeping = await submit(settings, psij_endpoint, command=["/bin/sleep", "30"])
+    running = sleeping.stdout.split()[0]
+    listed = await run_cli(settings, "jobs", psij_endpoint, "--older-than", "0s", "--json")
+    assert {job["job_id"] for job in json.loads(listed.stdout)["jobs"]} == set(ended), listed
+    refused = await run_cli(settings, "jobs", psij_endpoint, "--rm")
+    assert_one_error_line(refused, 2, "--older-than")
+    removed = await run_cli(settings, "jobs", psij_endpoint, "--older-than", "0s", "--rm")
+    assert removed.code == 0 and "removed 2 jobs" in removed.stdout, removed
+    left = await run_cli(settings, "jobs", psij_endpoint, "--json")
+    assert [job["job_id"] for job in json.loads(left.stdout)["jobs"]] == [running], left
+    await run_cli(settings, "cancel", psij_endpoint, running, "--wait")
+
+
 async def test_follow_streams_output_in_order(settings: Settings, psij_endpoint: str) -> None:
     streamed, mixed = await asyncio.gather(
         submit(settings, psij_endpoint, "--follow", command=DEMO_JOB),

@@ -13,6 +13,7 @@ of stdout and stderr. `{endpoint}.psij.job_output` (`JobOutputEvent`, jobs submi
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field, NonNegativeFloat, NonNegativeInt
@@ -111,9 +112,11 @@ class PsiJ(Contract):
         session: str | None = None,
         offset: NonNegativeInt = 0,
         limit: Limit = 100,
+        ended_before: datetime | None = None,
     ) -> JobList:
-        """The endpoint's jobs, newest first, optionally only those in `state` or submitted in
-        `session`; `offset` and `limit` page through them (`total` counts all matches)."""
+        """The endpoint's jobs, newest first, optionally only those in `state`, submitted in
+        `session`, or ended before `ended_before`; `offset` and `limit` page through them
+        (`total` counts all matches)."""
         raise NotImplementedError
 
     @rpc

@@ -5,9 +5,10 @@ executors, a durable journal and strongly ordered `job_status` events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
-from functools import partial
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,6 +36,14 @@ from orbit_mq.workers.plugin import Plugin, wait_budget
 from orbit_mq.workers.plugins.psij import executors as ex
 from orbit_mq.workers.plugins.psij.files import JobDir, read_page
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
+from orbit_mq.workers.plugins.psij.retention import (
+    DEFAULT_INTERVAL,
+    Ended,
+    Retention,
+    choose,
+    directory_sizes,
+    from_environment,
+)
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
 from orbit_mq.workers.plugins.psij.tunneled import Tunnels
@@ -64,6 +73,10 @@ class PsiJ(Plugin, contract.PsiJ):
     stream_interval: ClassVar[float] = 0.5  # s between job_output polls
     # SSH tunnels of submit_tunneled; None: from ORBIT_MQ_TUNNEL_* (see workers/tunnels).
     tunnel_settings: ClassVar[TunnelSettings | None] = None
+    # Pruning of ended jobs ("30d", "10G", "30d,10G"); ORBIT_MQ_PSIJ_RETENTION overrides it
+    # (see retention.py). None: ended jobs stay until removed.
+    retention: ClassVar[str | None] = None
+    retention_interval: ClassVar[float] = DEFAULT_INTERVAL  # s; ORBIT_MQ_PSIJ_RETENTION_INTERVAL
 
     async def start(self) -> None:
         await super().start()
@@ -82,11 +95,20 @@ class PsiJ(Plugin, contract.PsiJ):
         self.tracker.start()
         await recover(self.tracker, [self._revived(row) for row in self.store.unfinished()])
         self._watcher = asyncio.create_task(watch(self.tracker, self.stream_interval))
+        self._background = [self._watcher]
+        self.pruned = 0
+        self.retention_policy = from_environment(self.retention, self.retention_interval)
+        if self.retention_policy is not None:
+            self.log.info(
+                "psij retention: removing ended jobs %s", self.retention_policy.describe()
+            )
+            self._background.append(asyncio.create_task(self._retain(self.retention_policy)))
 
     async def stop(self) -> None:
         await self.tunnels.stop()  # tunnels go with the plugin; their jobs keep running
-        self._watcher.cancel()
-        await asyncio.gather(self._watcher, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.tracker.stop()
 
     async def emit(
@@ -97,10 +119,13 @@ class PsiJ(Plugin, contract.PsiJ):
             self.tunnels.job_changed(data)  # tunnel watchers follow their jobs
 
     async def health_details(self) -> dict[str, Any]:
+        policy = self.retention_policy
         return {
             "jobs": self.store.counts(),
             "running": len(self.tracker.live),
             "executors": self.pool.available,
+            "retention": None if policy is None else dataclasses.asdict(policy),
+            "pruned": self.pruned,
         }
 
     # -- the API ---------------------------------------------------------------------------
@@ -163,8 +188,10 @@ class PsiJ(Plugin, contract.PsiJ):
         session: str | None = None,
         offset: NonNegativeInt = 0,
         limit: Limit = 100,
+        ended_before: datetime | None = None,
     ) -> JobList:
-        rows, total = self.store.page(state, session, offset, limit)
+        before = None if ended_before is None else ended_before.timestamp()
+        rows, total = self.store.page(state, session, offset, limit, before)
         return JobList(jobs=[row.info() for row in rows], total=total, offset=offset, limit=limit)
 
     async def cancel_job(self, job_id: str) -> Job:
@@ -179,12 +206,7 @@ class PsiJ(Plugin, contract.PsiJ):
                 f"job {job_id} is {row.state.value}: cancel it, then remove it once it ended",
                 {"job_id": job_id, "state": row.state.value},
             )
-        with self.context.journal.transaction():
-            self.store.remove(job_id)
-        # Its files go after the rows: a crash in between leaves a directory nobody lists.
-        await asyncio.get_running_loop().run_in_executor(
-            self.context.executor, partial(shutil.rmtree, row.job_dir, ignore_errors=True)
-        )
+        await self._forget([Ended(job_id, row.job_dir, row.updated)])
         self.log.info("removed job %s and its directory %s", job_id, row.job_dir)
         return row.info()
 
@@ -230,6 +252,51 @@ class PsiJ(Plugin, contract.PsiJ):
         return list(self.pool.available)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    async def _forget(self, jobs: list[Ended]) -> None:
+        """Remove ended jobs: their journal rows, then their directories."""
+        with self.context.journal.transaction():
+            self.store.remove([job.job_id for job in jobs])
+        # The files go after the rows: a crash in between leaves directories nobody lists.
+        await asyncio.get_running_loop().run_in_executor(
+            self.context.executor, _remove_directories, [job.job_dir for job in jobs]
+        )
+
+    async def _retain(self, policy: Retention) -> None:
+        """Prune ended jobs by the retention policy, every policy.interval s."""
+        while True:
+            try:
+                await self._prune(policy)
+            except Exception:  # the next round tries again
+                self.log.exception("psij retention: a pruning round failed")
+            await asyncio.sleep(policy.interval)
+
+    async def _prune(self, policy: Retention) -> None:
+        # Ended in the journal and no longer followed: what the tracker holds may still be
+        # flushing its last output.
+        ended = [job for job in self.store.ended() if job.job_id not in self.tracker.live]
+        if not ended:
+            return
+        sizes: dict[str, int] = {}
+        if policy.max_bytes is not None:
+            sizes = await asyncio.to_thread(directory_sizes, ended)
+        chosen = set(choose(ended, sizes, policy, time.time()))
+        if not chosen:
+            return
+        doomed = [job for job in ended if job.job_id in chosen]
+        await self._forget(doomed)
+        self.pruned += len(doomed)
+        freed = sum(sizes.get(job.job_id, 0) for job in doomed)
+        shown = ", ".join(job.job_id for job in doomed[:20])
+        more = f" and {len(doomed) - 20} more" if len(doomed) > 20 else ""
+        self.log.info(
+            "psij retention (%s): removed %d ended jobs%s: %s%s",
+            policy.describe(),
+            len(doomed),
+            f", {freed} bytes" if sizes else "",
+            shown,
+            more,
+        )
 
     def _row(self, job_id: str) -> JobRow:
         row = self.store.get(job_id)
@@ -346,6 +413,11 @@ class PsiJ(Plugin, contract.PsiJ):
         merged = {**defaults, **given}
         attributes = spec.attributes.model_copy(update={"custom_attributes": merged})
         return spec.model_copy(update={"attributes": attributes})
+
+
+def _remove_directories(directories: list[Path]) -> None:
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _make_directories(rows: list[JobRow]) -> None:

@@ -14,6 +14,7 @@ import orjson
 
 from orbit_mq.contracts.psij.models import TERMINAL, HistoryEntry, Job, JobState
 from orbit_mq.workers.journal import add_columns
+from orbit_mq.workers.plugins.psij.retention import Ended
 from orbit_mq.workers.plugins.psij.states import Step
 
 _SCHEMA = """
@@ -199,12 +200,25 @@ class JobStore:
         column = {"stdout": "stdout_sent", "stderr": "stderr_sent"}[stream]
         self.db.execute(f"UPDATE psij_jobs SET {column} = ? WHERE job_id = ?", (offset, job_id))
 
+    def remove(self, job_ids: list[str]) -> None:
+        """Forget jobs (their rows and their histories)."""
+        for start in range(0, len(job_ids), 500):  # SQLite's limit on bound parameters
+            chunk = job_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM psij_history WHERE job_id IN ({marks})", chunk)
+            self.db.execute(f"DELETE FROM psij_jobs WHERE job_id IN ({marks})", chunk)
+
     # -- reads -----------------------------------------------------------------------------
 
-    def remove(self, job_id: str) -> None:
-        """Forget a job (its row and its history)."""
-        self.db.execute("DELETE FROM psij_history WHERE job_id = ?", (job_id,))
-        self.db.execute("DELETE FROM psij_jobs WHERE job_id = ?", (job_id,))
+    def ended(self) -> list[Ended]:
+        """Every ended job with its directory and when it ended, oldest-ended first."""
+        marks = ",".join("?" * len(_TERMINAL_NAMES))
+        rows = self.db.execute(
+            f"SELECT job_id, job_dir, updated FROM psij_jobs WHERE state IN ({marks}) "
+            "ORDER BY updated",
+            _TERMINAL_NAMES,
+        )
+        return [Ended(job_id, Path(job_dir), ended) for job_id, job_dir, ended in rows]
 
     def get(self, job_id: str) -> JobRow | None:
         rows = self._query("SELECT * FROM psij_jobs WHERE job_id = ?", (job_id,))
@@ -233,16 +247,25 @@ class JobStore:
         return [JobRow.from_sql(row) for row in self._query(sql, _TERMINAL_NAMES)]
 
     def page(
-        self, state: JobState | None, session: str | None, offset: int, limit: int
+        self,
+        state: JobState | None,
+        session: str | None,
+        offset: int,
+        limit: int,
+        ended_before: float | None = None,
     ) -> tuple[list[JobRow], int]:
         """Jobs matching the filters, newest first, and how many match in all."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if state is not None:
             where.append("state = ?")
             params.append(state.value)
         if session is not None:
             where.append("session = ?")
             params.append(session)
+        if ended_before is not None:
+            where.append(f"state IN ({','.join('?' * len(_TERMINAL_NAMES))}) AND updated < ?")
+            params.extend([*_TERMINAL_NAMES, ended_before])
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = self.db.execute(f"SELECT COUNT(*) FROM psij_jobs{clause}", params).fetchone()[0]
         rows = self._query(
