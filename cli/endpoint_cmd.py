@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -9,7 +10,9 @@ from typing import Annotated
 import typer
 
 from orbit_mq.cli.common import (
+    EndpointArg,
     LogLevel,
+    TimeoutOption,
     UrlOption,
     guarded,
     run_async,
@@ -18,6 +21,11 @@ from orbit_mq.cli.common import (
     split_csv,
     valid_endpoint,
 )
+from orbit_mq.cli.output import console
+from orbit_mq.client import Fabric
+from orbit_mq.config import Settings
+from orbit_mq.contracts.control import Control, StopAccepted
+from orbit_mq.errors import CallTimeout
 
 endpoint_app = typer.Typer(help="Run an endpoint on this host.", no_args_is_help=True)
 
@@ -129,3 +137,72 @@ def start(
     setup_logging(log_level, quiet_libraries=False)
     options = TunnelOptions(tunnel.value, tunnel_via, tunnel_target, rendezvous)
     run_async(serve(name, classes, settings, options))
+
+
+@endpoint_app.command("stop")
+@guarded
+def stop(
+    ctx: typer.Context,
+    endpoint: EndpointArg,
+    drain: Annotated[
+        bool,
+        typer.Option("--drain", help="First wait until its running jobs and tasks have ended."),
+    ] = False,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--drain-timeout",
+            metavar="SECONDS",
+            min=0.001,
+            help="Stop draining after this long; what still runs is re-attached next start.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait until it has published offline (with --drain: "
+            "however long the drain takes, or --drain-timeout).",
+        ),
+    ] = True,
+    timeout: TimeoutOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Stop ENDPOINT remotely (its admins only: its own broker user and ORBIT_MQ_ADMIN_USERS).
+
+    It stops taking requests (later ones wait in the broker for its next start), finishes the
+    calls in flight, publishes offline and exits 0. Jobs and tasks keep running and are
+    re-attached by the next start, unless --drain waits for them to end first.
+    """
+    settings = settings_for(ctx, url=url, timeout=timeout)
+    run_async(_stop(settings, endpoint, drain, drain_timeout, wait))
+
+
+async def _stop(
+    settings: Settings, endpoint: str, drain: bool, drain_timeout: float | None, wait: bool
+) -> None:
+    async with Fabric(settings) as fabric, fabric.presence(f"{endpoint}.offline") as offline:
+        control = await fabric.endpoint(endpoint).plugin(Control, session=False)
+        accepted = await control.shutdown(drain=drain, drain_timeout=drain_timeout)
+        console.print(_stopping_line(accepted), soft_wrap=True)
+        if not wait:
+            return
+        limit = None if drain and drain_timeout is None else settings.timeout + (drain_timeout or 0)
+        with console.status(f"waiting for {endpoint} to stop"):
+            try:
+                async with asyncio.timeout(limit):
+                    await anext(aiter(offline))
+            except TimeoutError:
+                raise CallTimeout(
+                    f"endpoint {endpoint!r} accepted the stop but did not publish offline "
+                    f"within {limit:g} s; `orbit-mq endpoints` shows whether it still runs"
+                ) from None
+        console.print(f"endpoint {endpoint} stopped", soft_wrap=True)
+
+
+def _stopping_line(accepted: StopAccepted) -> str:
+    running = ", ".join(f"{plugin} {count}" for plugin, count in accepted.running.items())
+    work = f"; running: {running}" if running else ""
+    how = "draining" if accepted.drain else "stopping"
+    return f"endpoint {accepted.endpoint} is {how} ({accepted.in_flight} calls in flight{work})"

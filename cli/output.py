@@ -56,7 +56,7 @@ def endpoints_table(infos: list[EndpointInfo]) -> Table:
         table.add_column(column, justify="right" if column in ("uptime", "pid") else "left")
     for info in infos:
         table.add_row(
-            info.endpoint,
+            f"{info.endpoint} (draining)" if info.draining else info.endpoint,
             info.host,
             info.host_role.value,
             info.user,

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Broker users an endpoint serves; empty means only its own user.",
     )
+    admin_users: Names = Field(
+        default_factory=list,
+        description="Broker users who may stop an endpoint remotely; empty means only its own "
+        "user.",
+    )
     prefetch: int = Field(256, gt=0, description="Unacked requests per plugin queue.")
     ack_within: float = Field(
         10.0,

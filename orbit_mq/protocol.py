@@ -184,6 +184,9 @@ class EndpointInfo(_Wire):
     started: datetime
     uptime: float = Field(description="Seconds since the endpoint started.")
     heartbeat_interval: float
+    draining: bool = Field(
+        False, description="A drain is under way: no requests are taken, running work ends."
+    )
     plugins: list[PluginInfo]
 
 

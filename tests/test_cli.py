@@ -82,7 +82,10 @@ async def test_endpoint_process_is_listed_and_answers_calls(
 
     infos = {info["endpoint"]: info for info in listed.json()}  # type: ignore[attr-defined]
     assert infos[name]["pid"] == process.pid
-    assert [(p["name"], p["version"]) for p in infos[name]["plugins"]] == [("sysinfo", "1.0.0")]
+    assert [(p["name"], p["version"]) for p in infos[name]["plugins"]] == [
+        ("sysinfo", "1.0.0"),
+        ("control", "1.0.0"),  # every endpoint serves it
+    ]
     assert name in table.stdout and "sysinfo 1.0.0" in table.stdout
     values = metrics.json()
     assert isinstance(values, dict)

@@ -108,7 +108,7 @@ async def test_presence_online_heartbeat_offline(
             first, second = [info async for info in _take(presence, 2)]
         assert first.status == PresenceStatus.ONLINE
         assert second.status == PresenceStatus.HEARTBEAT
-        assert {p.name for p in second.plugins} == {"sysinfo", "echo"}
+        assert {p.name for p in second.plugins} == {"sysinfo", "echo", "control"}
         assert second.heartbeat_interval == 0.5 and second.uptime >= first.uptime
         await endpoint.stop()
         async with asyncio.timeout(10):

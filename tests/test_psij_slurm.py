@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,93 @@ from orbit_mq.workers.plugins.psij import PsiJ
 pytestmark = requires_slurm
 
 
+def quick_slurm(work: Path) -> type[PsiJ]:
+    class QuickSlurm(PsiJ):  # squeue every second instead of every 5 s
+        executor_options = {"slurm": slurm_executor_config(work)}
+
+    return QuickSlurm
+
+
 @pytest.fixture
 async def psij(
     start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str, tmp_path: Path
 ) -> Any:
-    class QuickSlurm(PsiJ):  # squeue every second instead of every 5 s
-        executor_options = {"slurm": slurm_executor_config(tmp_path / "psij-work")}
-
-    await start_endpoint(plugins=[QuickSlurm])
+    await start_endpoint(plugins=[quick_slurm(tmp_path / "psij-work")])
     return await fabric.endpoint(name).plugin("psij")
+
+
+RUNNING = ("PENDING", "RUNNING", "COMPLETING")
+
+
+def scheduler_state(native_id: str) -> str:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", native_id], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split("JobState=", 1)[1].split()[0]
+
+
+async def until_left_running(native_id: str, timeout: float = 60) -> str:
+    """Wait until Slurm says the job ended (nothing to subscribe to: scontrol is polled)."""
+    async with asyncio.timeout(timeout):
+        while (state := await asyncio.to_thread(scheduler_state, native_id)) in RUNNING:  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(0.2)
+    return state
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+async def test_a_job_that_ended_while_the_endpoint_was_down_reports_its_exit_code(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    name: str,
+    tmp_path: Path,
+    watcher: Watcher,
+    exit_code: int,
+) -> None:
+    plugin = quick_slurm(tmp_path / "psij-work")
+    endpoint = await start_endpoint(plugins=[plugin])
+    psij = await fabric.endpoint(name).plugin("psij")
+    flag = tmp_path / "go"
+    script = f"for i in $(seq 600); do [ -e {flag} ] && exit {exit_code}; sleep 0.1; done"
+    job = await submit(psij, spec=spec("/bin/sh", "-c", script), executor="slurm")
+    await watcher.until_state(job.job_id, "ACTIVE", timeout=60)
+    await endpoint.stop()
+    flag.touch()  # the job ends while no endpoint watches it
+    assert job.native_id is not None
+    assert await until_left_running(job.native_id) in ("COMPLETED", "FAILED")
+
+    await start_endpoint(plugins=[plugin])
+    await watcher.until_ended(job.job_id, timeout=60)
+
+    ended = "COMPLETED" if exit_code == 0 else "FAILED"
+    assert checked_states(watcher.status[job.job_id]) == ["NEW", "QUEUED", "ACTIVE", ended], str(
+        watcher.status[job.job_id][-1]
+    )
+    assert watcher.status[job.job_id][-1]["exit_code"] == exit_code
+    status = await psij.get_job_status(job_id=job.job_id)
+    assert (status.state.value, status.exit_code) == (ended, exit_code)
+
+
+async def test_a_job_cancelled_while_the_endpoint_was_down_ends_canceled(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    name: str,
+    tmp_path: Path,
+    watcher: Watcher,
+) -> None:
+    plugin = quick_slurm(tmp_path / "psij-work")
+    endpoint = await start_endpoint(plugins=[plugin])
+    psij = await fabric.endpoint(name).plugin("psij")
+    job = await submit(psij, spec=spec("/bin/sleep", "300"), executor="slurm")
+    await watcher.until_state(job.job_id, "ACTIVE", timeout=60)
+    await endpoint.stop()
+    assert job.native_id is not None
+    await asyncio.to_thread(subprocess.run, ["scancel", job.native_id], check=True)
+    assert await until_left_running(job.native_id) == "CANCELLED"
+
+    await start_endpoint(plugins=[plugin])
+    await watcher.until_ended(job.job_id, timeout=60)
+
+    assert checked_states(watcher.status[job.job_id]) == ["NEW", "QUEUED", "ACTIVE", "CANCELED"]
 
 
 async def test_slurm_job_completes(psij: Any, watcher: Watcher) -> None:

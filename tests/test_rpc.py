@@ -191,7 +191,7 @@ async def test_endpoints_lists_live_endpoints_with_plugins(
     infos = {info.endpoint: info for info in await fabric.endpoints()}
     assert name in infos
     plugins = {plugin.name: plugin for plugin in infos[name].plugins}
-    assert set(plugins) == {"sysinfo", "echo"}
+    assert set(plugins) == {"sysinfo", "echo", "control"}
     assert plugins["echo"].version == "9.9.9" and "echo" in plugins["echo"].methods
     assert infos[name].user == fabric.user and infos[name].pid == os.getpid()
     assert (await fabric.endpoint(name).info()).endpoint == name

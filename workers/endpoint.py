@@ -36,6 +36,7 @@ from orbit_mq.broker import (
     translated,
 )
 from orbit_mq.config import Settings, url_user
+from orbit_mq.contracts.control import Control
 from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
 from orbit_mq.lanes import Lane
 from orbit_mq.protocol import (
@@ -54,6 +55,7 @@ from orbit_mq.protocol import (
 )
 from orbit_mq.wire import Request, presence_properties, reply_properties
 from orbit_mq.workers.acking import settled
+from orbit_mq.workers.control import ControlPlugin
 from orbit_mq.workers.dispatch import Dispatcher
 from orbit_mq.workers.hostinfo import detect_host_role
 from orbit_mq.workers.journal import Journal, journal_path
@@ -62,6 +64,9 @@ from orbit_mq.workers.outbox import Outbox
 from orbit_mq.workers.plugin import Plugin, PluginContext
 
 log = bounded_logger("orbit_mq.endpoint")
+
+DRAIN_POLL = 0.5  # s between looks at the running work while draining
+DRAIN_REPORT = 30.0  # s between progress lines while draining
 
 
 class Endpoint:
@@ -75,19 +80,27 @@ class Endpoint:
         self.name = check_name("endpoint", name)
         self.route = route  # where to connect instead of the URL's host (an SSH tunnel)
         self.settings = settings or Settings()
-        self.plugin_classes = list(plugins)
+        # Every endpoint also serves `control` (stopping it remotely), unless given its own.
+        served = {cls.name for cls in plugins}
+        self.plugin_classes = [*plugins, *([] if Control.name in served else [ControlPlugin])]
         self.user = url_user(self.settings.url)
         self.plugins: dict[str, Plugin] = {}
         self.started = time.time()
         self.role = detect_host_role()
         self.allowed = frozenset(self.settings.allowed_users or [self.user])
+        self.admins = frozenset(self.settings.admin_users or [self.user])
         self._connection: AbstractRobustConnection | None = None
         self._events: Lane | None = None  # events, presence, discovery
         self._lanes: dict[str, Lane] = {}  # plugin name -> the lane consuming its queue
-        self._consumers: dict[str, tuple[aiormq.abc.AbstractChannel, str]] = {}
+        self._consumers: dict[str, tuple[aiormq.abc.AbstractChannel, str]] = {}  # requests
+        self._discovery: tuple[aiormq.abc.AbstractChannel, str] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._taking_requests = True  # False once a stop or a drain began
+        self._remote_stop: asyncio.Task[None] | None = None
+        self._draining = False
         self._connected = False
         self._discoverable = False
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"orbit-{name}")
@@ -143,8 +156,9 @@ class Endpoint:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        for amqp, tag in self._consumers.values():
-            await quietly(amqp.basic_cancel(tag))
+        await self._stop_taking_requests()
+        if self._discovery is not None:
+            await quietly(self._discovery[0].basic_cancel(self._discovery[1]))
         if self._inflight:
             log.info("waiting for %d in-flight calls", len(self._inflight))
             _, late = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -173,21 +187,84 @@ class Endpoint:
             await quietly(self._connection.close())
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.journal.close()
+        self._stopped.set()
         log.info("endpoint %r stopped", self.name)
 
+    async def _stop_taking_requests(self) -> None:
+        """Cancel the request consumers: what is sent from now on waits in the queues."""
+        self._taking_requests = False
+        consumers, self._consumers = self._consumers, {}
+        for amqp, tag in consumers.values():
+            await quietly(amqp.basic_cancel(tag))
+
     async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        """Serve until SIGTERM or SIGINT, or until an admin's remote stop has stopped it; then
+        stop gracefully."""
         await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._stopped.wait())]
         try:
-            await stop.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for wait in waits:
+                wait.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    # -- remote control (the control plugin, workers/control.py) ---------------------------
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def running_work(self) -> dict[str, int]:
+        counts = {name: await plugin.running_work() for name, plugin in self.plugins.items()}
+        return {name: count for name, count in counts.items() if count}
+
+    def request_stop(self, drain: bool, drain_timeout: float | None, user: str) -> None:
+        """Begin a remote stop (once): it runs after the reply to the request is sent."""
+        if self._remote_stop is not None or self._stopping.is_set():
+            return
+        log.warning("endpoint %r: stop requested by %r (drain: %s)", self.name, user, drain)
+        self._remote_stop = asyncio.create_task(
+            self._stop_remotely(drain, drain_timeout), name=f"{self.name}-remote-stop"
+        )
+
+    async def _stop_remotely(self, drain: bool, drain_timeout: float | None) -> None:
+        # The stop request's own reply still goes out: stop() lets calls in flight finish.
+        await self._stop_taking_requests()
+        if drain:
+            self._draining = True
+            await self._drain(drain_timeout)
+        await self.stop()
+
+    async def _drain(self, timeout: float | None) -> None:
+        """Wait until the plugins' running work has ended (or `timeout` s, or a stop)."""
+        began = time.monotonic()
+        reported = began
+        while not self._stopping.is_set():
+            running = await self.running_work()
+            if not running:
+                log.info("endpoint %r drained: no work runs any more", self.name)
+                return
+            now = time.monotonic()
+            if timeout is not None and now - began >= timeout:
+                log.warning(
+                    "endpoint %r: drain timed out after %g s; still running: %s (the next "
+                    "start re-attaches them)",
+                    self.name,
+                    timeout,
+                    running,
+                )
+                return
+            if now - reported >= DRAIN_REPORT:
+                log.info("endpoint %r draining; still running: %s", self.name, running)
+                reported = now
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), DRAIN_POLL)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -195,7 +272,12 @@ class Endpoint:
         assert self._connection is not None
         try:
             context = PluginContext(
-                self.name, self.settings, self._publish_event, self.journal, self._executor
+                self.name,
+                self.settings,
+                self._publish_event,
+                self.journal,
+                self._executor,
+                endpoint_control=self if cls.name == Control.name else None,
             )
             plugin = cls(context)
             await plugin.start()
@@ -230,7 +312,7 @@ class Endpoint:
             queue, durable=True, arguments=request_queue_arguments(self.settings)
         )
         await amqp.queue_bind(queue, RPC_EXCHANGE, routing_key=request_key(self.name, plugin))
-        if not self._stopping.is_set():
+        if self._taking_requests:
             ok = await amqp.basic_consume(queue, partial(self._on_request, dispatcher, plugin))
             assert ok.consumer_tag is not None
             self._consumers[queue] = (amqp, ok.consumer_tag)
@@ -301,7 +383,7 @@ class Endpoint:
         if not self._stopping.is_set():
             ok = await amqp.basic_consume(queue, self._on_discover, no_ack=True)
             assert ok.consumer_tag is not None
-            self._consumers[queue] = (amqp, ok.consumer_tag)
+            self._discovery = (amqp, ok.consumer_tag)
 
     async def _on_discover(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
@@ -324,6 +406,7 @@ class Endpoint:
             started=datetime.fromtimestamp(self.started, UTC),
             uptime=time.time() - self.started,
             heartbeat_interval=self.settings.heartbeat_interval,
+            draining=self._draining,
             plugins=[
                 info.model_copy(update={"name": served})
                 for plugin in self.plugins.values()

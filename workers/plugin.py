@@ -52,6 +52,19 @@ class PluginContext:
     publish_event: EventSink
     journal: Journal = field(default_factory=lambda: Journal(None))
     executor: Executor | None = None  # worker threads for blocking calls (`in_thread`)
+    endpoint_control: EndpointControl | None = None  # only the control plugin needs it
+
+
+class EndpointControl(Protocol):
+    """What the control plugin may ask of its endpoint."""
+
+    admins: frozenset[str]
+
+    def in_flight(self) -> int: ...
+
+    async def running_work(self) -> dict[str, int]: ...
+
+    def request_stop(self, drain: bool, drain_timeout: float | None, user: str) -> None: ...
 
 
 class Plugin(Contract):
@@ -89,6 +102,10 @@ class Plugin(Contract):
     async def health_details(self) -> dict[str, Any]:
         """Plugin-specific health figures; raise to report the plugin unhealthy."""
         return {}
+
+    async def running_work(self) -> int:
+        """How much work (jobs, tasks) still runs here: a draining endpoint waits for 0."""
+        return 0
 
     async def emit(
         self, topic: str, data: BaseModel | dict[str, Any], key: str | None = None

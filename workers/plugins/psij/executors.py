@@ -166,6 +166,20 @@ class ExecutorPool:
                 self._instances[executor] = instance
             return instance
 
+    def close(self) -> None:
+        """Stop the batch executors' queue polling. psij has no call for it, and a poller left
+        running after its plugin stopped (an endpoint stopped in a process that goes on) would
+        read and delete the exit-code files of jobs the next start must re-attach."""
+        with self._lock:
+            instances, self._instances = list(self._instances.values()), {}
+        for instance in instances:
+            poller = getattr(instance, "_queue_poll_thread", None)
+            if poller is None:
+                continue
+            poller.done = True
+            with poller._jobs_lock:
+                poller._jobs.clear()
+
     def config(self, executor: str) -> psij.JobExecutorConfig:
         from psij import JobExecutorConfig
 

@@ -110,6 +110,7 @@ class PsiJ(Plugin, contract.PsiJ):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.tracker.stop()
+        await asyncio.to_thread(self.pool.close)
 
     async def emit(
         self, topic: str, data: BaseModel | dict[str, Any], key: str | None = None
@@ -127,6 +128,9 @@ class PsiJ(Plugin, contract.PsiJ):
             "retention": None if policy is None else dataclasses.asdict(policy),
             "pruned": self.pruned,
         }
+
+    async def running_work(self) -> int:
+        return len(self.tracker.live)
 
     # -- the API ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from orbit_mq.contracts.psij.models import (
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
+from orbit_mq.workers.plugins.psij.accounting import accounted
 from orbit_mq.workers.plugins.psij.executors import ExecutorPool, describe, local_problem
 from orbit_mq.workers.plugins.psij.files import Chunk, read_output
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
@@ -276,7 +277,7 @@ class Tracker:
             return
         ending: _Ending | None = None
         if steps[-1].state.final:
-            disk = await asyncio.to_thread(_final_files, job.row)
+            disk = await asyncio.to_thread(_final_files, job.row, _unexplained(row, report))
             outcome = self._outcome(job, report, disk)
             steps = plan(row.state, row.seq, outcome.state)  # the exit file may say FAILED
             for chunk in disk.chunks:  # a streamed job's last output precedes its end
@@ -321,7 +322,16 @@ class Tracker:
         attached local process is always 0."""
         row = job.row
         state, code, message = report.state, report.exit_code, report.message
-        if disk.recorded_exit is not None:
+        if disk.accounting is not None:  # the scheduler's word, where PSI/J had no exit code
+            state, code, message = disk.accounting
+        elif _unexplained(row, report):
+            state = JobState.FAILED
+            message = (
+                f"the job left the {row.executor} queue without an exit code, and the "
+                "scheduler's accounting does not say how it ended (cancelled or killed while "
+                "the endpoint was away?)"
+            )
+        elif disk.recorded_exit is not None:
             code = disk.recorded_exit
             if state is JobState.COMPLETED and code != 0:
                 state = JobState.FAILED
@@ -395,11 +405,29 @@ class _Disk:
     stderr_tail: str
     stderr_line: str
     chunks: list[Chunk]
+    accounting: tuple[JobState, int | None, str | None] | None = None
 
 
-def _final_files(row: JobRow) -> _Disk:
+def _unexplained(row: JobRow, report: Report) -> bool:
+    """A batch job PSI/J calls COMPLETED without an exit code: it only left the queue."""
+    return (
+        row.exit_file is None
+        and row.native_id is not None
+        and report.state is JobState.COMPLETED
+        and report.exit_code is None
+    )
+
+
+def _final_files(row: JobRow, ask_scheduler: bool) -> _Disk:
     """Read what a terminal event needs (blocking: run it in a thread)."""
+    found = None
+    if ask_scheduler:
+        assert row.native_id is not None
+        answer = accounted(row.executor, row.native_id)
+        if answer is not None:
+            found = (answer.state, answer.exit_code, answer.message)
     return _Disk(
+        accounting=found,
         recorded_exit=files.read_exit_code(row.exit_file) if row.exit_file else None,
         stdout_tail=files.read_tail(row.stdout_path),
         stderr_tail=files.read_tail(row.stderr_path),

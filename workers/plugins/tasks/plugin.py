@@ -75,6 +75,10 @@ class TasksPlugin(Plugin, contract.Tasks):
             "transitions_written": self.recorder.recorded,
         }
 
+    async def running_work(self) -> int:
+        totals = self.store.totals()
+        return totals["waiting"] + totals["running"]
+
     def _written(self, records: list[Record]) -> None:
         self.runner.written(records)
 

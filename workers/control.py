@@ -1,0 +1,39 @@
+"""The `control` plugin (orbit_mq/contracts/control.py): the endpoint itself, served by every
+endpoint. Stopping is for the endpoint's admins; the endpoint does the stopping."""
+
+from __future__ import annotations
+
+from pydantic import PositiveFloat
+
+from orbit_mq.contracts.control import Control, StopAccepted
+from orbit_mq.errors import Unauthorized
+from orbit_mq.rpc import INJECTED, CallContext
+from orbit_mq.workers.plugin import Plugin
+
+
+class ControlPlugin(Plugin, Control):
+    async def shutdown(
+        self,
+        drain: bool = False,
+        drain_timeout: PositiveFloat | None = None,
+        *,
+        ctx: CallContext = INJECTED,
+    ) -> StopAccepted:
+        control = self.context.endpoint_control
+        assert control is not None, "the endpoint serves the control plugin with its control"
+        if ctx.user not in control.admins:
+            self.log.warning("refused a stop requested by %r (not an admin)", ctx.user)
+            raise Unauthorized(
+                f"only the admins of endpoint {self.context.endpoint!r} may stop it "
+                f"({', '.join(sorted(control.admins))}); its ORBIT_MQ_ADMIN_USERS names them",
+                {"user": ctx.user},
+            )
+        reply = StopAccepted(
+            endpoint=self.context.endpoint,
+            requested_by=ctx.user,
+            drain=drain,
+            in_flight=control.in_flight() - 1,
+            running=await control.running_work(),
+        )
+        control.request_stop(drain, drain_timeout, ctx.user)
+        return reply
