@@ -44,7 +44,10 @@ T = TypeVar("T")
 STATE_STYLES = {
     JobState.NEW: "dim",
     JobState.QUEUED: "yellow",
+    JobState.STAGE_IN: "blue",
     JobState.ACTIVE: "cyan",
+    JobState.STAGE_OUT: "blue",
+    JobState.CLEANUP: "blue",
     JobState.COMPLETED: "green",
     JobState.FAILED: "red",
     JobState.CANCELED: "magenta",

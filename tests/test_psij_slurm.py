@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +136,69 @@ async def test_slurm_queued_job_is_canceled(psij: Any, watcher: Watcher) -> None
     await psij.cancel_job(job_id=job.job_id)
     await watcher.until_ended(job.job_id, timeout=60)
     assert checked_states(watcher.status[job.job_id]) == ["NEW", "QUEUED", "CANCELED"]
+
+
+async def test_one_squeue_per_interval_for_100_queued_jobs(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    name: str,
+    tmp_path: Path,
+    watcher: Watcher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counted = tmp_path / "squeue-calls"
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    real = shutil.which("squeue")
+    (wrappers / "squeue").write_text(f'#!/bin/sh\necho x >> {counted}\nexec {real} "$@"\n')
+    (wrappers / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    await start_endpoint(plugins=[quick_slurm(tmp_path / "psij-work")])
+    psij = await fabric.endpoint(name).plugin("psij")
+    later = {"custom_attributes": {"slurm.begin": "now+3600"}}  # pending for an hour
+    jobs = await psij.submit_jobs(
+        specs=[spec("/bin/true", attributes=later) for _ in range(100)], executor="slurm"
+    )
+    ids = [job.job_id for job in jobs]
+    try:
+        await watcher.until(lambda: all("QUEUED" in watcher.states(i) for i in ids), 120)
+        before, began = _lines(counted), time.monotonic()
+        await asyncio.sleep(6)  # the measured window, not a synchronisation
+        calls, elapsed = _lines(counted) - before, time.monotonic() - began
+
+        # one status command per interval (1 s here) for all 100 jobs, not one per job
+        assert 1 <= calls <= elapsed / 1.0 + 2, calls
+        details = (await psij.health()).details
+        per_minute = details["scheduler_calls_last_minute"]["slurm"]
+        assert per_minute["sbatch"] == 100 and per_minute["squeue"] >= calls
+        assert details["polling_interval"] == {"slurm": 1.0}
+    finally:
+        native = [job.native_id for job in jobs if job.native_id]
+        await asyncio.to_thread(subprocess.run, ["scancel", *native], check=False)
+    await watcher.until_ended(*ids, timeout=120)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def test_slurm_job_with_stage_in_and_stage_out(
+    psij: Any, watcher: Watcher, tmp_path: Path
+) -> None:
+    source = tmp_path / "data.txt"
+    source.write_text("hello\n")
+    job = await submit(
+        psij,
+        spec=spec(
+            "/bin/sh",
+            "-c",
+            "tr a-z A-Z < data.txt > result.txt",
+            stage_in=[{"source": str(source), "target": "data.txt"}],
+            stage_out=[{"source": "result.txt", "target": str(tmp_path / "result.txt")}],
+        ),
+        executor="slurm",
+    )
+    await watcher.until_ended(job.job_id, timeout=60)
+    states = checked_states(watcher.status[job.job_id])
+    assert states == ["NEW", "QUEUED", "STAGE_IN", "ACTIVE", "STAGE_OUT", "COMPLETED"]
+    assert (tmp_path / "result.txt").read_text() == "HELLO\n"

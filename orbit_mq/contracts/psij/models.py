@@ -26,17 +26,22 @@ from pydantic import (
     model_validator,
 )
 
+from orbit_mq.contracts.psij.staging import ALWAYS, StageFlag, StageIn, StageOut
 from orbit_mq.errors import ConfigError
 from orbit_mq.numbers import NotBool
 
 
 class JobState(StrEnum):
     """PSI/J's job states. A job goes NEW → QUEUED → ACTIVE → one terminal state; FAILED and
-    CANCELED may also follow NEW or QUEUED directly."""
+    CANCELED may also follow any state before. A job with staging also passes STAGE_IN (before
+    ACTIVE), STAGE_OUT and CLEANUP (after it), as it does them."""
 
     NEW = "NEW"
     QUEUED = "QUEUED"
+    STAGE_IN = "STAGE_IN"
     ACTIVE = "ACTIVE"
+    STAGE_OUT = "STAGE_OUT"
+    CLEANUP = "CLEANUP"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
@@ -187,6 +192,18 @@ class JobSpec(BaseModel):
     launcher: str | None = Field(default=None, description="PSI/J launcher, e.g. mpirun, srun.")
     pre_launch: str | None = Field(default=None, description="Script sourced before launching.")
     post_launch: str | None = Field(default=None, description="Script sourced after the job.")
+    stage_in: list[StageIn] = Field(default_factory=list, description="Before it runs.")
+    stage_out: list[StageOut] = Field(default_factory=list, description="After it ran.")
+    cleanup: list[str] = Field(
+        default_factory=list, description="Paths removed at the end (after stage_out)."
+    )
+    cleanup_flags: list[StageFlag] = Field(
+        default_factory=lambda: list(ALWAYS), description="When cleanup happens."
+    )
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.stage_in or self.stage_out or self.cleanup)
 
     @model_validator(mode="before")
     @classmethod

@@ -23,7 +23,9 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import threading
+import time
 import typing
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -33,6 +35,12 @@ from typing import TYPE_CHECKING, Any
 from orbit_mq.contracts.psij.errors import ExecutorUnavailable, InvalidJobSpec
 from orbit_mq.contracts.psij.models import JobSpec
 from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugins.psij.scheduler import (
+    SchedulerCalls,
+    instrument,
+    interval_for,
+    set_interval,
+)
 
 if TYPE_CHECKING:
     import psij
@@ -45,6 +53,7 @@ ENV_PREFIX = "ORBIT_MQ_PSIJ_"
 # through this wrapper, which leaves the program's exit status in the file named by $0:
 # after an endpoint restart that file is the only record of how the job ended.
 EXIT_WRAPPER = 'rc=0; "$@" || rc=$?; echo "$rc" > "$0"; exit "$rc"'
+STAGE_JOB = "orbit_mq.workers.plugins.psij.stagejob"
 
 
 def _flag(text: str) -> bool:
@@ -140,6 +149,9 @@ class ExecutorPool:
         }
         self._instances: dict[str, psij.JobExecutor] = {}
         self._lock = threading.Lock()
+        self.calls = SchedulerCalls()
+        self.intervals: dict[str, float] = {}  # batch executors' current polling intervals
+        self._base_intervals: dict[str, float] = {}
 
     def check(self, executor: str) -> None:
         if executor not in self.available:
@@ -164,7 +176,23 @@ class ExecutorPool:
                         {"executor": executor, "available": self.available},
                     ) from exc
                 self._instances[executor] = instance
+                instrument(instance, executor, self.calls)
+                base = getattr(getattr(instance, "config", None), "queue_polling_interval", None)
+                if base is not None and hasattr(instance, "_queue_poll_thread"):
+                    self._base_intervals[executor] = self.intervals[executor] = float(base)
             return instance
+
+    def adapt(self, last_changes: dict[str, list[float]], floor: float, ceiling: float) -> None:
+        """Set each batch executor's polling interval from when its live jobs last changed
+        (see scheduler.py)."""
+        now = time.time()
+        with self._lock:
+            instances = dict(self._instances)
+        for executor, base in self._base_intervals.items():
+            wanted = interval_for(last_changes.get(executor, []), now, floor, base, ceiling)
+            if wanted != self.intervals.get(executor):
+                set_interval(instances[executor], wanted)
+                self.intervals[executor] = wanted
 
     def close(self) -> None:
         """Stop the batch executors' queue polling. psij has no call for it, and a poller left
@@ -201,6 +229,12 @@ class ExecutorPool:
 def check_launcher(spec: JobSpec) -> None:
     from psij import Launcher
 
+    if spec.staged and spec.resources is not None and (spec.resources.process_count or 1) > 1:
+        raise InvalidJobSpec(
+            "spec: staging is done by the job's one process; with process_count > 1 every "
+            "process would stage: stage in a job of one process, or in pre_launch",
+            {"field": "spec.stage_in"},
+        )
     if spec.launcher is not None and spec.launcher not in Launcher.get_launcher_names():
         names = sorted(Launcher.get_launcher_names())
         raise InvalidJobSpec(
@@ -221,12 +255,21 @@ def new_job(job_id: str | None = None) -> psij.Job:
 
 
 def psij_spec(
-    spec: JobSpec, directory: Path, stdout: Path, stderr: Path, exit_file: Path | None
+    spec: JobSpec,
+    directory: Path,
+    stdout: Path,
+    stderr: Path,
+    exit_file: Path | None,
+    staging_plan: Path | None = None,
 ) -> psij.JobSpec:
-    """The psij.JobSpec to submit; with `exit_file`, wrapped to record the exit code there."""
+    """The psij.JobSpec to submit; with `exit_file`, wrapped to record the exit code there;
+    with a `staging_plan`, run through stagejob.py, which stages around the program."""
     import psij
 
     executable, arguments = spec.executable, list(spec.arguments)
+    if staging_plan is not None:
+        executable = sys.executable
+        arguments = ["-m", STAGE_JOB, str(staging_plan)]
     if exit_file is not None:
         arguments = ["-c", EXIT_WRAPPER, str(exit_file), executable, *arguments]
         executable = "/bin/sh"

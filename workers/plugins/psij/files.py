@@ -5,6 +5,7 @@
         status.jsonl    one line per state transition: {"seq", "state", "time", "message"}
         stdout, stderr  the job's output, unless the caller chose other paths
         exit_code       written by the local executor's wrapper when the program ends
+        staging.json    a staged job's plan, staging.jsonl its steps as the job did them
         work/           the job's working directory, unless the caller chose one
 
 Output offsets are byte offsets; text is cut at character boundaries so a multi-byte UTF-8
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+
+from orbit_mq.workers.plugins.psij.stagejob import read_steps
 
 if TYPE_CHECKING:
     from orbit_mq.workers.plugins.psij.store import JobRow
@@ -60,15 +63,53 @@ class JobDir:
     def work(self) -> Path:
         return self.root / "work"
 
-    def prepare(self, spec_json: bytes) -> None:
-        """Create the directory with work/ and spec.json (blocking: call it in a thread)."""
+    @property
+    def staging_plan(self) -> Path:
+        return self.root / "staging.json"
+
+    @property
+    def staging_steps(self) -> Path:
+        return self.root / "staging.jsonl"
+
+    def prepare(self, spec_json: bytes, plan: dict[str, Any] | None = None) -> None:
+        """Create the directory with work/, spec.json and a staged job's plan (blocking: call
+        it in a thread)."""
         self.work.mkdir(parents=True, exist_ok=True)
         self.spec.write_bytes(spec_json)
+        if plan is not None:
+            self.staging_plan.write_bytes(orjson.dumps(plan, option=orjson.OPT_INDENT_2))
+
+    def read_staging_steps(self) -> tuple[list[tuple[str, float]], str | None]:
+        """The staging steps the job began ((state, time), in order) and its failure, if any
+        (blocking)."""
+        return read_steps(self.staging_steps)
 
     def append_status(self, entries: list[dict[str, Any]]) -> None:
         # A few hundred bytes appended locally, like the journal's own inline writes.
         with self.status.open("ab") as out:
             out.write(b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
+
+
+def staging_plan(spec: dict[str, Any], directory: Path, steps: Path) -> dict[str, Any]:
+    """What stagejob.py does for a spec (paths made absolute against the job's directory)."""
+
+    def absolute(path: str) -> str:
+        return str(directory / Path(path).expanduser())
+
+    def transfers(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {**item, "source": absolute(item["source"]), "target": absolute(item["target"])}
+            for item in items
+        ]
+
+    return {
+        "command": [spec["executable"], *spec.get("arguments", [])],
+        "stage_in": transfers(spec.get("stage_in", [])),
+        "stage_out": transfers(spec.get("stage_out", [])),
+        "cleanup": [absolute(path) for path in spec.get("cleanup", [])],
+        "cleanup_flags": spec.get("cleanup_flags", []),
+        "markers": str(steps),
+    }
 
 
 def _width(lead: int) -> int:

@@ -82,15 +82,23 @@ def _attach_blocking(tracker: Tracker, job: LiveJob) -> bool:
     return True
 
 
-async def watch(tracker: Tracker, interval: float) -> None:
+async def watch(tracker: Tracker, interval: float, floor: float, ceiling: float) -> None:
     """Every `interval` s: announce new output of streamed jobs, notice re-attached local jobs
-    that ended."""
+    that ended, adapt the batch executors' polling intervals to their jobs."""
     while True:
         await asyncio.sleep(interval)
         try:
             await _poll(tracker)
+            tracker.pool.adapt(_last_changes(tracker), floor, ceiling)
         except Exception:  # the next round tries again
             log.exception("psij: polling job files failed")
+
+
+def _last_changes(tracker: Tracker) -> dict[str, list[float]]:
+    changes: dict[str, list[float]] = {}
+    for job in tracker.live.values():
+        changes.setdefault(job.row.executor, []).append(job.row.updated)
+    return changes
 
 
 async def _poll(tracker: Tracker) -> None:
@@ -98,13 +106,25 @@ async def _poll(tracker: Tracker) -> None:
     # Copies: the worker advances the offsets while the files are read in a thread.
     streamed = [dataclasses.replace(job.row) for job in jobs if job.row.stream_output]
     attached = [dataclasses.replace(job.row) for job in jobs if job.attached and job.row.exit_file]
-    if not streamed and not attached:
+    staged = [job.row.job_dir for job in jobs if job.row.staged]
+    if not streamed and not attached and not staged:
         return
     chunks, ended = await asyncio.to_thread(_scan, streamed, attached)
     for chunk in chunks:
         tracker.output(chunk)
+    for job_id, state, when in await asyncio.to_thread(_staging_steps, jobs):
+        tracker.report(job_id, Report(state, when, step=True))  # seen ones are dropped
     for job_id in ended:
         tracker.report(job_id, Report(JobState.COMPLETED, time.time()))
+
+
+def _staging_steps(jobs: list[LiveJob]) -> list[tuple[str, JobState, float]]:
+    found: list[tuple[str, JobState, float]] = []
+    for job in jobs:
+        if job.row.staged:
+            steps, _ = files.JobDir(job.row.job_dir).read_staging_steps()
+            found.extend((job.row.job_id, JobState(state), when) for state, when in steps)
+    return found
 
 
 def _scan(streamed: list[JobRow], attached: list[JobRow]) -> tuple[list[Chunk], list[str]]:

@@ -34,7 +34,7 @@ from orbit_mq.rpc import INJECTED, CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin, wait_budget
 from orbit_mq.workers.plugins.psij import executors as ex
-from orbit_mq.workers.plugins.psij.files import JobDir, read_page
+from orbit_mq.workers.plugins.psij.files import JobDir, read_page, staging_plan
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
 from orbit_mq.workers.plugins.psij.retention import (
     DEFAULT_INTERVAL,
@@ -44,6 +44,7 @@ from orbit_mq.workers.plugins.psij.retention import (
     directory_sizes,
     from_environment,
 )
+from orbit_mq.workers.plugins.psij.scheduler import bound
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
 from orbit_mq.workers.plugins.psij.tunneled import Tunnels
@@ -69,6 +70,10 @@ class PsiJ(Plugin, contract.PsiJ):
     # Per-executor custom attributes every job gets unless it sets them itself.
     site_custom_attributes: ClassVar[dict[str, dict[str, Any]]] = {}
     queue_polling_interval: ClassVar[int] = 5  # s, batch executors (PSI/J's default: 30)
+    # Adaptive polling (scheduler.py): the floor just after a change, the ceiling for jobs
+    # long unchanged; ORBIT_MQ_PSIJ_POLL_FLOOR / _CEILING override them.
+    poll_floor: ClassVar[float] = 1.0
+    poll_ceiling: ClassVar[float] = 30.0
     output_page_size: ClassVar[int] = 1024 * 1024  # bytes per stream per get_job_status
     stream_interval: ClassVar[float] = 0.5  # s between job_output polls
     # SSH tunnels of submit_tunneled; None: from ORBIT_MQ_TUNNEL_* (see workers/tunnels).
@@ -94,7 +99,8 @@ class PsiJ(Plugin, contract.PsiJ):
         self.tracker = Tracker(context.journal, self.store, self.emit, self.pool)
         self.tracker.start()
         await recover(self.tracker, [self._revived(row) for row in self.store.unfinished()])
-        self._watcher = asyncio.create_task(watch(self.tracker, self.stream_interval))
+        polling = (bound("floor", self.poll_floor), bound("ceiling", self.poll_ceiling))
+        self._watcher = asyncio.create_task(watch(self.tracker, self.stream_interval, *polling))
         self._background = [self._watcher]
         self.pruned = 0
         self.retention_policy = from_environment(self.retention, self.retention_interval)
@@ -125,6 +131,8 @@ class PsiJ(Plugin, contract.PsiJ):
             "jobs": self.store.counts(),
             "running": len(self.tracker.live),
             "executors": self.pool.available,
+            "polling_interval": dict(self.pool.intervals),
+            "scheduler_calls_last_minute": self.pool.calls.last_minute(),
             "retention": None if policy is None else dataclasses.asdict(policy),
             "pruned": self.pruned,
         }
@@ -404,7 +412,8 @@ class PsiJ(Plugin, contract.PsiJ):
             "ORBIT_MQ_ENDPOINT": self.context.endpoint,
         }
         spec = spec.model_copy(update={"environment": {**spec.environment, **own}})
-        return ex.psij_spec(spec, directory, row.stdout_path, row.stderr_path, row.exit_file)
+        plan = JobDir(row.job_dir).staging_plan if spec.staged else None
+        return ex.psij_spec(spec, directory, row.stdout_path, row.stderr_path, row.exit_file, plan)
 
     def _with_site_defaults(self, spec: JobSpec, executor: str) -> JobSpec:
         configured = self.site_custom_attributes.get(executor, {})
@@ -426,4 +435,9 @@ def _remove_directories(directories: list[Path]) -> None:
 
 def _make_directories(rows: list[JobRow]) -> None:
     for row in rows:
-        JobDir(row.job_dir).prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2))
+        job_dir = JobDir(row.job_dir)
+        plan = None
+        if row.staged:
+            directory = Path(row.spec.get("directory") or job_dir.work)
+            plan = staging_plan(row.spec, directory, job_dir.staging_steps)
+        job_dir.prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2), plan)

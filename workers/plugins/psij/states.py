@@ -14,13 +14,17 @@ from orbit_mq.contracts.psij.models import JobState
 _RANK = {
     JobState.NEW: 0,
     JobState.QUEUED: 1,
-    JobState.ACTIVE: 2,
-    JobState.COMPLETED: 3,
-    JobState.FAILED: 3,
-    JobState.CANCELED: 3,
+    JobState.STAGE_IN: 2,
+    JobState.ACTIVE: 3,
+    JobState.STAGE_OUT: 4,
+    JobState.CLEANUP: 5,
+    JobState.COMPLETED: 6,
+    JobState.FAILED: 6,
+    JobState.CANCELED: 6,
 }
 # States that can only be reached from one other state (as PSI/J's JobStateOrder has it);
-# FAILED and CANCELED can follow any non-terminal state.
+# FAILED and CANCELED can follow any non-terminal state. The staging states are recorded only
+# as a job's wrapper reports them, never filled in.
 _PREVIOUS = {
     JobState.QUEUED: JobState.NEW,
     JobState.ACTIVE: JobState.QUEUED,

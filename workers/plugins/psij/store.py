@@ -107,6 +107,12 @@ class JobRow:
         values["exit_file"] = Path(values["exit_file"]) if values["exit_file"] else None
         return cls(**values)
 
+    @property
+    def staged(self) -> bool:
+        """Whether the job stages files (its steps come from stagejob.py)."""
+        spec = self.spec
+        return bool(spec.get("stage_in") or spec.get("stage_out") or spec.get("cleanup"))
+
     def info(self) -> Job:
         return Job(
             job_id=self.job_id,

@@ -56,6 +56,7 @@ class Report:
     exit_code: int | None = None
     message: str | None = None
     native_id: str | None = None
+    step: bool = False  # a staging step the job's wrapper wrote (stagejob.py)
 
 
 @dataclass(frozen=True)
@@ -272,14 +273,18 @@ class Tracker:
         if report.native_id and row.native_id is None:
             row.native_id = report.native_id
             self.store.set_native_id(job_id, report.native_id)
-        steps = plan(row.state, row.seq, effective_state(report.state, row.cancel_requested))
+        state = report.state
+        if state is JobState.ACTIVE and not report.step and row.spec.get("stage_in"):
+            state = JobState.STAGE_IN  # the job's wrapper stages in first, then says ACTIVE
+        steps = plan(row.state, row.seq, effective_state(state, row.cancel_requested))
         if not steps:
             return
         ending: _Ending | None = None
         if steps[-1].state.final:
             disk = await asyncio.to_thread(_final_files, job.row, _unexplained(row, report))
             outcome = self._outcome(job, report, disk)
-            steps = plan(row.state, row.seq, outcome.state)  # the exit file may say FAILED
+            # the exit file may say FAILED; the staging steps the job did come first
+            steps = _final_steps(row, disk.staging, outcome.state)
             for chunk in disk.chunks:  # a streamed job's last output precedes its end
                 await self._send_output(chunk)
             ending = _Ending(outcome, disk.stdout_tail, disk.stderr_tail)
@@ -308,7 +313,7 @@ class Tracker:
                         | {"message": message}
                         | ({"exit_code": exit_code} if step.state.final else {})
                     )
-        row.state, row.seq = steps[-1].state, steps[-1].seq
+        row.state, row.seq, row.updated = steps[-1].state, steps[-1].seq, report.time
         if ending is not None:
             row.exit_code, row.message = ending.outcome.exit_code, ending.outcome.message
         files.JobDir(row.job_dir).append_status(entries)
@@ -322,7 +327,10 @@ class Tracker:
         attached local process is always 0."""
         row = job.row
         state, code, message = report.state, report.exit_code, report.message
-        if disk.accounting is not None:  # the scheduler's word, where PSI/J had no exit code
+        if disk.staging_failure is not None:
+            state, message = JobState.FAILED, disk.staging_failure
+            code = disk.recorded_exit if disk.recorded_exit is not None else code
+        elif disk.accounting is not None:  # the scheduler's word, where PSI/J had no exit code
             state, code, message = disk.accounting
         elif _unexplained(row, report):
             state = JobState.FAILED
@@ -406,6 +414,21 @@ class _Disk:
     stderr_line: str
     chunks: list[Chunk]
     accounting: tuple[JobState, int | None, str | None] | None = None
+    staging: list[JobState] = field(default_factory=list)  # steps the job's wrapper began
+    staging_failure: str | None = None
+
+
+def _final_steps(row: JobRow, staging: list[JobState], final: JobState) -> list[Step]:
+    """The steps to a job's end: the staging steps it did and was not yet seen in, then the
+    terminal state."""
+    steps: list[Step] = []
+    current, seq = row.state, row.seq
+    for state in [*staging, final]:
+        more = plan(current, seq, state)
+        if more:
+            steps.extend(more)
+            current, seq = more[-1].state, more[-1].seq
+    return steps
 
 
 def _unexplained(row: JobRow, report: Report) -> bool:
@@ -426,8 +449,15 @@ def _final_files(row: JobRow, ask_scheduler: bool) -> _Disk:
         answer = accounted(row.executor, row.native_id)
         if answer is not None:
             found = (answer.state, answer.exit_code, answer.message)
+    staging: list[JobState] = []
+    failure = None
+    if row.staged:
+        began, failure = files.JobDir(row.job_dir).read_staging_steps()
+        staging = [JobState(state) for state, _ in began]
     return _Disk(
         accounting=found,
+        staging=staging,
+        staging_failure=failure,
         recorded_exit=files.read_exit_code(row.exit_file) if row.exit_file else None,
         stdout_tail=files.read_tail(row.stdout_path),
         stderr_tail=files.read_tail(row.stderr_path),
