@@ -341,6 +341,41 @@ async def test_reverse_tunnel_end_to_end(
         socket.create_connection(("127.0.0.1", status.port), timeout=5).close()
 
 
+async def test_a_reverse_tunnel_is_opened_again_after_a_parent_restart(
+    start_parent: StartParent,
+    sshd: SshServer,
+    settings: Settings,
+    fabric: orbit_mq.Fabric,
+    name: str,
+    watcher: Watcher,
+) -> None:
+    config = sshd.settings(node=sshd.address)
+    parent = await start_parent(config)
+    child = f"{name}-kid"
+    job = await parent.psij.submit_tunneled(
+        spec=child_spec(child, settings), executor="local", tunnel="reverse"
+    )
+    await child_online(fabric, parent.psij, child, job)
+
+    # the parent goes (its tunnel with it) and comes back: it follows the child again
+    async with fabric.presence(f"{child}.online") as presence:
+        await parent.endpoint.stop()
+        again = await start_parent(config)
+        async with asyncio.timeout(60):
+            async for info in presence:
+                if info.status == PresenceStatus.ONLINE:
+                    break
+
+    status = await again.psij.tunnel_status(name=child)
+    assert (status.status, status.mode, status.job_id) == ("active", "reverse", job.job_id)
+    kid = await fabric.endpoint(child).plugin("sysinfo")
+    assert await kid.homedir()
+    await kid.close()
+    await again.psij.cancel_job(job_id=job.job_id)
+    await watcher.until_ended(job.job_id, timeout=30)
+    assert (await again.psij.tunnel_status(name=child)).status == "done"
+
+
 @pytest.mark.parametrize("problem", ["no sshd there", "unknown host key"])
 async def test_a_reverse_tunnel_that_cannot_open_fails_the_job(
     start_parent: StartParent,

@@ -99,6 +99,7 @@ class PsiJ(Plugin, contract.PsiJ):
         self.tracker = Tracker(context.journal, self.store, self.emit, self.pool)
         self.tracker.start()
         await recover(self.tracker, [self._revived(row) for row in self.store.unfinished()])
+        self.tunnels.restore()
         polling = (bound("floor", self.poll_floor), bound("ceiling", self.poll_ceiling))
         self._watcher = asyncio.create_task(watch(self.tracker, self.stream_interval, *polling))
         self._background = [self._watcher]

@@ -12,7 +12,10 @@ that follows the job's job_status transitions:
   fails for the whole retry window, or the tunnel fails later, the job is ended FAILED with the
   reason and cancelled. The tunnel goes when the job ends or the plugin stops.
 
-Watchers live in memory: after an endpoint restart, tunnel_status knows no earlier tunnel.
+Watchers are journaled (tunnel_journal.py): when the endpoint starts again, the watchers of
+jobs still running are started again (a reverse tunnel is opened anew and its port written to
+the rendezvous file, where the child finds it when it reconnects), and tunnel_status reports
+the children of ended jobs as done.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from orbit_mq.protocol import check_name
 from orbit_mq.rpc import CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij.tracker import Report
+from orbit_mq.workers.plugins.psij.tunnel_journal import TunnelJournal, Watched
 from orbit_mq.workers.tunnels import rendezvous
 from orbit_mq.workers.tunnels.arguments import (
     default_command,
@@ -100,6 +104,35 @@ class Tunnels:
         self.settings = settings or TunnelSettings()
         self.watchers: dict[str, Watcher] = {}
         self._by_job: dict[str, Watcher] = {}
+        self.journal = TunnelJournal(plugin.context.journal.db)
+
+    def restore(self) -> None:
+        """Follow again the children the journal holds (at start, after the jobs were taken
+        back); forget those whose jobs were removed."""
+        gone = []
+        for watched in self.journal.all():
+            row = self.plugin.store.get(watched.job_id)
+            if row is None:
+                gone.append(watched.name)
+                continue
+            watcher = Watcher(
+                watched.name,
+                watched.mode,
+                watched.rendezvous,
+                job_id=watched.job_id,
+                executor=watched.executor,
+                native_id=row.native_id,
+                state=row.state,
+                finished=row.state.final,
+            )
+            self.watchers[watched.name] = watcher
+            if not row.state.final:
+                self._start(watcher)
+                log.info("following %s tunnel of %r again (job %s)", watcher.mode,
+                         watcher.name, watcher.job_id)  # fmt: skip
+        if gone:
+            with self.plugin.context.journal.transaction():
+                self.journal.forget(gone)
 
     # -- the two methods -------------------------------------------------------------------
 
@@ -134,10 +167,15 @@ class Tunnels:
             raise
         info = infos[0]
         watcher.job_id, watcher.native_id, watcher.state = info.job_id, info.native_id, info.state
-        self._by_job[info.job_id] = watcher
-        watcher.task = asyncio.create_task(self._follow(watcher), name=f"tunnel-{name}")
+        with self.plugin.context.journal.transaction():
+            self.journal.record(Watched(name, mode, path, info.job_id, executor))
+        self._start(watcher)
         log.info("submit_tunneled %s: endpoint %r is job %s", mode, name, info.job_id)
         return info
+
+    def _start(self, watcher: Watcher) -> None:
+        self._by_job[watcher.job_id] = watcher
+        watcher.task = asyncio.create_task(self._follow(watcher), name=f"tunnel-{watcher.name}")
 
     async def status(self, name: str) -> TunnelStatus:
         watcher = self.watchers.get(name)
