@@ -1,11 +1,13 @@
 """Jobs benchmark: many quick jobs on the local executor, end to end through the broker.
 
-    .venv/bin/python bench/jobs.py [--url URL] [--jobs 200] [--batch 50]
+    .venv/bin/python bench/jobs.py [--url URL] [--jobs 200] [--batch 50] [--baseline]
 
 The endpoint runs in its own process with the psij plugin; the client subscribes to the job
 events, submits `--jobs` runs of /bin/true (one `submit_job` call each, all in flight at
 once; then again with `submit_jobs` batches) and counts until every job's COMPLETED event has
-arrived. Prints one JSON object; see docs/performance.md.
+arrived. With `--baseline`, PSI/J's local executor alone runs the same jobs first, in this
+process (submitted from 4 threads, as the endpoint does, waiting on its callbacks), and every
+mode's figure is also given as a ratio to it. Prints one JSON object; see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -95,6 +97,36 @@ async def run_mode(
     }
 
 
+def psij_alone(count: int, timeout: float) -> dict[str, Any]:
+    """PSI/J's local executor by itself: `count` runs of /bin/true, first submit to last end."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event, Lock
+
+    import psij
+
+    executor = psij.JobExecutor.get_instance("local")
+    done, lock, ended = Event(), Lock(), [0]
+
+    def changed(_: psij.Job, status: psij.JobStatus) -> None:
+        if status.final:
+            with lock:
+                ended[0] += 1
+                if ended[0] == count:
+                    done.set()
+
+    def submit(_: int) -> None:
+        job = psij.Job(psij.JobSpec(executable=SPEC["executable"]))
+        job.set_job_status_callback(changed)
+        executor.submit(job)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(submit, range(count)))
+    done.wait(timeout)
+    elapsed = time.perf_counter() - began
+    return {"jobs": count, "seconds": round(elapsed, 3), "jobs_per_s": round(ended[0] / elapsed, 1)}
+
+
 async def run(args: argparse.Namespace, name: str) -> dict[str, Any]:
     async with orbit_mq.connect(args.url) as fabric:
         await wait_online(fabric, name)
@@ -124,10 +156,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--batch", type=int, default=50, help="jobs per submit_jobs call")
     parser.add_argument("--timeout", type=float, default=120.0, help="per mode, s")
+    parser.add_argument(
+        "--baseline", action="store_true", help="PSI/J alone first, and the ratios to it"
+    )
     args = parser.parse_args()
     name = f"bench-jobs-{os.getpid()}"
+    baseline = psij_alone(args.jobs, args.timeout) if args.baseline else None
     with endpoint_process(args.url, name, "psij"):
         result = uvloop.run(run(args, name))
+    if baseline is not None:
+        result["psij_alone"] = baseline
+        result["ratio_to_psij_alone"] = {
+            mode["mode"]: round(mode["jobs_per_s"] / baseline["jobs_per_s"], 2)
+            for mode in result["results"]
+        }
     json.dump(result, sys.stdout, indent=2)
     print()
 
