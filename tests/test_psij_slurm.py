@@ -14,6 +14,7 @@ import pytest
 from conftest import StartEndpoint, Watcher
 from slurm_support import requires_slurm, slurm_executor_config
 from test_psij import checked_states, spec, submit
+from test_psij_staging import upper_casing
 
 import orbit_mq
 from orbit_mq.contracts.psij import JobState
@@ -187,17 +188,7 @@ async def test_slurm_job_with_stage_in_and_stage_out(
 ) -> None:
     source = tmp_path / "data.txt"
     source.write_text("hello\n")
-    job = await submit(
-        psij,
-        spec=spec(
-            "/bin/sh",
-            "-c",
-            "tr a-z A-Z < data.txt > result.txt",
-            stage_in=[{"source": str(source), "target": "data.txt"}],
-            stage_out=[{"source": "result.txt", "target": str(tmp_path / "result.txt")}],
-        ),
-        executor="slurm",
-    )
+    job = await submit(psij, spec=upper_casing(source, tmp_path / "result.txt"), executor="slurm")
     await watcher.until_ended(job.job_id, timeout=60)
     states = checked_states(watcher.status[job.job_id])
     assert states == ["NEW", "QUEUED", "STAGE_IN", "ACTIVE", "STAGE_OUT", "COMPLETED"]

@@ -21,6 +21,18 @@ async def psij(start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str
     return await fabric.endpoint(name).plugin("psij")
 
 
+def upper_casing(source: Path, result: Path, **more: Any) -> dict[str, Any]:
+    """A job that stages `source` in, upper-cases it and stages the result out to `result`."""
+    return spec(
+        "/bin/sh",
+        "-c",
+        "tr a-z A-Z < data.txt > result.txt",
+        stage_in=[{"source": source.as_uri(), "target": "data.txt"}],
+        stage_out=[{"source": "result.txt", "target": str(result)}],
+        **more,
+    )
+
+
 async def test_stage_in_run_stage_out_and_clean_up(
     psij: Any, watcher: Watcher, tmp_path: Path
 ) -> None:
@@ -29,15 +41,7 @@ async def test_stage_in_run_stage_out_and_clean_up(
     source.write_text("hello\n")
     results = tmp_path / "out"
     job = await submit(
-        psij,
-        spec=spec(
-            "/bin/sh",
-            "-c",
-            "tr a-z A-Z < data.txt > result.txt",
-            stage_in=[{"source": source.as_uri(), "target": "data.txt"}],
-            stage_out=[{"source": "result.txt", "target": str(results / "result.txt")}],
-            cleanup=["data.txt"],
-        ),
+        psij, spec=upper_casing(source, results / "result.txt", cleanup=["data.txt"])
     )
     await watcher.until_ended(job.job_id)
 

@@ -15,7 +15,7 @@ from test_cli import run_cli
 import orbit_mq
 from orbit_mq.config import Settings
 from orbit_mq.contracts.control import Control
-from orbit_mq.contracts.psij import JobState, PsiJ
+from orbit_mq.contracts.psij import Job, JobState, PsiJ
 from orbit_mq.errors import CallTimeout, EndpointOffline, Unauthorized
 
 EXIT_WITHIN = 30  # s for an endpoint process to exit once it was told to stop
@@ -33,6 +33,21 @@ def waiting_job(flag: Path) -> dict[str, Any]:
     return {"executable": "/bin/sh", "arguments": ["-c", script]}
 
 
+async def psij_endpoint(
+    endpoint_process: Any, fabric: orbit_mq.Fabric, name: str
+) -> tuple[subprocess.Popen[str], PsiJ]:
+    process = endpoint_process("--plugins", "psij")
+    await wait_online(fabric, name)
+    return process, await fabric.endpoint(name).plugin(PsiJ, session=False)
+
+
+async def running(psij: PsiJ, watcher: Watcher, flag: Path) -> Job:
+    """A job, ACTIVE, that ends once `flag` exists."""
+    job = await psij.submit_job(spec=waiting_job(flag))
+    await watcher.until_state(job.job_id, "ACTIVE")
+    return job
+
+
 async def test_drain_waits_for_running_jobs_then_exits_0(
     settings: Settings,
     fabric: orbit_mq.Fabric,
@@ -41,12 +56,9 @@ async def test_drain_waits_for_running_jobs_then_exits_0(
     watcher: Watcher,
     tmp_path: Path,
 ) -> None:
-    process = endpoint_process("--plugins", "psij")
-    await wait_online(fabric, name)
-    psij = await fabric.endpoint(name).plugin(PsiJ, session=False)
+    process, psij = await psij_endpoint(endpoint_process, fabric, name)
     flag = tmp_path / "go"
-    job = await psij.submit_job(spec=waiting_job(flag))
-    await watcher.until_state(job.job_id, "ACTIVE")
+    job = await running(psij, watcher, flag)
 
     async with fabric.presence(f"{name}.*") as presence:
         stopping = asyncio.create_task(run_cli(settings, "endpoint", "stop", name, "--drain"))
@@ -77,20 +89,16 @@ async def test_stop_leaves_jobs_running_for_the_next_start(
     watcher: Watcher,
     tmp_path: Path,
 ) -> None:
-    process = endpoint_process("--plugins", "psij")
-    await wait_online(fabric, name)
-    psij = await fabric.endpoint(name).plugin(PsiJ, session=False)
+    process, psij = await psij_endpoint(endpoint_process, fabric, name)
     flag = tmp_path / "go"
-    job = await psij.submit_job(spec=waiting_job(flag))
-    await watcher.until_state(job.job_id, "ACTIVE")
+    job = await running(psij, watcher, flag)
 
     result = await run_cli(settings, "endpoint", "stop", name)
     assert result.code == 0 and f"endpoint {name} stopped" in result.stdout, result
     code, log = await exited(process)
     assert code == 0, log
 
-    endpoint_process("--plugins", "psij")  # the next start re-attaches the job
-    await wait_online(fabric, name)
+    await psij_endpoint(endpoint_process, fabric, name)  # the next start re-attaches the job
     assert (await psij.get_job_status(job_id=job.job_id)).state is JobState.ACTIVE
     flag.touch()
     await watcher.until_state(job.job_id, "COMPLETED", timeout=30)
