@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import StartEndpoint, Watcher, cli_env, orbit_cli, stop_process, wait_online
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -371,9 +372,15 @@ async def test_a_reverse_tunnel_is_opened_again_after_a_parent_restart(
     kid = await fabric.endpoint(child).plugin("sysinfo")
     assert await kid.homedir()
     await kid.close()
-    await again.psij.cancel_job(job_id=job.job_id)
+    # The child is stopped, not cancelled: psij 0.9.11's reaper, shared by every endpoint in
+    # this process, fails on each round once a re-attached job it was told to kill is gone.
+    assert job.native_id is not None
+    for process in psutil.Process(int(job.native_id)).children(recursive=True):
+        if "orbit_mq.cli" in process.cmdline():  # the child endpoint: it stops cleanly
+            process.terminate()
     await watcher.until_ended(job.job_id, timeout=30)
-    assert (await again.psij.tunnel_status(name=child)).status == "done"
+    ended = await again.psij.tunnel_status(name=child)  # "failed" when its job ended FAILED
+    assert ended.status in ("done", "failed") and ended.job_id == job.job_id
 
 
 @pytest.mark.parametrize("problem", ["no sshd there", "unknown host key"])

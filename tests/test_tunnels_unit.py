@@ -25,6 +25,7 @@ from yarl import URL
 from orbit_mq.broker import _CorkedTransports
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError, InvalidRequest
+from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.plugins.psij.tunneled import EndpointNameMissing, TunneledJobSpec, Tunnels
 from orbit_mq.workers.tunnels import Address, TunnelError, TunnelSettings, nodes, rendezvous
 from orbit_mq.workers.tunnels.arguments import endpoint_name
@@ -195,7 +196,10 @@ def tunnels(tmp_path: Path) -> Tunnels:
         via="login1:2222", key_file=tmp_path / "key", retry_window=5, rendezvous_dir=tmp_path
     )
     plugin: Any = SimpleNamespace(
-        home=tmp_path, context=SimpleNamespace(settings=Settings(url="amqp://g:g@10.1.2.3:5672/"))
+        home=tmp_path,
+        context=SimpleNamespace(
+            settings=Settings(url="amqp://g:g@10.1.2.3:5672/"), journal=Journal(None)
+        ),
     )
     return Tunnels(plugin, settings)
 
