@@ -17,13 +17,13 @@ in a thread.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from orbit_mq.contracts.psij.models import JobState
+from orbit_mq.workers.plugins.queue_info.base import command_environment
 
 COMMAND_TIMEOUT = 20.0  # s per scheduler command
 
@@ -39,9 +39,7 @@ Run = Callable[[list[str]], str | None]  # a command's stdout, None where it fai
 
 
 def run(argv: list[str]) -> str | None:
-    env = {**os.environ, "LC_ALL": "C"}
-    for name in ("SACCT_FORMAT", "SQUEUE_FORMAT", "SLURM_TIME_FORMAT"):
-        env.pop(name, None)
+    env = command_environment()  # the C locale, no format overrides: output as parsed here
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=env, check=False

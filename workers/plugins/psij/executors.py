@@ -182,14 +182,14 @@ class ExecutorPool:
                     self._base_intervals[executor] = self.intervals[executor] = float(base)
             return instance
 
-    def adapt(self, last_changes: dict[str, list[float]], floor: float, ceiling: float) -> None:
+    def adapt(self, last_changes: dict[str, float], floor: float, ceiling: float) -> None:
         """Set each batch executor's polling interval from when its live jobs last changed
         (see scheduler.py)."""
         now = time.time()
         with self._lock:
             instances = dict(self._instances)
         for executor, base in self._base_intervals.items():
-            wanted = interval_for(last_changes.get(executor, []), now, floor, base, ceiling)
+            wanted = interval_for(last_changes.get(executor), now, floor, base, ceiling)
             if wanted != self.intervals.get(executor):
                 set_interval(instances[executor], wanted)
                 self.intervals[executor] = wanted

@@ -94,11 +94,13 @@ async def watch(tracker: Tracker, interval: float, floor: float, ceiling: float)
             log.exception("psij: polling job files failed")
 
 
-def _last_changes(tracker: Tracker) -> dict[str, list[float]]:
-    changes: dict[str, list[float]] = {}
+def _last_changes(tracker: Tracker) -> dict[str, float]:
+    """When any live job of each executor last changed state."""
+    latest: dict[str, float] = {}
     for job in tracker.live.values():
-        changes.setdefault(job.row.executor, []).append(job.row.updated)
-    return changes
+        row = job.row
+        latest[row.executor] = max(row.updated, latest.get(row.executor, row.updated))
+    return latest
 
 
 async def _poll(tracker: Tracker) -> None:
@@ -106,35 +108,36 @@ async def _poll(tracker: Tracker) -> None:
     # Copies: the worker advances the offsets while the files are read in a thread.
     streamed = [dataclasses.replace(job.row) for job in jobs if job.row.stream_output]
     attached = [dataclasses.replace(job.row) for job in jobs if job.attached and job.row.exit_file]
-    staged = [job.row.job_dir for job in jobs if job.row.staged]
+    staged = [job.row for job in jobs if job.row.staged]  # only id and directory are read
     if not streamed and not attached and not staged:
         return
-    chunks, ended = await asyncio.to_thread(_scan, streamed, attached)
+    chunks, ended, steps = await asyncio.to_thread(_scan, streamed, attached, staged)
     for chunk in chunks:
         tracker.output(chunk)
-    for job_id, state, when in await asyncio.to_thread(_staging_steps, jobs):
+    for job_id, state, when in steps:
         tracker.report(job_id, Report(state, when, step=True))  # seen ones are dropped
     for job_id in ended:
         tracker.report(job_id, Report(JobState.COMPLETED, time.time()))
 
 
-def _staging_steps(jobs: list[LiveJob]) -> list[tuple[str, JobState, float]]:
-    found: list[tuple[str, JobState, float]] = []
-    for job in jobs:
-        if job.row.staged:
-            steps, _ = files.JobDir(job.row.job_dir).read_staging_steps()
-            found.extend((job.row.job_id, JobState(state), when) for state, when in steps)
-    return found
+Step = tuple[str, JobState, float]  # a staging step a job began: job id, state, time
 
 
-def _scan(streamed: list[JobRow], attached: list[JobRow]) -> tuple[list[Chunk], list[str]]:
+def _scan(
+    streamed: list[JobRow], attached: list[JobRow], staged: list[JobRow]
+) -> tuple[list[Chunk], list[str], list[Step]]:
     chunks = [
         chunk
         for row in streamed
         for chunk in read_output(row, complete=False, budget=STREAM_BUDGET)
     ]
     ended = [row.job_id for row in attached if _local_ended(row)]
-    return chunks, ended
+    steps = [
+        (row.job_id, JobState(state), when)
+        for row in staged
+        for state, when in files.JobDir(row.job_dir).read_staging_steps()[0]
+    ]
+    return chunks, ended, steps
 
 
 def _local_ended(row: JobRow) -> bool:

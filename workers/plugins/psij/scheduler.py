@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 FAST_WINDOW = 30.0  # s after a state change during which the floor applies
@@ -79,15 +79,16 @@ def instrument(instance: Any, executor: str, calls: SchedulerCalls) -> None:
 
 
 def interval_for(
-    last_changes: Iterable[float], now: float, floor: float, base: float, ceiling: float
+    last_change: float | None, now: float, floor: float, base: float, ceiling: float
 ) -> float:
-    """The polling interval for an executor whose live jobs last changed at `last_changes`."""
-    ages = [now - changed for changed in last_changes]
-    if not ages:
+    """The polling interval for an executor whose live jobs last changed at `last_change` (the
+    latest change of any of them; None: no live jobs)."""
+    if last_change is None:
         return base
-    if min(ages) < FAST_WINDOW:
+    age = now - last_change
+    if age < FAST_WINDOW:
         return min(floor, base)
-    if min(ages) > SLOW_AFTER:
+    if age > SLOW_AFTER:  # every one of them has kept its state that long
         return max(ceiling, base)
     return base
 

@@ -29,7 +29,7 @@ from orbit_mq.contracts.psij.models import (
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
-from orbit_mq.workers.plugins.psij.accounting import accounted
+from orbit_mq.workers.plugins.psij.accounting import Accounted, accounted
 from orbit_mq.workers.plugins.psij.executors import ExecutorPool, describe, local_problem
 from orbit_mq.workers.plugins.psij.files import Chunk, read_output
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
@@ -331,7 +331,8 @@ class Tracker:
             state, message = JobState.FAILED, disk.staging_failure
             code = disk.recorded_exit if disk.recorded_exit is not None else code
         elif disk.accounting is not None:  # the scheduler's word, where PSI/J had no exit code
-            state, code, message = disk.accounting
+            state = disk.accounting.state
+            code, message = disk.accounting.exit_code, disk.accounting.message
         elif _unexplained(row, report):
             state = JobState.FAILED
             message = (
@@ -413,7 +414,7 @@ class _Disk:
     stderr_tail: str
     stderr_line: str
     chunks: list[Chunk]
-    accounting: tuple[JobState, int | None, str | None] | None = None
+    accounting: Accounted | None = None
     staging: list[JobState] = field(default_factory=list)  # steps the job's wrapper began
     staging_failure: str | None = None
 
@@ -446,9 +447,7 @@ def _final_files(row: JobRow, ask_scheduler: bool) -> _Disk:
     found = None
     if ask_scheduler:
         assert row.native_id is not None
-        answer = accounted(row.executor, row.native_id)
-        if answer is not None:
-            found = (answer.state, answer.exit_code, answer.message)
+        found = accounted(row.executor, row.native_id)
     staging: list[JobState] = []
     failure = None
     if row.staged:

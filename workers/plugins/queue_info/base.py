@@ -25,7 +25,14 @@ from orbit_mq.contracts.queue_info.models import (
 
 # Environment variables that change what Slurm's commands print (formats, time style,
 # default filters); unset for our commands so their output is what the parsers expect.
-_FORMAT_VARIABLES = ("SINFO_", "SQUEUE_", "SACCTMGR_", "SLURM_TIME_FORMAT", "PBS_QSTAT_")
+_FORMAT_VARIABLES = (
+    "SINFO_",
+    "SQUEUE_",
+    "SACCT",  # SACCT_FORMAT and SACCTMGR_*
+    "SCONTROL_",
+    "SLURM_TIME_FORMAT",
+    "PBS_QSTAT_",
+)
 STDERR_LIMIT = 2000  # characters of a failed command's stderr kept in the error
 
 
