@@ -280,7 +280,7 @@ def jobs(
             endpoint,
             PsiJ,
             lambda psij: psij.list_jobs(
-                state=state, offset=offset, limit=min(limit, 1000), ended_before=before
+                state=state, offset=offset, limit=limit, ended_before=before
             ),
         )
     )

@@ -168,6 +168,10 @@ class JobAttributes(BaseModel):
     )
 
 
+# The JobSpec fields that make the job stage files (and run through the job-side stager).
+STAGING_FIELDS = ("stage_in", "stage_out", "cleanup")
+
+
 class JobSpec(BaseModel):
     """Everything psij.JobSpec carries. PSI/J's own JSON serialisation of a spec (psij's
     JSONSerializer output, as an object or as a string) is accepted as well."""
@@ -203,7 +207,7 @@ class JobSpec(BaseModel):
 
     @property
     def staged(self) -> bool:
-        return bool(self.stage_in or self.stage_out or self.cleanup)
+        return any(getattr(self, name) for name in STAGING_FIELDS)
 
     @model_validator(mode="before")
     @classmethod

@@ -12,7 +12,13 @@ from typing import Any
 
 import orjson
 
-from orbit_mq.contracts.psij.models import TERMINAL, HistoryEntry, Job, JobState
+from orbit_mq.contracts.psij.models import (
+    STAGING_FIELDS,
+    TERMINAL,
+    HistoryEntry,
+    Job,
+    JobState,
+)
 from orbit_mq.workers.journal import add_columns
 from orbit_mq.workers.plugins.psij.retention import Ended
 from orbit_mq.workers.plugins.psij.states import Step
@@ -110,8 +116,7 @@ class JobRow:
     @property
     def staged(self) -> bool:
         """Whether the job stages files (its steps come from stagejob.py)."""
-        spec = self.spec
-        return bool(spec.get("stage_in") or spec.get("stage_out") or spec.get("cleanup"))
+        return any(self.spec.get(name) for name in STAGING_FIELDS)
 
     def info(self) -> Job:
         return Job(
