@@ -42,6 +42,7 @@ from orbit_mq.staging import get_file, put_file
 from orbit_mq.tasks import as_completed
 from orbit_mq.tasks import result as task_result
 from orbit_mq.tasks import submit as submit_tasks
+from orbit_mq.waiting import wait_within
 
 ONLINE_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -213,10 +214,10 @@ async def stop_endpoint(tour: Tour) -> None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        code = await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        code = await wait_within(process.wait(), STOP_TIMEOUT)
     except TimeoutError:
         process.kill()
-        await asyncio.wait_for(process.wait(), 5)
+        await wait_within(process.wait(), 5)
         raise OrbitError(
             f"the endpoint did not stop within {STOP_TIMEOUT:.0f} s; killed it"
         ) from None

@@ -30,6 +30,7 @@ from orbit_mq.config import Settings
 from orbit_mq.contracts.tasks import TERMINAL, Tasks, TaskSpec, TaskState, TaskStatus
 from orbit_mq.errors import CallTimeout, ConfigError
 from orbit_mq.tasks import as_completed, submit
+from orbit_mq.waiting import wait_within
 
 tasks_app = typer.Typer(
     name="tasks",
@@ -183,7 +184,7 @@ async def _wait_all(
                     if ended == total:
                         return counts
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(anext(events), RECHECK)
+                        await wait_within(anext(events), RECHECK)
 
 
 @tasks_app.command("wait")

@@ -47,6 +47,7 @@ from orbit_mq.protocol import (
 from orbit_mq.proxy import PluginProxy, proxy_class
 from orbit_mq.retry import until_deadline
 from orbit_mq.subscribe import Subscription
+from orbit_mq.waiting import wait_within
 from orbit_mq.wire import discovery_properties, outcome
 
 log = logging.getLogger("orbit_mq.client")
@@ -90,7 +91,7 @@ class Fabric:
     async def close(self) -> None:
         for proxy in self._proxies:
             with suppress(OrbitError, TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(proxy.close(), 2)
+                await wait_within(proxy.close(), 2)
         for subscription in self._subscriptions:
             with suppress(Exception):
                 await subscription.close()
@@ -178,7 +179,7 @@ class Fabric:
             dropped = asyncio.Event()
             self._drop_waiters.add(dropped)
             try:
-                await asyncio.wait_for(dropped.wait(), OFFLINE_CONFIRM)
+                await wait_within(dropped.wait(), OFFLINE_CONFIRM)
             except TimeoutError:
                 return False  # the broker is fine: the endpoint is away
             finally:

@@ -29,6 +29,7 @@ from orbit_mq.contracts.psij.models import (
 from orbit_mq.errors import CallTimeout, OrbitError, TransientError
 from orbit_mq.proxy import remote
 from orbit_mq.retry import retrying
+from orbit_mq.waiting import wait_within
 
 if TYPE_CHECKING:
     from orbit_mq.protocol import Event
@@ -91,7 +92,7 @@ async def _after(job: Job, events: Subscription[Event], last: int) -> list[JobSt
     that event shows a gap or none came for a while (events published while the subscription
     was being re-established after a broker restart never reach it)."""
     try:
-        transition = await asyncio.wait_for(_next_event(job, events), RECHECK_INTERVAL)
+        transition = await wait_within(_next_event(job, events), RECHECK_INTERVAL)
     except TimeoutError:
         return await _history_after(job, last)
     if transition.seq <= last:

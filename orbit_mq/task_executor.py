@@ -28,6 +28,7 @@ from orbit_mq.contracts.tasks.models import new_uid
 from orbit_mq.contracts.tasks.values import is_json, pickled
 from orbit_mq.errors import ConfigError
 from orbit_mq.tasks import RECHECK_INTERVAL, TaskWatcher, result, submit
+from orbit_mq.waiting import wait_within
 
 BATCH = 1000  # calls per submission
 
@@ -155,7 +156,7 @@ class TaskExecutor(Executor):
                 return
             self._submitted.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._submitted.wait(), RECHECK_INTERVAL)
+                await wait_within(self._submitted.wait(), RECHECK_INTERVAL)
 
     async def _pump(self) -> None:
         assert self._tasks is not None

@@ -30,6 +30,7 @@ from orbit_mq.contracts.tasks.values import decode_value, value_of
 from orbit_mq.errors import CallTimeout, RequestTooLarge
 from orbit_mq.proxy import remote
 from orbit_mq.retry import until_deadline
+from orbit_mq.waiting import wait_within
 
 if TYPE_CHECKING:
     from orbit_mq.protocol import Event
@@ -138,7 +139,7 @@ async def as_completed(
         for given in range(count):
             left = None if deadline is None else deadline - time.monotonic()
             try:
-                yield await asyncio.wait_for(ended.get(), left)
+                yield await wait_within(ended.get(), left)
             except TimeoutError:
                 raise CallTimeout(f"{count - given} tasks did not end within {timeout} s") from None
     finally:
@@ -235,7 +236,7 @@ class TaskWatcher:
         quiet_since = time.monotonic()  # the last event about a watched task, or re-read
         while True:
             with contextlib.suppress(TimeoutError):
-                event = await asyncio.wait_for(anext(self._events), RECHECK_INTERVAL)
+                event = await wait_within(anext(self._events), RECHECK_INTERVAL)
                 for item in event.data.get("tasks", ()):
                     if item.get("uid") in self.watched and self._wanted(item.get("state")):
                         quiet_since = time.monotonic()

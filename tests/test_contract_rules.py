@@ -104,3 +104,15 @@ def test_the_error_table_in_the_docs_lists_every_domain_error() -> None:
         "not in docs/architecture.md": sorted(declared - documented),
         "in the docs, declared by no contract": sorted(documented - declared),
     }
+
+
+def test_no_asyncio_wait_for() -> None:
+    """orbit_mq.waiting says why: on Python 3.11 it can lose a cancellation."""
+    code = [*(REPO / "orbit_mq").rglob("*.py"), *(REPO / "workers").rglob("*.py")]
+    hits = [
+        f"{path.relative_to(REPO)}:{number}"
+        for path in [*code, *(REPO / "cli").glob("*.py")]
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "asyncio.wait_for(" in line
+    ]
+    assert not hits, f"asyncio.wait_for used (use orbit_mq.waiting.wait_within): {hits}"

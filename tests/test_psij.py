@@ -7,11 +7,13 @@ them with deadlines; no test sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
 
 import aio_pika
+import psutil
 import pytest
 from conftest import StartEndpoint, Watcher, wait_online
 
@@ -367,6 +369,34 @@ async def test_running_jobs_are_reattached_after_a_graceful_restart(
         ends.append((watcher.status[job_id][-1]["state"], watcher.status[job_id][-1]["exit_code"]))
     assert ends == [("COMPLETED", 0), ("FAILED", 4)]
     assert (await psij.health()).sessions == 1  # the session survived the restart too
+
+
+async def test_reattached_jobs_cancel_and_later_jobs_still_end(
+    start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str, watcher: Watcher
+) -> None:
+    """Cancelling re-attached local jobs, most of them already gone by the time the cancel
+    comes (each may or may not be noticed first: several make the race likely), leaves the
+    executor noticing the end of jobs submitted afterwards."""
+    endpoint = await start_endpoint(plugins=[PsiJ])
+    psij = await fabric.endpoint(name).plugin("psij")
+    jobs = await submit_many(psij, specs=[spec("/bin/sleep", "60") for _ in range(6)])
+    ids = [job.job_id for job in jobs]
+    await watcher.until(lambda: all("ACTIVE" in watcher.states(i) for i in ids))
+    await endpoint.stop()
+    await start_endpoint(plugins=[PsiJ])
+    roots = [psutil.Process(int((await job.status()).native_id or 0)) for job in jobs[1:]]
+    trees = [process for root in roots for process in [*root.children(recursive=True), root]]
+    for process in trees:  # their processes end just before the cancels
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    await asyncio.gather(*(psij.cancel_job(job_id) for job_id in ids))
+    await watcher.until_ended(*ids)
+    assert watcher.status[ids[0]][-1]["state"] == "CANCELED"
+    # CANCELED, or FAILED where the executor noticed the kill before the cancel came
+    assert {watcher.status[i][-1]["state"] for i in ids[1:]} <= {"CANCELED", "FAILED"}
+    later = await psij.submit_job(spec("/bin/echo", "after"))
+    await watcher.until_ended(later.job_id)
+    assert watcher.status[later.job_id][-1]["state"] == "COMPLETED"
 
 
 async def waiting_requests(fabric: orbit_mq.Fabric, name: str) -> int:

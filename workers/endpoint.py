@@ -53,6 +53,7 @@ from orbit_mq.protocol import (
     request_key,
     request_queue,
 )
+from orbit_mq.waiting import wait_within
 from orbit_mq.wire import Request, presence_properties, reply_properties
 from orbit_mq.workers.acking import settled
 from orbit_mq.workers.control import ControlPlugin
@@ -264,7 +265,7 @@ class Endpoint:
                 log.info("endpoint %r draining; still running: %s", self.name, running)
                 reported = now
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), DRAIN_POLL)
+                await wait_within(self._stopping.wait(), DRAIN_POLL)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -442,7 +443,7 @@ class Endpoint:
         interval = self.settings.heartbeat_interval
         while not self._stopping.is_set():
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                await wait_within(self._stopping.wait(), interval)
                 return
             try:
                 await self._announce(PresenceStatus.HEARTBEAT, timeout=interval)
@@ -454,7 +455,7 @@ class Endpoint:
         period = min(max(min(ttls) / 4, 0.05), 1.0)
         while not self._stopping.is_set():
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), period)
+                await wait_within(self._stopping.wait(), period)
                 return
             for plugin in self.plugins.values():
                 await plugin.sessions.expire()

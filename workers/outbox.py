@@ -17,6 +17,7 @@ from contextlib import suppress
 import aiormq
 
 from orbit_mq.retry import retrying
+from orbit_mq.waiting import wait_within
 from orbit_mq.wire import event_properties
 from orbit_mq.workers.journal import Journal, OutboxEntry
 
@@ -56,7 +57,7 @@ class Outbox:
     async def drain(self, timeout: float) -> bool:
         """Wait until everything is published (True) or `timeout` passes (False)."""
         try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
+            await wait_within(self._empty.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -69,7 +70,7 @@ class Outbox:
     async def _run(self) -> None:
         while True:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_CHECK)
+                await wait_within(self._wake.wait(), IDLE_CHECK)
             self._wake.clear()
             # While the broker is away, the rest waits and goes out again (backing off).
             async for trying in retrying(forever=True, when=_any, what="publishing events"):

@@ -19,6 +19,7 @@ on every job): `PsiJ.site_custom_attributes[executor]`, then
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -345,3 +346,26 @@ def local_process_running(native_id: str, job_id: str) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE and job_id in process.cmdline()
     except (ValueError, psutil.Error):
         return False
+
+
+def terminate_local_process(native_id: str, job_id: str, grace: float = 5.0) -> None:
+    """End a re-attached local job's process tree: SIGTERM (the staging wrapper then runs its
+    on-cancel stage-outs), SIGKILL what is left after `grace` s. A process that is already
+    gone is fine. psij's own cancel is not used for re-attached jobs: its reaper (0.9.11) then
+    fails on every round once the process has gone, and stops noticing any local job's end."""
+    import psutil
+
+    try:
+        root = psutil.Process(int(native_id))
+        if job_id not in root.cmdline():
+            return  # a recycled pid: the job's own process is gone
+        tree = [*root.children(recursive=True), root]
+    except (ValueError, psutil.Error):
+        return
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()

@@ -26,11 +26,18 @@ from orbit_mq.contracts.psij.models import (
     JobState,
     JobStatusEvent,
 )
+from orbit_mq.waiting import wait_within
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.accounting import Accounted, accounted
-from orbit_mq.workers.plugins.psij.executors import ExecutorPool, describe, local_problem
+from orbit_mq.workers.plugins.psij.executors import (
+    LOCAL,
+    ExecutorPool,
+    describe,
+    local_problem,
+    terminate_local_process,
+)
 from orbit_mq.workers.plugins.psij.files import Chunk, read_output
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
@@ -123,7 +130,7 @@ class Tracker:
         if self._handing:  # a submission in a thread cannot be stopped: let it finish
             await asyncio.wait(set(self._handing), timeout=HANDOVER_GRACE)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.barrier(), 5)
+            await wait_within(self.barrier(), 5)
         self._closed = True
         if self._worker is not None:
             self._worker.cancel()
@@ -244,8 +251,13 @@ class Tracker:
 
     async def _cancel_now(self, job: LiveJob) -> None:
         assert job.psij_job is not None
+        row = job.row
         try:
-            await asyncio.to_thread(job.psij_job.cancel)
+            if job.attached and row.executor == LOCAL and row.native_id is not None:
+                # the reaper notices the end; its own cancel would break it (see the helper)
+                await asyncio.to_thread(terminate_local_process, row.native_id, row.job_id)
+            else:
+                await asyncio.to_thread(job.psij_job.cancel)
         except Exception as exc:  # e.g. it ended meanwhile; the state tells
             log.warning("cancelling job %s: %s", job.row.job_id, describe(exc))
 
@@ -344,7 +356,12 @@ class Tracker:
             code = disk.recorded_exit
             if state is JobState.COMPLETED and code != 0:
                 state = JobState.FAILED
-        elif job.attached and row.exit_file is not None and state is JobState.COMPLETED:
+        elif (
+            job.attached
+            and row.exit_file is not None
+            and state is JobState.COMPLETED
+            and not row.cancel_requested  # ended by the cancel, which is what it reports
+        ):
             state = JobState.FAILED
             message = (
                 "the job's process ended while the endpoint was down and left no exit code "

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from orbit_mq.contracts.tasks.models import TASK_TAIL, TaskSpec
+from orbit_mq.waiting import wait_within
 from orbit_mq.workers.plugins.tasks.functions import Outcome
 
 READ = 64 * 1024
@@ -94,7 +95,7 @@ class RunningProcess:
         self.stopped_because = self.stopped_because or reason
         _signal_group(self.popen.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(self.exited), self.grace)
+            await wait_within(asyncio.shield(self.exited), self.grace)
         except TimeoutError:
             _signal_group(self.popen.pid, signal.SIGKILL)
 
@@ -139,7 +140,7 @@ def start(
 async def finish(task_id: int, running: RunningProcess, timeout: float | None) -> Outcome:
     """Wait for the process to end (stopping it after `timeout` s); its outcome."""
     try:
-        code = await asyncio.wait_for(asyncio.shield(running.exited), timeout)
+        code = await wait_within(asyncio.shield(running.exited), timeout)
     except TimeoutError:
         await running.stop(f"timed out after {timeout} s")
         code = await running.exited

@@ -5,7 +5,6 @@ transition in batches, with its events."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from orbit_mq.contracts.tasks.models import new_uid
 from orbit_mq.protocol import SessionInfo
 from orbit_mq.rpc import INJECTED, CallContext, Session
 from orbit_mq.shorten import shorten
+from orbit_mq.waiting import wait_within
 from orbit_mq.workers.plugin import Plugin, PluginContext, wait_budget
 from orbit_mq.workers.plugins.tasks.backends import DEFAULT_BACKEND, backend_infos
 from orbit_mq.workers.plugins.tasks.recorder import Recorder
@@ -185,7 +185,7 @@ class TasksPlugin(Plugin, contract.Tasks):
         if waiting and (budget is None or budget > 0):
             waiter = self.recorder.waiter(waiting)
             try:
-                await asyncio.wait_for(waiter.done.wait(), budget)
+                await wait_within(waiter.done.wait(), budget)
             except TimeoutError:
                 pass
             finally:

@@ -16,6 +16,7 @@ import pickle
 import sys
 from collections.abc import AsyncIterator
 
+from orbit_mq.waiting import wait_within
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.tasks.functions import Call, Outcome
 from orbit_mq.workers.plugins.tasks.worker import HEADER
@@ -68,7 +69,7 @@ class Worker:
                 self.running = call.id
                 limit = None if call.timeout is None else call.timeout + grace
                 try:
-                    header = await asyncio.wait_for(stdout.readexactly(HEADER.size), limit)
+                    header = await wait_within(stdout.readexactly(HEADER.size), limit)
                 except TimeoutError:  # past its timeout and deaf to SIGALRM (C code)
                     self.kill(f"timed out after {call.timeout} s", call.id)
                     raise WorkerDied(f"timed out after {call.timeout} s", call.id) from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orbit_mq.contracts.tasks.models import EVENT_TAIL, INLINE_RESULT, event_key
+from orbit_mq.waiting import wait_within
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.plugins.tasks.store import Record, TaskStore
 
@@ -93,7 +94,7 @@ class Recorder:
             pause = last + gap - time.monotonic()
             if pause > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), pause)
+                    await wait_within(self._full.wait(), pause)
             else:
                 await asyncio.sleep(0)  # what this turn of the loop adds joins the write
             last, size = time.monotonic(), len(self._pending)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from orbit_mq.contracts.tasks.models import TaskSpec, TaskState
+from orbit_mq.waiting import wait_within
 from orbit_mq.workers.plugins.tasks import executables
 from orbit_mq.workers.plugins.tasks.backends import DEFAULT_BACKEND
 from orbit_mq.workers.plugins.tasks.functions import Call, Outcome
@@ -151,7 +152,7 @@ class Runner:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_CHECK)
+                await wait_within(self._wake.wait(), IDLE_CHECK)
             self._wake.clear()
             self._load()
             self._dispatch()
