@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from orbit_mq.cli.admin_cmd import admin_app
 from orbit_mq.cli.call_cmd import call
 from orbit_mq.cli.common import (
     EXIT_INTERRUPTED,
@@ -40,6 +41,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals hold the broker URL with its password
 )
 app.add_typer(endpoint_app, name="endpoint")
+app.add_typer(admin_app, name="admin")
 app.add_typer(stage_app, name="stage")
 app.add_typer(tasks_app, name="tasks")
 app.command()(call)

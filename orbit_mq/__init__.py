@@ -21,6 +21,7 @@ from orbit_mq.contracts.tasks import Task, TaskSpec, TaskState, TaskStatus
 from orbit_mq.contracts.tasks.errors import TaskCanceled, TaskFailed
 from orbit_mq.errors import (
     AccessRefused,
+    AdminUnavailable,
     BrokerError,
     BrokerUnavailable,
     CallTimeout,
@@ -62,6 +63,7 @@ from orbit_mq.task_executor import TaskExecutor
 __all__ = [
     "PROTOCOL_VERSION",
     "AccessRefused",
+    "AdminUnavailable",
     "BrokerError",
     "BrokerUnavailable",
     "CallTimeout",

@@ -21,6 +21,7 @@ from yarl import URL
 
 from orbit_mq.config import Settings, redact_url
 from orbit_mq.errors import AccessRefused, BrokerError, BrokerUnavailable, ConnectionLost
+from orbit_mq.lanes import spare_channel
 from orbit_mq.protocol import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -194,7 +195,8 @@ async def connect(
 
 
 async def declare_topology(channel: aiormq.abc.AbstractChannel) -> None:
-    """Declare the fixed exchanges and the dead-letter queue (idempotent)."""
+    """Declare the fixed exchanges and the dead-letter queue (idempotent; needs configure
+    rights on them, which only the broker's administrators have: see docs/security.md)."""
     with translated("declaring the orbit exchanges"):
         await channel.exchange_declare(RPC_EXCHANGE, exchange_type="direct", durable=True)
         await channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
@@ -206,3 +208,36 @@ async def declare_topology(channel: aiormq.abc.AbstractChannel) -> None:
             arguments={"x-max-length": DEAD_LETTER_LIMIT, "x-overflow": "drop-head"},
         )
         await channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE)
+
+
+async def _topology_exists(channel: aiormq.abc.AbstractChannel) -> bool:
+    """Whether the fixed exchanges and the dead-letter queue exist (passive declares need no
+    permission); a missing one closes the channel."""
+    try:
+        for exchange in (RPC_EXCHANGE, EVENTS_EXCHANGE, TOPOLOGY_EXCHANGE, DEAD_LETTER_EXCHANGE):
+            await channel.exchange_declare(exchange, passive=True)
+        await channel.queue_declare(DEAD_LETTER_QUEUE, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    return True
+
+
+async def ensure_topology(connection: AbstractRobustConnection, user: str) -> None:
+    """Make sure the fixed topology exists: checked passively, declared only where missing.
+
+    A least-privilege user (docs/security.md) may not declare the shared exchanges, and
+    need not: `orbit-mq admin` declares them when it makes the user.
+    """
+    with translated("checking the orbit exchanges"):
+        async with spare_channel(connection, "topology check") as amqp:
+            if await _topology_exists(amqp):
+                return
+    try:
+        async with spare_channel(connection, "topology") as amqp:
+            await declare_topology(amqp)
+    except AccessRefused as exc:
+        raise AccessRefused(
+            f"the orbit exchanges do not exist on this vhost yet and broker user {user!r} may "
+            "not declare them; have a broker administrator run `orbit-mq admin endpoint add` "
+            "(or any `orbit-mq admin` command that makes users), which declares them"
+        ) from exc

@@ -23,6 +23,7 @@ from orbit_mq.caller import Call, Caller, new_id
 from orbit_mq.config import Settings, load_settings, url_user
 from orbit_mq.contract import Contract
 from orbit_mq.errors import (
+    AccessRefused,
     CallTimeout,
     ConfigError,
     EndpointNotFound,
@@ -294,16 +295,37 @@ class Fabric:
         return outcome(reply, plugin)
 
     async def _ensure_request_queue(self, endpoint: str, plugin: str, timeout: float) -> None:
-        """Declare the plugin queue the way its endpoint does, so a waiting request is kept."""
+        """Make sure the plugin queue exists, so that a waiting request is kept.
+
+        The endpoint declares its queues; a client only checks (a passive declare needs no
+        permission). Only when an endpoint has never run is the queue declared here, the way
+        its endpoint does, which a least-privilege client may not do (docs/security.md).
+        """
         queue = request_queue(endpoint, plugin)
-        with broker.translated(f"declaring {queue} to wait in"):
-            async with spare_channel(self.connection, "declare", timeout) as amqp:
-                await amqp.queue_declare(
-                    queue, durable=True, arguments=broker.request_queue_arguments(self.settings)
-                )
-                await amqp.queue_bind(
-                    queue, RPC_EXCHANGE, routing_key=request_key(endpoint, plugin)
-                )
+        with broker.translated(f"checking {queue} to wait in"):
+            try:
+                async with spare_channel(self.connection, "check", timeout) as amqp:
+                    await amqp.queue_declare(queue, passive=True)
+                return
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+        try:
+            with broker.translated(f"declaring {queue} to wait in"):
+                async with spare_channel(self.connection, "declare", timeout) as amqp:
+                    await amqp.queue_declare(
+                        queue, durable=True, arguments=broker.request_queue_arguments(self.settings)
+                    )
+                    await amqp.queue_bind(
+                        queue, RPC_EXCHANGE, routing_key=request_key(endpoint, plugin)
+                    )
+        except AccessRefused:
+            raise EndpointNotFound(
+                f"endpoint {endpoint!r} has no {plugin} queue to wait in yet (it has never run) "
+                f"and broker user {self.user!r} may not create one; start the endpoint once, "
+                "then calls can wait for it",
+                endpoint=endpoint,
+                plugin=plugin,
+            ) from None
 
     # -- events ----------------------------------------------------------------------------
 

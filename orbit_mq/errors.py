@@ -7,7 +7,8 @@
     ├── BrokerError                 talking to RabbitMQ failed
     │   ├── BrokerUnavailable  (T)  cannot connect
     │   ├── ConnectionLost     (T)  the connection dropped while a call waited
-    │   └── AccessRefused           the broker user lacks a permission
+    │   ├── AccessRefused           the broker user lacks a permission
+    │   └── AdminUnavailable        neither the management API nor rabbitmqctl can be used
     ├── EndpointError
     │   ├── EndpointNotFound        nothing is bound for that endpoint/plugin
     │   └── EndpointOffline    (T)  the plugin queue exists but nobody consumes it
@@ -76,6 +77,11 @@ class ConnectionLost(BrokerError, TransientError):
 
 class AccessRefused(BrokerError):
     pass
+
+
+class AdminUnavailable(BrokerError):
+    """`orbit-mq admin` found no way to administer the broker: the management API did not
+    answer and rabbitmqctl cannot be used here (orbit_mq/broker_admin.py)."""
 
 
 class EndpointError(OrbitError):

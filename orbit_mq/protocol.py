@@ -55,6 +55,21 @@ def request_key(endpoint: str, plugin: str) -> str:
     return f"{endpoint}.{plugin}"
 
 
+def discovery_queue(endpoint: str, instance: int | str) -> str:
+    """The private queue one running endpoint (`instance`: its pid) takes discovery from."""
+    return f"orbit.discover.{endpoint}.{instance}"
+
+
+def subscription_queue(name: str) -> str:
+    """A durable subscription's queue, named by its subscriber."""
+    return f"orbit.sub.{name}"
+
+
+def private_subscription_queue(token: str) -> str:
+    """A non-durable subscription's queue (`token`: a uuid4 in hex), gone with its connection."""
+    return f"orbit.sub.tmp.{token}"
+
+
 def event_key(endpoint: str, plugin: str, topic: str) -> str:
     return f"{endpoint}.{plugin}.{topic}"
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from orbit_mq.broker import quietly, translated
 from orbit_mq.errors import ConfigError
 from orbit_mq.lanes import Lane
-from orbit_mq.protocol import check_name
+from orbit_mq.protocol import check_name, private_subscription_queue, subscription_queue
 from orbit_mq.shorten import shorten
 
 log = logging.getLogger("orbit_mq.subscribe")
@@ -36,7 +36,7 @@ _SEQUENCE_ID = re.compile(r"^(.+):(\d+)$")
 
 
 def durable_queue_name(name: str) -> str:
-    return f"orbit.sub.{check_name('subscription', name)}"
+    return subscription_queue(check_name("subscription", name))
 
 
 class Seen:
@@ -103,7 +103,7 @@ class Subscription(Generic[M]):
         self._durable = durable
         self._prefetch = prefetch
         self.queue_name = (
-            durable_queue_name(durable) if durable else f"orbit.sub.tmp.{uuid.uuid4().hex}"
+            durable_queue_name(durable) if durable else private_subscription_queue(uuid.uuid4().hex)
         )
         self._lane: Lane | None = None
         self._inbox: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()

@@ -10,7 +10,9 @@
 #   e. otherwise: print what to run and exit 1.
 # "Answers" means: a TCP connection succeeds and the server replies to the AMQP 0-9-1 protocol header
 # with a Connection.Start frame, within 3 s. A second node is never started while anything listens
-# on 127.0.0.1:5672. Nothing else (plugins, users, vhosts) is configured.
+# on 127.0.0.1:5672. For a local node (b, d) run as root, the rabbitmq_management plugin is
+# enabled when nothing answers on 127.0.0.1:15672 (`orbit-mq admin` uses its HTTP API, and falls
+# back to rabbitmqctl without it); nothing else (users, vhosts) is configured.
 # Prints `broker: using <url with the password hidden>` on stdout on success.
 set -euo pipefail
 
@@ -144,6 +146,17 @@ rabbit_vm_alive() {
 
 using() { printf 'broker: using %s\n' "$1"; exit 0; }
 
+# The management HTTP API of a local node: enabled (online, a few seconds) where we may.
+management_up() { (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; }
+ensure_management() {
+  management_up && return 0
+  [[ $(id -u) == 0 ]] && command -v rabbitmq-plugins >/dev/null 2>&1 || return 0
+  say "enabling the rabbitmq_management plugin (orbit-mq admin uses its HTTP API)"
+  rabbitmq-plugins -q enable rabbitmq_management >&2 9>&- ||
+    say "warning: could not enable rabbitmq_management; orbit-mq admin falls back to rabbitmqctl"
+}
+using_local() { ensure_management; using "$1"; }
+
 # ---------------------------------------------------------------- a. ORBIT_MQ_URL
 if [[ -n ${ORBIT_MQ_URL:-} ]]; then
   if out=$(probe "$ORBIT_MQ_URL"); then
@@ -155,7 +168,7 @@ fi
 
 # ---------------------------------------------------------------- b. 127.0.0.1:5672
 if out=$(probe "$LOCAL_URL"); then
-  using "$out"
+  using_local "$out"
 fi
 local_reason=$out
 
@@ -165,7 +178,7 @@ if command -v flock >/dev/null 2>&1; then
   exec 9>"${TMPDIR:-/tmp}/orbit-mq-ensure-broker.$(id -u).lock"
   flock -w 180 9 || die "timed out waiting for another ensure-broker.sh run"
   if out=$(probe "$LOCAL_URL"); then
-    using "$out"
+    using_local "$out"
   fi
   local_reason=$out
 fi
@@ -250,7 +263,7 @@ if [[ $(id -u) == 0 ]] && { command -v rabbitmq-server >/dev/null 2>&1 || comman
     fi
     sleep 1
   done
-  using "$LOCAL_SHOWN"
+  using_local "$LOCAL_SHOWN"
 fi
 
 # ---------------------------------------------------------------- e. give up, say what to do

@@ -30,7 +30,7 @@ from orbit_mq import __version__
 from orbit_mq.broker import (
     Route,
     connect,
-    declare_topology,
+    ensure_topology,
     quietly,
     request_queue_arguments,
     translated,
@@ -48,6 +48,7 @@ from orbit_mq.protocol import (
     Event,
     PresenceStatus,
     check_name,
+    discovery_queue,
     event_key,
     presence_key,
     request_key,
@@ -367,7 +368,8 @@ class Endpoint:
             log.info("%s: a reply was dropped: %s", lane.name, exc)
 
     async def _setup_events(self, amqp: aiormq.Channel) -> None:
-        await declare_topology(amqp)
+        assert self._connection is not None
+        await ensure_topology(self._connection, self.user)
         if self._discoverable:  # its plugins are served: it may answer discovery
             await self._consume_discovery(amqp)
 
@@ -378,7 +380,7 @@ class Endpoint:
 
     async def _consume_discovery(self, amqp: aiormq.Channel) -> None:
         # Named (not server-named) so that it is the same queue after a reconnection.
-        queue = f"orbit.discover.{self.name}.{os.getpid()}"
+        queue = discovery_queue(self.name, os.getpid())
         await amqp.queue_declare(queue, exclusive=True, auto_delete=True)
         await amqp.queue_bind(queue, RPC_EXCHANGE, routing_key=DISCOVER_KEY)
         if not self._stopping.is_set():

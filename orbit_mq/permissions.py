@@ -1,0 +1,338 @@
+"""The least-privilege model: the broker rights of an endpoint's and a client's user, and the
+audit that compares what a broker grants with it (docs/security.md).
+
+Every regex is derived from the wire names in orbit_mq/protocol.py (a name function called with
+placeholders, then escaped), so that a renamed queue or exchange renames its permission too.
+RabbitMQ matches a permission regex against a resource name with an unanchored search; ours
+are anchored at both ends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orbit_mq.protocol import (
+    DEAD_LETTER_EXCHANGE,
+    EVENTS_EXCHANGE,
+    NAME_PATTERN,
+    RPC_EXCHANGE,
+    TOPOLOGY_EXCHANGE,
+    PresenceStatus,
+    check_name,
+    discovery_queue,
+    event_key,
+    presence_key,
+    private_subscription_queue,
+    request_queue,
+    subscription_queue,
+)
+
+# RabbitMQ's own name for the default exchange in permission checks: replies to direct
+# reply-to addresses are published to it.
+DEFAULT_EXCHANGE = "amq.default"
+NOTHING = "^$"  # a regex that matches no resource name
+
+WORD = NAME_PATTERN.removeprefix("^").removesuffix("$")  # an endpoint, plugin or queue word
+PID = "[0-9]+"
+HEX_TOKEN = "[0-9a-f]{32}"  # uuid4().hex
+KEY_WORD = "[^.]+"  # one routing-key word (an event topic)
+
+
+class Role(StrEnum):
+    """What a broker user is for; kept as a user tag on the broker (`orbit-endpoint`, …)."""
+
+    ENDPOINT = "endpoint"
+    CLIENT = "client"
+
+    @property
+    def tag(self) -> str:
+        return f"orbit-{self.value}"
+
+
+ADMINISTRATOR_TAG = "administrator"
+
+
+@dataclass(frozen=True)
+class Rights:
+    """A user's configure, write and read regexes on one vhost."""
+
+    configure: str
+    write: str
+    read: str
+
+    def regex(self, kind: str) -> str:
+        return {"configure": self.configure, "write": self.write, "read": self.read}[kind]
+
+
+@dataclass(frozen=True)
+class TopicRights:
+    """A user's topic permissions on one topic exchange: which routing keys it may publish
+    (write) and bind (read)."""
+
+    exchange: str
+    write: str
+    read: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Everything a user of one role is given."""
+
+    user: str
+    role: Role
+    rights: Rights
+    topics: tuple[TopicRights, ...] = ()
+
+
+def template(text: str, **words: str) -> str:
+    """`text` as a literal regex, with each `{placeholder}` in it replaced by `words[...]`."""
+    escaped = re.escape(text)
+    for placeholder, regex in words.items():
+        escaped = escaped.replace(re.escape("{" + placeholder + "}"), regex)
+    return escaped
+
+
+def one_of(*alternatives: str) -> str:
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+def literal(*names: str) -> list[str]:
+    return [re.escape(name) for name in names]
+
+
+def endpoint_queues(name: str) -> list[str]:
+    """Regexes of the queues endpoint `name` declares: its request queues, its discovery queue."""
+    return [
+        template(request_queue(name, "{plugin}"), plugin=WORD),
+        template(discovery_queue(name, "{pid}"), pid=PID),
+    ]
+
+
+def client_queues() -> list[str]:
+    """Regexes of the queues a client declares: its subscriptions' queues."""
+    return [
+        template(subscription_queue("{name}"), name=WORD),
+        template(private_subscription_queue("{token}"), token=HEX_TOKEN),
+    ]
+
+
+def endpoint_grant(name: str) -> Grant:
+    """An endpoint's rights: its own queues; publishing replies, its events and its presence,
+    the last two only under its own name (topic permissions)."""
+    check_name("endpoint", name)
+    own = endpoint_queues(name)
+    rights = Rights(
+        configure=one_of(*own),
+        # Queues: bound by it. orbit.dlx: its queues dead-letter there, and declaring such a
+        # queue needs write on that exchange. amq.default: direct replies are published there.
+        write=one_of(
+            *own,
+            *literal(EVENTS_EXCHANGE, TOPOLOGY_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE),
+        ),
+        # Queues: consumed. orbit.rpc: its queues are bound to it (read on the source).
+        read=one_of(*own, *literal(RPC_EXCHANGE)),
+    )
+    statuses = "(?:" + "|".join(re.escape(status.value) for status in PresenceStatus) + ")"
+    topics = (
+        TopicRights(
+            EVENTS_EXCHANGE,
+            write="^"
+            + template(event_key(name, "{plugin}", "{topic}"), plugin=WORD, topic=KEY_WORD)
+            + "$",
+            read=NOTHING,
+        ),
+        TopicRights(
+            TOPOLOGY_EXCHANGE,
+            write="^" + template(presence_key(name, "{status}"), status=statuses) + "$",
+            read=NOTHING,
+        ),
+    )
+    return Grant(name, Role.ENDPOINT, rights, topics)
+
+
+def client_grant(name: str) -> Grant:
+    """A client's rights: send requests (and discovery) to orbit.rpc, subscribe to events and
+    presence through queues of its own. Replies come by direct reply-to, which needs no
+    right, and checking an endpoint's queue is a passive declare, which needs none either."""
+    own = client_queues()
+    rights = Rights(
+        configure=one_of(*own),
+        write=one_of(*own, *literal(RPC_EXCHANGE)),
+        read=one_of(*own, *literal(EVENTS_EXCHANGE, TOPOLOGY_EXCHANGE)),
+    )
+    return Grant(name, Role.CLIENT, rights)
+
+
+def grant_for(role: Role, name: str) -> Grant:
+    return endpoint_grant(name) if role is Role.ENDPOINT else client_grant(name)
+
+
+# -- the audit ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    name: str
+    tags: tuple[str, ...]
+
+    @property
+    def role(self) -> Role | None:
+        return next((role for role in Role if role.tag in self.tags), None)
+
+    @property
+    def administrator(self) -> bool:
+        return ADMINISTRATOR_TAG in self.tags
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One way a user's rights differ from its role's model."""
+
+    user: str
+    problem: str
+    too_broad: bool  # False: a right the role needs is missing (it will fail, not leak)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A resource name the audit tries every regex against, and what it is."""
+
+    name: str
+    what: str
+
+
+def probes(user: str) -> list[Probe]:
+    """Names standing for every kind of resource: the user's own (were it an endpoint) and
+    another endpoint's, whose name starts like the user's (catches unanchored regexes)."""
+    other = f"{user}x"[:64]
+    named = [
+        Probe(RPC_EXCHANGE, "the requests exchange"),
+        Probe(EVENTS_EXCHANGE, "the events exchange"),
+        Probe(TOPOLOGY_EXCHANGE, "the presence exchange"),
+        Probe(DEAD_LETTER_EXCHANGE, "the dead-letter exchange and queue"),
+        Probe(DEFAULT_EXCHANGE, "the default exchange"),
+        Probe("amq.topic", "a broker exchange orbit_mq does not use"),
+        Probe(request_queue(user, "psij"), "its own request queue"),
+        Probe(discovery_queue(user, 1), "its own discovery queue"),
+        Probe(request_queue(other, "psij"), "another endpoint's request queue"),
+        Probe(discovery_queue(other, 1), "another endpoint's discovery queue"),
+        Probe(subscription_queue("watch"), "a durable subscription's queue"),
+        Probe(private_subscription_queue("0" * 32), "a subscription's private queue"),
+        Probe("unrelated", "a queue or exchange outside orbit_mq's names"),
+    ]
+    # An unanchored regex also grants names that merely contain one of ours.
+    around = [Probe(f"x.{p.name}.x", f"a name outside orbit_mq's around {p.name!r}") for p in named]
+    return named + around
+
+
+def topic_probes(user: str) -> dict[str, list[Probe]]:
+    other = f"{user}x"[:64]
+    return {
+        EVENTS_EXCHANGE: [
+            Probe(event_key(user, "psij", "job_status"), "its own events"),
+            Probe(event_key(other, "psij", "job_status"), "another endpoint's events"),
+        ],
+        TOPOLOGY_EXCHANGE: [
+            Probe(presence_key(user, PresenceStatus.ONLINE), "its own presence"),
+            Probe(presence_key(other, PresenceStatus.ONLINE), "another endpoint's presence"),
+        ],
+    }
+
+
+def matches(regex: str, name: str, user: str, vhost: str) -> bool:
+    """RabbitMQ's test: an unanchored search; topic regexes may use {username} and {vhost}."""
+    expanded = regex.replace("{username}", re.escape(user)).replace("{vhost}", re.escape(vhost))
+    try:
+        return re.search(expanded, name) is not None
+    except re.error:
+        return True  # a regex we cannot read is assumed to grant what it might
+
+
+def audit_rights(model: Grant, actual: Rights, vhost: str) -> list[Finding]:
+    findings: list[Finding] = []
+    for kind in ("configure", "write", "read"):
+        given, wanted = actual.regex(kind), model.rights.regex(kind)
+        for probe in probes(model.user):
+            has = matches(given, probe.name, model.user, vhost)
+            needs = matches(wanted, probe.name, model.user, vhost)
+            if has and not needs:
+                problem = f"{kind} {given!r} covers {probe.name!r} ({probe.what})"
+                findings.append(Finding(model.user, problem, too_broad=True))
+            elif needs and not has:
+                problem = f"{kind} {given!r} lacks {probe.name!r} ({probe.what}), which it needs"
+                findings.append(Finding(model.user, problem, too_broad=False))
+    return findings
+
+
+def audit_topics(
+    model: Grant, actual: Rights, topics: Mapping[str, TopicRights], vhost: str
+) -> list[Finding]:
+    """Routing keys on the topic exchanges: with write (read) on an exchange and no topic
+    permission there, RabbitMQ lets a user publish (bind) any key."""
+    findings: list[Finding] = []
+    wanted = {topic.exchange: topic for topic in model.topics}
+    for exchange, keys in topic_probes(model.user).items():
+        for kind in ("write", "read"):
+            if not matches(actual.regex(kind), exchange, model.user, vhost):
+                continue  # no right on the exchange at all: keys do not matter
+            given = getattr(topics.get(exchange), kind, ".*")
+            limit = getattr(wanted.get(exchange), kind, ".*")
+            verb = "publish" if kind == "write" else "bind"
+            for probe in keys:
+                has = matches(given, probe.name, model.user, vhost)
+                needs = matches(limit, probe.name, model.user, vhost)
+                if has and not needs:
+                    problem = f"may {verb} {probe.name!r} on {exchange} ({probe.what})"
+                    findings.append(Finding(model.user, problem, too_broad=True))
+                elif needs and not has:
+                    problem = f"may not {verb} {probe.name!r} on {exchange} ({probe.what})"
+                    findings.append(Finding(model.user, problem, too_broad=False))
+    return findings
+
+
+@dataclass
+class Audit:
+    """What `orbit-mq admin check` reports for one vhost."""
+
+    vhost: str
+    findings: list[Finding]
+    checked: list[str]  # users compared with a model
+    administrators: list[str]  # full rights by design: not compared
+
+    @property
+    def too_broad(self) -> list[Finding]:
+        return [finding for finding in self.findings if finding.too_broad]
+
+
+def audit(
+    vhost: str,
+    users: Iterable[BrokerUser],
+    rights: Mapping[str, Rights],
+    topics: Mapping[str, Mapping[str, TopicRights]],
+) -> Audit:
+    """Compare every user with rights on `vhost` with its role's model. A user with no orbit
+    role is held to the client model, the narrower of the two that see other users' work."""
+    report = Audit(vhost, [], [], [])
+    for user in sorted(users, key=lambda user: user.name):
+        if user.name not in rights:
+            continue
+        if user.administrator:
+            report.administrators.append(user.name)
+            continue
+        role = user.role or Role.CLIENT
+        model = grant_for(role, user.name) if _valid(user.name) else client_grant(user.name)
+        report.checked.append(user.name)
+        report.findings += audit_rights(model, rights[user.name], vhost)
+        report.findings += audit_topics(model, rights[user.name], topics.get(user.name, {}), vhost)
+    return report
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name("endpoint", name)
+    except ValueError:
+        return False
+    return True
