@@ -23,8 +23,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import psutil
 import uvloop
-from support import endpoint_process, percentile, wait_online
+from support import CpuMeter, broker_processes, endpoint_process, percentile, wait_online
 
 import orbit_mq
 
@@ -58,12 +59,18 @@ async def submit_batches(psij: orbit_mq.PluginProxy, count: int, batch: int) -> 
 
 
 async def run_mode(
-    fabric: orbit_mq.Fabric, name: str, count: int, batch: int | None, timeout: float
+    fabric: orbit_mq.Fabric,
+    name: str,
+    count: int,
+    batch: int | None,
+    timeout: float,
+    meter: CpuMeter,
 ) -> dict[str, Any]:
     psij = await fabric.endpoint(name).plugin("psij", session=False)
     seqs: dict[str, list[int]] = defaultdict(list)
     finished: dict[str, float] = {}
     async with fabric.subscribe(f"{name}.psij.job_status") as events:
+        meter.start()
         began = time.perf_counter()
         if batch:
             started = await submit_batches(psij, count, batch)
@@ -94,6 +101,7 @@ async def run_mode(
         "lost_events": count - len(finished),
         "duplicate_events": duplicates,
         "jobs_with_gaps": gaps,
+        "cpu_ms_per_job": meter.per_job_ms(count),
     }
 
 
@@ -119,20 +127,28 @@ def psij_alone(count: int, timeout: float) -> dict[str, Any]:
         job.set_job_status_callback(changed)
         executor.submit(job)
 
+    meter = CpuMeter(psij=[psutil.Process()])
+    meter.start()
     began = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(submit, range(count)))
     done.wait(timeout)
     elapsed = time.perf_counter() - began
-    return {"jobs": count, "seconds": round(elapsed, 3), "jobs_per_s": round(ended[0] / elapsed, 1)}
+    return {
+        "jobs": count,
+        "seconds": round(elapsed, 3),
+        "jobs_per_s": round(ended[0] / elapsed, 1),
+        "cpu_ms_per_job": meter.per_job_ms(count),
+    }
 
 
-async def run(args: argparse.Namespace, name: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace, name: str, endpoint: psutil.Process) -> dict[str, Any]:
+    meter = CpuMeter(endpoint=[endpoint], broker=broker_processes(), client=[psutil.Process()])
     async with orbit_mq.connect(args.url) as fabric:
         await wait_online(fabric, name)
         modes = [
-            await run_mode(fabric, name, args.jobs, None, args.timeout),
-            await run_mode(fabric, name, args.jobs, args.batch, args.timeout),
+            await run_mode(fabric, name, args.jobs, None, args.timeout, meter),
+            await run_mode(fabric, name, args.jobs, args.batch, args.timeout, meter),
         ]
     return {
         "benchmark": "jobs",
@@ -162,8 +178,8 @@ def main() -> None:
     args = parser.parse_args()
     name = f"bench-jobs-{os.getpid()}"
     baseline = psij_alone(args.jobs, args.timeout) if args.baseline else None
-    with endpoint_process(args.url, name, "psij"):
-        result = uvloop.run(run(args, name))
+    with endpoint_process(args.url, name, "psij") as process:
+        result = uvloop.run(run(args, name, psutil.Process(process.pid)))
     if baseline is not None:
         result["psij_alone"] = baseline
         result["ratio_to_psij_alone"] = {

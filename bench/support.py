@@ -1,4 +1,5 @@
-"""What the benchmarks share: an endpoint in its own process, waiting for it, percentiles."""
+"""What the benchmarks share: an endpoint in its own process, waiting for it, percentiles,
+CPU time per process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import psutil
 
 import orbit_mq
 
@@ -34,3 +37,42 @@ async def wait_online(fabric: orbit_mq.Fabric, name: str, timeout: float = 30) -
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def broker_processes() -> list[psutil.Process]:
+    """The local RabbitMQ node's Erlang VM (none when the broker runs elsewhere)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if process.info["name"] == "beam.smp" and "-s rabbit boot" in command:
+            found.append(process)
+    return found
+
+
+class CpuMeter:
+    """CPU seconds (user + system) that named processes used between `start` and `stop`; a
+    process's reaped children (the jobs an endpoint ran) are counted apart as `<name> jobs`."""
+
+    def __init__(self, **processes: list[psutil.Process]) -> None:
+        self.processes = processes
+        self._start: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        figures: dict[str, float] = {}
+        for name, group in self.processes.items():
+            times = [process.cpu_times() for process in group]
+            figures[name] = sum(t.user + t.system for t in times)
+            children = sum(t.children_user + t.children_system for t in times)
+            if children:
+                figures[f"{name} jobs"] = children
+        return figures
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def per_job_ms(self, jobs: int) -> dict[str, float]:
+        """Milliseconds of CPU per job since `start`, per process and in total."""
+        used = {k: v - self._start.get(k, 0.0) for k, v in self._read().items()}
+        figures = {k: round(1000 * v / max(jobs, 1), 2) for k, v in used.items()}
+        figures["total"] = round(1000 * sum(used.values()) / max(jobs, 1), 2)
+        return figures
