@@ -17,6 +17,7 @@ from yarl import URL
 
 from orbit_mq.errors import AccessRefused, AdminUnavailable, BrokerError, ConfigError
 from orbit_mq.permissions import BrokerUser, Rights, TopicRights
+from orbit_mq.waiting import wait_within
 
 MANAGEMENT_PORT = 15672
 HTTP_TIMEOUT = 10.0  # s, one management API request
@@ -183,10 +184,18 @@ class Rabbitmqctl:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            given = stdin.encode() if stdin is not None else b""
-            out, err = await asyncio.wait_for(process.communicate(given), RABBITMQCTL_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             raise BrokerError(f"{self.where}: `rabbitmqctl {args[0]}` failed: {exc!r}") from exc
+        given = stdin.encode() if stdin is not None else b""
+        try:
+            out, err = await wait_within(process.communicate(given), RABBITMQCTL_TIMEOUT)
+        except TimeoutError as exc:
+            process.kill()  # not left behind, holding the node's CLI
+            await process.wait()
+            raise BrokerError(
+                f"{self.where}: `rabbitmqctl {args[0]}` gave no answer within "
+                f"{RABBITMQCTL_TIMEOUT:.0f} s; is the node running (`rabbitmqctl status`)?"
+            ) from exc
         if process.returncode != 0:
             lines = (err or out).decode(errors="replace").strip().splitlines()
             said = lines[-1] if lines else f"exit status {process.returncode}"
