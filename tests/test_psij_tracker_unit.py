@@ -19,10 +19,11 @@ from pydantic import BaseModel
 from orbit_mq.contracts.psij import JobState
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.plugins.psij import files
+from orbit_mq.workers.plugins.psij.endings import Report
 from orbit_mq.workers.plugins.psij.monitor import recover
 from orbit_mq.workers.plugins.psij.states import Step
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
-from orbit_mq.workers.plugins.psij.tracker import LiveJob, Report, Tracker
+from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
 
 NEW, QUEUED, ACTIVE = JobState.NEW, JobState.QUEUED, JobState.ACTIVE
 COMPLETED, FAILED, CANCELED = JobState.COMPLETED, JobState.FAILED, JobState.CANCELED

@@ -12,10 +12,11 @@ import time
 from orbit_mq.contracts.psij.models import JobState
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
+from orbit_mq.workers.plugins.psij.endings import Report
 from orbit_mq.workers.plugins.psij.executors import describe, local_process_running, new_job
 from orbit_mq.workers.plugins.psij.files import CHUNK_BYTES, Chunk, read_output
 from orbit_mq.workers.plugins.psij.store import JobRow
-from orbit_mq.workers.plugins.psij.tracker import LiveJob, Report, Tracker
+from orbit_mq.workers.plugins.psij.tracker import LiveJob, Tracker
 
 log = bounded_logger("orbit_mq.plugin.psij")
 

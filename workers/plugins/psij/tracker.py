@@ -30,7 +30,14 @@ from orbit_mq.waiting import wait_within
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
-from orbit_mq.workers.plugins.psij.accounting import Accounted, accounted
+from orbit_mq.workers.plugins.psij.endings import (
+    Ending,
+    Report,
+    final_files,
+    final_steps,
+    outcome,
+    unexplained,
+)
 from orbit_mq.workers.plugins.psij.executors import (
     LOCAL,
     ExecutorPool,
@@ -38,7 +45,7 @@ from orbit_mq.workers.plugins.psij.executors import (
     local_problem,
     terminate_local_process,
 )
-from orbit_mq.workers.plugins.psij.files import Chunk, read_output
+from orbit_mq.workers.plugins.psij.files import Chunk
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 
@@ -48,29 +55,9 @@ if TYPE_CHECKING:
 log = bounded_logger("orbit_mq.plugin.psij")
 
 Emit = Callable[[str, BaseModel], Awaitable[None]]
-FINAL_FLUSH_BYTES = 1024 * 1024  # output still announced per stream when a job ends
-MAX_MESSAGE = 2000
+GROUP = 512  # queued reports applied together at most (two journal transactions)
 SUBMIT_THREADS = 4  # concurrent psij submissions (more only contend for the GIL)
 HANDOVER_GRACE = 10.0  # s a stopping endpoint waits for submissions under way
-
-
-@dataclass(frozen=True)
-class Report:
-    """A state as an executor reported it (or as the plugin concluded it)."""
-
-    state: JobState
-    time: float
-    exit_code: int | None = None
-    message: str | None = None
-    native_id: str | None = None
-    step: bool = False  # a staging step the job's wrapper wrote (stagejob.py)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: JobState
-    exit_code: int | None = None
-    message: str | None = None
 
 
 @dataclass(eq=False)
@@ -94,15 +81,35 @@ class _Reported:
     report: Report
 
 
+@dataclass
+class _Change:
+    """The steps one report makes a job take (a job's end also carries how it ended)."""
+
+    job: LiveJob
+    report: Report
+    steps: list[Step]
+    ending: Ending | None = None
+
+
+def _runs(
+    items: list[_Reported | Chunk | _Barrier],
+) -> list[list[_Reported] | Chunk | _Barrier]:
+    """The queue's items in order, consecutive reports together."""
+    runs: list[list[_Reported] | Chunk | _Barrier] = []
+    for item in items:
+        if isinstance(item, _Reported):
+            if runs and isinstance(runs[-1], list):
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        else:
+            runs.append(item)
+    return runs
+
+
 def iso(timestamp: float) -> str:
     """UTC ISO 8601 with a `Z`, as pydantic writes the datetimes of every other message."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _failure_message(code: int | None, stderr_line: str) -> str:
-    if code is None:
-        return "the executor reported the job failed"
-    return f"exit code {code}: {stderr_line}" if stderr_line else f"exit code {code}"
 
 
 class Tracker:
@@ -265,114 +272,116 @@ class Tracker:
 
     async def _work(self) -> None:
         while True:
-            item = await self._queue.get()
-            try:
-                if isinstance(item, _Barrier):
-                    if not item.future.done():
-                        item.future.set_result(None)
-                elif isinstance(item, Chunk):
-                    await self._send_output(item)
-                else:
-                    await self._apply(item.job_id, item.report)
-            except Exception:
-                log.exception("psij: could not apply %r", item)
+            items = [await self._queue.get()]
+            while len(items) < GROUP and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            for run in _runs(items):
+                try:
+                    if isinstance(run, _Barrier):
+                        if not run.future.done():
+                            run.future.set_result(None)
+                    elif isinstance(run, Chunk):
+                        await self._send_output(run)
+                    else:
+                        await self._apply(run)
+                except Exception:
+                    log.exception("psij: could not apply %r", run)
 
-    async def _apply(self, job_id: str, report: Report) -> None:
-        job = self.live.get(job_id)
-        if job is None:
-            return  # it ended already; executors may still report late
-        row = job.row
-        if report.native_id and row.native_id is None:
-            row.native_id = report.native_id
-            self.store.set_native_id(job_id, report.native_id)
-        state = report.state
-        if state is JobState.ACTIVE and not report.step and row.spec.get("stage_in"):
-            state = JobState.STAGE_IN  # the job's wrapper stages in first, then says ACTIVE
-        steps = plan(row.state, row.seq, effective_state(state, row.cancel_requested))
-        if not steps:
+    async def _apply(self, reported: list[_Reported]) -> None:
+        """Apply reports in their order: the steps they make in one journal transaction, then
+        the ends they make in another, after what the disk says about each end has been read
+        in one thread hop (a streamed job's last output goes out before its end)."""
+        changes, ends, native_ids = self._plan(reported)
+        if changes or native_ids:
+            await self._record(changes, native_ids)
+        if not ends:
             return
-        ending: _Ending | None = None
-        if steps[-1].state.final:
-            disk = await asyncio.to_thread(_final_files, job.row, _unexplained(row, report))
-            outcome = self._outcome(job, report, disk)
+        disks = await asyncio.to_thread(
+            lambda: [final_files(end.job.row, unexplained(end.job.row, end.report)) for end in ends]
+        )
+        for end, disk in zip(ends, disks, strict=True):
+            row = end.job.row
+            result = outcome(row, end.job.attached, end.report, disk)
             # the exit file may say FAILED; the staging steps the job did come first
-            steps = _final_steps(row, disk.staging, outcome.state)
-            for chunk in disk.chunks:  # a streamed job's last output precedes its end
+            end.steps = final_steps(row, disk.staging, result.state)
+            end.ending = Ending(result, disk.stdout_tail, disk.stderr_tail)
+            for chunk in disk.chunks:
                 await self._send_output(chunk)
-            ending = _Ending(outcome, disk.stdout_tail, disk.stderr_tail)
-        await self._record(job, steps, report, ending)
+        await self._record([end for end in ends if end.steps], [])
 
-    async def _record(
-        self, job: LiveJob, steps: list[Step], report: Report, ending: _Ending | None
-    ) -> None:
-        row = job.row
-        entries: list[dict[str, Any]] = []
+    def _plan(
+        self, reported: list[_Reported]
+    ) -> tuple[list[_Change], list[_Change], list[tuple[str, str]]]:
+        """The steps each report makes, each after the steps of the reports before it; the
+        reports that end a job (their steps follow from the disk); the native ids learnt."""
+        changes: list[_Change] = []
+        ends: dict[str, _Change] = {}
+        native_ids: list[tuple[str, str]] = []
+        planned: dict[str, Step] = {}
+        for item in reported:
+            job = self.live.get(item.job_id)
+            if job is None or item.job_id in ends:
+                continue  # it ended already; executors may still report late
+            row, report = job.row, item.report
+            if report.native_id and row.native_id is None:
+                row.native_id = report.native_id
+                native_ids.append((row.job_id, report.native_id))
+            state = report.state
+            if state is JobState.ACTIVE and not report.step and row.spec.get("stage_in"):
+                state = JobState.STAGE_IN  # the job's wrapper stages in first, then says ACTIVE
+            latest = planned.get(row.job_id, Step(row.seq, row.state))
+            steps = plan(latest.state, latest.seq, effective_state(state, row.cancel_requested))
+            if not steps:
+                continue
+            if steps[-1].state.final:
+                ends[row.job_id] = _Change(job, report, [])
+            else:
+                changes.append(_Change(job, report, steps))
+                planned[row.job_id] = steps[-1]
+        return changes, list(ends.values()), native_ids
+
+    async def _record(self, changes: list[_Change], native_ids: list[tuple[str, str]]) -> None:
+        """Journal the changes' steps with their events in one transaction, then keep the
+        jobs' rows and `status.jsonl` files in step with it."""
+        entries: dict[str, list[dict[str, Any]]] = {}
         async with self._writing:
             with self.journal.transaction():
-                for step in steps:
-                    exit_code, message = None, None
-                    if step.state.final and ending is not None:
-                        exit_code, message = ending.outcome.exit_code, ending.outcome.message
-                    elif step.state is report.state:
-                        message = report.message  # e.g. why a batch job waits
-                    self.store.record(
-                        row.job_id, step, report.time, exit_code=exit_code, message=message
-                    )
-                    event = self._event(row, step, report.time, message, ending)
-                    await self.emit("job_status", event)
-                    entries.append(
-                        {"seq": step.seq, "state": step.state.value, "time": iso(report.time)}
-                        | {"message": message}
-                        | ({"exit_code": exit_code} if step.state.final else {})
-                    )
-        row.state, row.seq, row.updated = steps[-1].state, steps[-1].seq, report.time
-        if ending is not None:
-            row.exit_code, row.message = ending.outcome.exit_code, ending.outcome.message
-        files.JobDir(row.job_dir).append_status(entries)
-        if row.state.final:
-            del self.live[row.job_id]
-            job.done.set()
+                for job_id, native_id in native_ids:
+                    self.store.set_native_id(job_id, native_id)
+                for change in changes:
+                    lines = entries.setdefault(change.job.row.job_id, [])
+                    lines.extend(await self._record_steps(change))
+        for change in changes:
+            row, last = change.job.row, change.steps[-1]
+            row.state, row.seq, row.updated = last.state, last.seq, change.report.time
+            if change.ending is not None:
+                row.exit_code = change.ending.outcome.exit_code
+                row.message = change.ending.outcome.message
+        for change in changes:
+            row = change.job.row
+            if row.job_id in entries:
+                files.JobDir(row.job_dir).append_status(entries.pop(row.job_id))
+            if row.state.final:
+                del self.live[row.job_id]
+                change.job.done.set()
 
-    @staticmethod
-    def _outcome(job: LiveJob, report: Report, disk: _Disk) -> Outcome:
-        """How the job ended: the local wrapper's exit code wins over psij's, which for an
-        attached local process is always 0."""
-        row = job.row
-        state, code, message = report.state, report.exit_code, report.message
-        if disk.staging_failure is not None:
-            state, message = JobState.FAILED, disk.staging_failure
-            code = disk.recorded_exit if disk.recorded_exit is not None else code
-        elif disk.accounting is not None:  # the scheduler's word, where PSI/J had no exit code
-            state = disk.accounting.state
-            code, message = disk.accounting.exit_code, disk.accounting.message
-        elif _unexplained(row, report):
-            state = JobState.FAILED
-            message = (
-                f"the job left the {row.executor} queue without an exit code, and the "
-                "scheduler's accounting does not say how it ended (cancelled or killed while "
-                "the endpoint was away?)"
+    async def _record_steps(self, change: _Change) -> list[dict[str, Any]]:
+        row, report, ending = change.job.row, change.report, change.ending
+        entries: list[dict[str, Any]] = []
+        for step in change.steps:
+            exit_code, message = None, None
+            if step.state.final and ending is not None:
+                exit_code, message = ending.outcome.exit_code, ending.outcome.message
+            elif step.state is report.state:
+                message = report.message  # e.g. why a batch job waits
+            self.store.record(row.job_id, step, report.time, exit_code=exit_code, message=message)
+            await self.emit("job_status", self._event(row, step, report.time, message, ending))
+            entries.append(
+                {"seq": step.seq, "state": step.state.value, "time": iso(report.time)}
+                | {"message": message}
+                | ({"exit_code": exit_code} if step.state.final else {})
             )
-        elif disk.recorded_exit is not None:
-            code = disk.recorded_exit
-            if state is JobState.COMPLETED and code != 0:
-                state = JobState.FAILED
-        elif (
-            job.attached
-            and row.exit_file is not None
-            and state is JobState.COMPLETED
-            and not row.cancel_requested  # ended by the cancel, which is what it reports
-        ):
-            state = JobState.FAILED
-            message = (
-                "the job's process ended while the endpoint was down and left no exit code "
-                "(killed?)"
-            )
-        state = effective_state(state, row.cancel_requested)
-        if state is JobState.FAILED and not message:
-            message = _failure_message(code, disk.stderr_line)
-        if state is JobState.CANCELED and not message:
-            message = "canceled on request" if row.cancel_requested else "canceled"
-        return Outcome(state, code, message[:MAX_MESSAGE] if message else None)
+        return entries
 
     async def _send_output(self, chunk: Chunk) -> None:
         job = self.live.get(chunk.job_id)
@@ -404,7 +413,7 @@ class Tracker:
         step: Step,
         when: float,
         message: str | None = None,
-        ending: _Ending | None = None,
+        ending: Ending | None = None,
     ) -> JobStatusEvent:
         event = JobStatusEvent(
             job_id=row.job_id,
@@ -420,73 +429,6 @@ class Tracker:
             event.stdout_tail = ending.stdout_tail
             event.stderr_tail = ending.stderr_tail
         return event
-
-
-@dataclass(frozen=True)
-class _Disk:
-    """What a terminal event needs from the disk."""
-
-    recorded_exit: int | None
-    stdout_tail: str
-    stderr_tail: str
-    stderr_line: str
-    chunks: list[Chunk]
-    accounting: Accounted | None = None
-    staging: list[JobState] = field(default_factory=list)  # steps the job's wrapper began
-    staging_failure: str | None = None
-
-
-def _final_steps(row: JobRow, staging: list[JobState], final: JobState) -> list[Step]:
-    """The steps to a job's end: the staging steps it did and was not yet seen in, then the
-    terminal state."""
-    steps: list[Step] = []
-    current, seq = row.state, row.seq
-    for state in [*staging, final]:
-        more = plan(current, seq, state)
-        if more:
-            steps.extend(more)
-            current, seq = more[-1].state, more[-1].seq
-    return steps
-
-
-def _unexplained(row: JobRow, report: Report) -> bool:
-    """A batch job PSI/J calls COMPLETED without an exit code: it only left the queue."""
-    return (
-        row.exit_file is None
-        and row.native_id is not None
-        and report.state is JobState.COMPLETED
-        and report.exit_code is None
-    )
-
-
-def _final_files(row: JobRow, ask_scheduler: bool) -> _Disk:
-    """Read what a terminal event needs (blocking: run it in a thread)."""
-    found = None
-    if ask_scheduler:
-        assert row.native_id is not None
-        found = accounted(row.executor, row.native_id)
-    staging: list[JobState] = []
-    failure = None
-    if row.staged:
-        began, failure = files.JobDir(row.job_dir).read_staging_steps()
-        staging = [JobState(state) for state, _ in began]
-    return _Disk(
-        accounting=found,
-        staging=staging,
-        staging_failure=failure,
-        recorded_exit=files.read_exit_code(row.exit_file) if row.exit_file else None,
-        stdout_tail=files.read_tail(row.stdout_path),
-        stderr_tail=files.read_tail(row.stderr_path),
-        stderr_line=files.last_line(row.stderr_path),
-        chunks=read_output(row, complete=True, budget=FINAL_FLUSH_BYTES),
-    )
-
-
-@dataclass(frozen=True)
-class _Ending:
-    outcome: Outcome
-    stdout_tail: str
-    stderr_tail: str
 
 
 class _Refused(Exception):

@@ -44,7 +44,7 @@ from orbit_mq.errors import InvalidRequest
 from orbit_mq.protocol import check_name
 from orbit_mq.rpc import CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.plugins.psij.tracker import Report
+from orbit_mq.workers.plugins.psij.endings import Report
 from orbit_mq.workers.plugins.psij.tunnel_journal import TunnelJournal, Watched
 from orbit_mq.workers.tunnels import rendezvous
 from orbit_mq.workers.tunnels.arguments import (
