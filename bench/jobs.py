@@ -66,7 +66,8 @@ async def run_mode(
     timeout: float,
     meter: CpuMeter,
 ) -> dict[str, Any]:
-    psij = await fabric.endpoint(name).plugin("psij", session=False)
+    # every call is in flight at once: the last ones wait their turn at the endpoint
+    psij = await fabric.endpoint(name).plugin("psij", session=False, timeout=timeout)
     seqs: dict[str, list[int]] = defaultdict(list)
     finished: dict[str, float] = {}
     async with fabric.subscribe(f"{name}.psij.job_status") as events:
