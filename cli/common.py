@@ -46,6 +46,7 @@ class GlobalOptions:
 
     url: str | None = None
     timeout: float | None = None
+    insecure: bool | None = None  # None: not given, so ORBIT_MQ_INSECURE or the file decide
 
 
 def valid_endpoint(value: str) -> str:
@@ -76,6 +77,14 @@ UrlOption = Annotated[
         show_default=False,
     ),
 ]
+InsecureFlag = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Allow a plain amqp:// URL to another host: the password goes over the network "
+        "in clear (default: refused; use amqps://). Also ORBIT_MQ_INSECURE=1.",
+    ),
+]
 TimeoutOption = Annotated[
     float | None,
     typer.Option("--timeout", metavar="SECONDS", help="Call timeout in seconds (default: 30)."),
@@ -101,7 +110,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 def settings_for(ctx: typer.Context, **flags: Any) -> Settings:
     """Settings from the flags given to the command, then the global ones, env, file, defaults."""
     given = ctx.find_object(GlobalOptions) or GlobalOptions()
-    merged: dict[str, Any] = {"url": given.url, "timeout": given.timeout}
+    merged: dict[str, Any] = {
+        "url": given.url,
+        "timeout": given.timeout,
+        "insecure": given.insecure,
+    }
     merged.update({key: value for key, value in flags.items() if value is not None})
     return load_settings(**merged)
 

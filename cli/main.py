@@ -13,6 +13,7 @@ from orbit_mq.cli.call_cmd import call
 from orbit_mq.cli.common import (
     EXIT_INTERRUPTED,
     GlobalOptions,
+    InsecureFlag,
     JsonFlag,
     LogLevel,
     TimeoutOption,
@@ -57,6 +58,7 @@ def main(
     ctx: typer.Context,
     url: UrlOption = None,
     timeout: TimeoutOption = None,
+    insecure: InsecureFlag = False,
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", help="Log level of the SDK (logs go to stderr).")
     ] = LogLevel.WARNING,
@@ -66,7 +68,7 @@ def main(
     Settings come from flags, then ORBIT_MQ_* environment variables (ORBIT_MQ_URL, …), then
     ~/.config/orbit-mq/config.toml, then defaults.
     """
-    ctx.obj = GlobalOptions(url=url, timeout=timeout)
+    ctx.obj = GlobalOptions(url=url, timeout=timeout, insecure=insecure or None)
     setup_logging(log_level)
 
 

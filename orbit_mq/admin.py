@@ -14,10 +14,11 @@ from yarl import URL
 
 from orbit_mq import broker
 from orbit_mq.broker_admin import Accounts, vhost_of
-from orbit_mq.config import Settings, url_user
+from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError
 from orbit_mq.permissions import Audit, BrokerUser, Role, audit, grant_for
 from orbit_mq.protocol import check_name
+from orbit_mq.tls import login_user
 
 PASSWORD_BYTES = 24  # secrets.token_urlsafe: 32 URL-safe characters
 
@@ -43,7 +44,7 @@ async def declare_shared_topology(settings: Settings) -> None:
     """Declare the fixed exchanges and the dead-letter queue as the administrator."""
     connection = await broker.connect(settings, "orbit-mq admin")
     try:
-        await broker.ensure_topology(connection, url_user(settings.url))
+        await broker.ensure_topology(connection, login_user(settings))
     finally:
         await broker.quietly(connection.close())
 

@@ -29,6 +29,7 @@ from orbit_mq.protocol import (
     RPC_EXCHANGE,
     TOPOLOGY_EXCHANGE,
 )
+from orbit_mq.tls import check_transport, connection_url, handshake_failed, ssl_context
 
 # Dead letters are kept for inspection, but bounded so a flood of expired requests cannot fill
 # the broker's disk.
@@ -43,13 +44,6 @@ Route = Callable[[], tuple[str, int]]
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     """Arguments of every request queue; endpoint and waiting clients must declare them alike."""
     return {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-queue-type": settings.queue_type}
-
-
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.url.startswith("amqps://"):
-        return None
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    return context
 
 
 async def quietly(action: Awaitable[Any]) -> None:
@@ -162,6 +156,8 @@ async def _open_routed(
         return await asyncio.open_connection(
             host, port, ssl=context, server_hostname=url.host, **kwargs
         )
+    except ssl.SSLError:
+        raise  # connect() says what to check; as a connection error it would look transient
     except OSError as exc:
         raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
 
@@ -173,12 +169,14 @@ async def connect(
 
     With `route`, every (re)connection goes to the address it returns (an SSH tunnel).
     """
+    check_transport(settings)  # before any name is resolved: a refusal sends nothing
+    context = ssl_context(settings)
     where = redact_url(settings.url)
     try:
         with translated(f"connecting to {where}"):
             connection = aio_pika.RobustConnection(
-                URL(settings.url),
-                ssl_context=_ssl_context(settings),
+                connection_url(settings),
+                ssl_context=context,
                 client_properties={"connection_name": name},
                 reconnect_interval=settings.reconnect_interval,
             )
@@ -188,10 +186,25 @@ async def connect(
     except AccessRefused:
         raise
     except (OSError, TimeoutError, BrokerError) as exc:
+        handshake = _ssl_error_in(exc)
+        if handshake is not None:
+            raise handshake_failed(handshake, settings, f"connecting to {where}") from exc
         raise BrokerUnavailable(
             f"cannot reach the broker at {where} ({exc}); is RabbitMQ running? "
             "Set ORBIT_MQ_URL or --url to another broker"
         ) from exc
+
+
+def _ssl_error_in(error: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind `error` (the libraries wrap it, or re-raise it as it is)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:  # bounded: each link once
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def declare_topology(channel: aiormq.abc.AbstractChannel) -> None:

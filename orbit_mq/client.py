@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from orbit_mq import broker
 from orbit_mq.caller import Call, Caller, new_id
-from orbit_mq.config import Settings, load_settings, url_user
+from orbit_mq.config import Settings, load_settings
 from orbit_mq.contract import Contract
 from orbit_mq.errors import (
     AccessRefused,
@@ -48,6 +48,7 @@ from orbit_mq.protocol import (
 from orbit_mq.proxy import PluginProxy, proxy_class
 from orbit_mq.retry import until_deadline
 from orbit_mq.subscribe import Subscription
+from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.wire import discovery_properties, outcome
 
@@ -71,7 +72,7 @@ class Fabric:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.user = url_user(self.settings.url)
+        self.user = login_user(self.settings)
         self._connection: AbstractRobustConnection | None = None
         self._caller: Caller | None = None
         self._served: dict[str, float] = {}  # request queue -> when last seen with a consumer

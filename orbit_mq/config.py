@@ -1,12 +1,16 @@
 """Settings: keyword arguments (CLI flags) > environment (`ORBIT_MQ_*`) > config file > defaults.
 
 The config file is `$ORBIT_MQ_CONFIG`, else `~/.config/orbit-mq/config.toml`; its keys are the
-field names below (`url = "amqps://…"`, `timeout = 10`, …).
+field names below (`url = "amqps://…"`, `timeout = 10`, …). A config file that holds a
+password must not be readable by group or others (`check_config_file`). TLS and when a plain
+`amqp://` URL is allowed: orbit_mq/tls.py.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from orbit_mq.errors import ConfigError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MiB = 1024 * 1024
@@ -46,7 +52,24 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORBIT_MQ_", extra="ignore")
 
     url: str = Field(DEFAULT_URL, description="Broker URL (amqp:// or amqps://).")
-    ca_file: Path | None = Field(None, description="CA bundle for amqps:// connections.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle that signed the broker's certificate (amqps://)."
+    )
+    cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) presented to the broker (amqps://)."
+    )
+    key_file: Path | None = Field(
+        None, description="Key of cert_file (PEM, unencrypted); default: inside cert_file."
+    )
+    auth: Literal["plain", "external"] = Field(
+        "plain",
+        description="Login mechanism: plain (the URL's user and password) or external (the "
+        "client certificate's CN is the user; needs cert_file).",
+    )
+    insecure: bool = Field(
+        False,
+        description="Allow plain amqp:// to a host other than this one (credentials in clear).",
+    )
     timeout: float = Field(30.0, gt=0, description="Default call timeout in seconds.")
     heartbeat_interval: float = Field(5.0, gt=0, description="Endpoint presence interval, s.")
     max_message_size: int = Field(16 * MiB, gt=0, description="Largest request accepted, bytes.")
@@ -92,8 +115,44 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        path = config_file()
+        check_config_file(path)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
         return (init_settings, env_settings, toml)
+
+
+def _holds_password(value: Any, key: str = "") -> bool:
+    if isinstance(value, dict):
+        return any(_holds_password(item, str(name)) for name, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_password(item, key) for item in value)
+    if not isinstance(value, str):
+        return False
+    if "password" in key.lower() or "secret" in key.lower():
+        return bool(value)
+    return "://" in value and urlsplit(value).password is not None
+
+
+def check_config_file(path: Path) -> None:
+    """Refuse a config file that holds a password (a URL with one, a `*password*` key) when
+    its group or others may read it: on a shared login node that is everybody."""
+    if os.name != "posix":
+        return  # no mode bits to judge; Windows ACLs are the user's own business
+    try:
+        mode = path.stat().st_mode
+        if not mode & 0o077:
+            return
+        with path.open("rb") as file:
+            content = tomllib.load(file)
+    except FileNotFoundError:
+        return
+    except (OSError, tomllib.TOMLDecodeError):
+        return  # pydantic-settings reports what is wrong with it
+    if _holds_password(content):
+        raise ConfigError(
+            f"config file {path} holds a password and others can read it "
+            f"(mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -108,11 +167,3 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def url_user(url: str) -> str:
-    """The broker user a URL authenticates as (RabbitMQ's default is guest)."""
-    from urllib.parse import unquote
-
-    user = urlsplit(url).username
-    return unquote(user) if user else "guest"

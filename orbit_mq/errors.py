@@ -8,6 +8,7 @@
     │   ├── BrokerUnavailable  (T)  cannot connect
     │   ├── ConnectionLost     (T)  the connection dropped while a call waited
     │   ├── AccessRefused           the broker user lacks a permission
+    │   ├── TlsError                the TLS handshake failed (untrusted CA, wrong host name)
     │   └── AdminUnavailable        neither the management API nor rabbitmqctl can be used
     ├── EndpointError
     │   ├── EndpointNotFound        nothing is bound for that endpoint/plugin
@@ -77,6 +78,12 @@ class ConnectionLost(BrokerError, TransientError):
 
 class AccessRefused(BrokerError):
     pass
+
+
+class TlsError(BrokerError):
+    """The TLS handshake with the broker failed: its certificate is not signed by a trusted
+    CA or not for the URL's host, or it refused the client's certificate. Not transient:
+    the same settings fail again (orbit_mq/tls.py)."""
 
 
 class AdminUnavailable(BrokerError):

@@ -203,6 +203,8 @@ if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1; 
   else
     die "a Docker engine runs but neither 'docker compose' nor 'docker-compose' is installed"
   fi
+  # The broker also serves TLS on 5671 with a development CA: its files must exist first.
+  bash "$ROOT/scripts/dev-ca.sh" >&2 9>&- || die "scripts/dev-ca.sh failed (it needs openssl)"
   (cd "$ROOT" && "${compose[@]}" up -d rabbitmq) >&2 9>&- ||
     die "'${compose[*]} up -d rabbitmq' failed"
   say "waiting up to ${DOCKER_WAIT} s for the container to answer on 127.0.0.1:5672"

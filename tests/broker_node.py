@@ -6,6 +6,10 @@ config, cookie and data under a temporary directory (after ../shared/infra/clust
     ...
     node.stop()
 
+A TLS listener: `config` lines may name `{ssl_port}` (a free port of its own), e.g.
+`listeners.ssl.1 = 127.0.0.1:{ssl_port}` with the `ssl_options.*` lines; `plugins` are
+enabled at boot (e.g. rabbitmq_auth_mechanism_ssl); `ctl(...)` runs rabbitmqctl against it.
+
 Needs root and the Debian package rabbitmq-server (its /usr/lib/rabbitmq/bin, not the
 /usr/sbin wrappers that switch to the rabbitmq user and the system node's cookie).
 """
@@ -45,12 +49,17 @@ def _free_port() -> int:
 
 class BrokerNode:
     def __init__(
-        self, directory: Path, config: list[str] | None = None, advanced: str = "[]."
+        self,
+        directory: Path,
+        config: list[str] | None = None,
+        advanced: str = "[].",
+        plugins: list[str] | None = None,
     ) -> None:
         self.dir = directory
         self.node = f"orbit-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.port, self.dist_port = _free_port(), _free_port()
-        self.config = config or []
+        self.port, self.dist_port, self.ssl_port = _free_port(), _free_port(), _free_port()
+        self.config = [line.replace("{ssl_port}", str(self.ssl_port)) for line in config or []]
+        self.plugins = plugins or []
         self.advanced = advanced
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -86,7 +95,7 @@ class BrokerNode:
         lines = [f"listeners.tcp.1 = 127.0.0.1:{self.port}", "log.console = false"]
         (self.dir / "rabbitmq.conf").write_text("\n".join([*lines, *self.config]) + "\n")
         (self.dir / "advanced.config").write_text(self.advanced + "\n")
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (self.dir / "rabbitmq-env.conf").write_text("# the environment says it all\n")
         log = (self.dir / "log" / "startup.log").open("ab")
         self.process = subprocess.Popen(
@@ -105,6 +114,20 @@ class BrokerNode:
                 raise RuntimeError(f"broker node {self.node} did not start:\n{tail}")
             time.sleep(0.2)  # polling a port while the node boots
         return self.url
+
+    def ctl(self, *args: str, stdin: str | None = None) -> str:
+        """Run `rabbitmqctl ARGS` against this node (≈ 1 s: one Erlang VM boot); its output."""
+        done = subprocess.run(
+            [str(RMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self._env(),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+        return done.stdout
 
     def stop(self) -> None:
         if self.process is None:

@@ -35,7 +35,7 @@ from orbit_mq.broker import (
     request_queue_arguments,
     translated,
 )
-from orbit_mq.config import Settings, url_user
+from orbit_mq.config import Settings
 from orbit_mq.contracts.control import Control
 from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
 from orbit_mq.lanes import Lane
@@ -54,6 +54,7 @@ from orbit_mq.protocol import (
     request_key,
     request_queue,
 )
+from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.wire import Request, presence_properties, reply_properties
 from orbit_mq.workers.acking import settled
@@ -85,7 +86,7 @@ class Endpoint:
         # Every endpoint also serves `control` (stopping it remotely), unless given its own.
         served = {cls.name for cls in plugins}
         self.plugin_classes = [*plugins, *([] if Control.name in served else [ControlPlugin])]
-        self.user = url_user(self.settings.url)
+        self.user = login_user(self.settings)
         self.plugins: dict[str, Plugin] = {}
         self.started = time.time()
         self.role = detect_host_role()
