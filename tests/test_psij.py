@@ -223,7 +223,10 @@ async def test_streamed_output_comes_in_order_before_the_end(psij: Any, watcher:
 
 
 async def test_many_jobs_end_once_each_in_order(psij: Any, watcher: Watcher) -> None:
-    jobs = await submit_many(psij, specs=[spec("/bin/true")] * 500)
+    # one call hands 500 jobs to the executor before it answers: give it time on a busy machine
+    jobs = await submit_many(
+        orbit_mq.with_options(psij, timeout=120), specs=[spec("/bin/true")] * 500
+    )
     ids = [job.job_id for job in jobs]
     assert len(set(ids)) == 500
     await watcher.until_ended(*ids, timeout=60)

@@ -47,6 +47,8 @@ from orbit_mq.workers.tunnels.settings import Address, broker_address
 __all__ = ["sshd"]  # the session fixture, used by name
 
 UNREACHABLE = "amqp://guest:guest@broker.orbit.invalid:5672/"
+# The URL names the broker as the SSH host would: plain AMQP on that leg, which must be asked for.
+INSECURE = {"ORBIT_MQ_INSECURE": "1"}
 
 
 def free_port() -> int:
@@ -62,6 +64,7 @@ def child_env(settings: Settings) -> dict[str, str]:
         "ORBIT_MQ_HOME": str(settings.home / "children"),
         "ORBIT_MQ_CONFIG": str(settings.home / "no-config.toml"),
         "ORBIT_MQ_HEARTBEAT_INTERVAL": "0.5",
+        **INSECURE,
     }
 
 
@@ -84,7 +87,9 @@ async def process_ended(pid: int, timeout: float) -> None:
 
 async def assert_unreachable_directly(settings: Settings) -> None:
     with pytest.raises(BrokerUnavailable):
-        await connect(settings.model_copy(update={"url": UNREACHABLE}), "direct attempt")
+        await connect(
+            settings.model_copy(update={"url": UNREACHABLE, "insecure": True}), "direct attempt"
+        )
 
 
 async def until_online_again(fabric: orbit_mq.Fabric, endpoint: str, drop: Any) -> None:
@@ -109,7 +114,7 @@ async def test_forward_tunnel_carries_amqp(sshd: SshServer, settings: Settings) 
     try:
         assert tunnel.state is TunnelState.ACTIVE and tunnel.port
         port = tunnel.port
-        through = settings.model_copy(update={"url": UNREACHABLE})
+        through = settings.model_copy(update={"url": UNREACHABLE, "insecure": True})
         connection = await connect(through, "through the tunnel", lambda: ("127.0.0.1", port))
         async with connection:
             channel = await connection.channel()
@@ -171,6 +176,7 @@ def test_the_cli_says_why_a_tunnel_cannot_open(
     (tmp_path / "known_hosts").write_text("")
     env = {
         **cli_env(settings),
+        **INSECURE,
         **sshd.env(),
         "ORBIT_MQ_TUNNEL_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
     }
@@ -218,7 +224,7 @@ async def test_forward_endpoint_serves_only_through_the_tunnel_and_survives_a_dr
         "--tunnel", "forward", "--tunnel-via", sshd.address,
         "--tunnel-target", str(broker_address(settings.url)), "--rendezvous", str(meeting),
     )  # fmt: skip
-    env = {**cli_env(settings), **sshd.env()}
+    env = {**cli_env(settings), **INSECURE, **sshd.env()}
     process = start_process(command, env)
     try:
         await wait_online(fabric, name, timeout=60)
