@@ -8,6 +8,7 @@ serialisation. Every failure becomes a structured error reply here, in one place
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from orbit_mq.wire import (
     success_body,
 )
 from orbit_mq.workers.logs import RefusalLog, bounded_logger
+from orbit_mq.workers.ownership import serving
 from orbit_mq.workers.plugin import Plugin
 
 log = bounded_logger("orbit_mq.endpoint")
@@ -258,7 +260,8 @@ class Dispatcher:
     def _session(self, spec: RpcSpec, session_id: str | None, user: str) -> Session | None:
         """One rule for every method: a request that names a session must name a live one of
         its caller (any use resets its idle clock); a method that needs one refuses without."""
-        session = self.plugin.sessions.use(session_id, user) if session_id else None
+        method = f"{self.label}.{spec.name}"
+        session = self.plugin.sessions.use(session_id, user, method) if session_id else None
         if session is None and spec.session_required:
             raise SessionNotFound(
                 f"{self.label}.{spec.name} needs a session: call register_session and send "
@@ -273,10 +276,12 @@ class Dispatcher:
         if spec.context_param is not None:
             arguments[spec.context_param] = ctx
         try:
-            if spec.is_async:
-                return await spec.func(self.plugin, **arguments)
-            call = functools.partial(spec.func, self.plugin, **arguments)
-            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+            with serving(ctx):  # what the method runs learns its caller from current_call()
+                if spec.is_async:
+                    return await spec.func(self.plugin, **arguments)
+                call = functools.partial(spec.func, self.plugin, **arguments)
+                run = functools.partial(contextvars.copy_context().run, call)
+                return await asyncio.get_running_loop().run_in_executor(self.executor, run)
         except RemoteError:
             raise
         except Exception as exc:

@@ -64,6 +64,7 @@ from orbit_mq.workers.hostinfo import detect_host_role
 from orbit_mq.workers.journal import Journal, journal_path
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.outbox import Outbox
+from orbit_mq.workers.ownership import Ownership
 from orbit_mq.workers.plugin import Plugin, PluginContext
 
 log = bounded_logger("orbit_mq.endpoint")
@@ -281,6 +282,7 @@ class Endpoint:
                 self.journal,
                 self._executor,
                 endpoint_control=self if cls.name == Control.name else None,
+                ownership=Ownership(self.user, self.admins),
             )
             plugin = cls(context)
             await plugin.start()

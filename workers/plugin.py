@@ -31,6 +31,7 @@ from orbit_mq.protocol import HealthInfo, PluginInfo, SessionInfo, SessionStatus
 from orbit_mq.rpc import INJECTED, CallContext, PluginDescription, Session
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.ownership import Ownership
 from orbit_mq.workers.sessions import SessionRegistry
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class PluginContext:
     journal: Journal = field(default_factory=lambda: Journal(None))
     executor: Executor | None = None  # worker threads for blocking calls (`in_thread`)
     endpoint_control: EndpointControl | None = None  # only the control plugin needs it
+    ownership: Ownership = field(default_factory=Ownership)  # who may act on whose work
 
 
 class EndpointControl(Protocol):
@@ -135,7 +137,8 @@ class Plugin(Contract):
     async def unregister_session(
         self, session_id: str, *, ctx: CallContext = INJECTED
     ) -> SessionInfo:
-        session = await self.sessions.close(session_id, ctx.user)
+        method = f"{ctx.plugin}.{ctx.method}"
+        session = await self.sessions.close(session_id, ctx.user, method)
         return session.info("closed")
 
     async def health(self) -> HealthInfo:

@@ -14,6 +14,7 @@ from orbit_mq.protocol import SessionStatus
 from orbit_mq.rpc import Session
 from orbit_mq.shorten import shorten
 from orbit_mq.workers.journal import Journal
+from orbit_mq.workers.ownership import audit
 
 SessionListener = Callable[[Session, SessionStatus], Awaitable[None]]
 
@@ -51,8 +52,10 @@ class SessionRegistry:
         await self._on_change(session, "active")
         return session
 
-    def use(self, session_id: str, user: str) -> Session:
-        """The live session `session_id` of `user`, its idle clock reset."""
+    def use(self, session_id: str, user: str, method: str) -> Session:
+        """The live session `session_id` of `user`, its idle clock reset, for a call of
+        `method`. Another user's session is refused to everyone, admins too: a session is one
+        client's state, and an admin reaches other users' work by its ids instead."""
         session = self._sessions.get(session_id)
         now = time.time()
         if session is None or session.expires_at <= now:
@@ -62,6 +65,7 @@ class SessionRegistry:
                 {"session": shorten(session_id)},
             )
         if session.user != user:
+            audit("refused", user, method, "session", [session_id], {session.user})
             raise Unauthorized(
                 f"session {shorten(session_id)!r} belongs to another user",
                 {"session": shorten(session_id)},
@@ -70,8 +74,8 @@ class SessionRegistry:
         self._used.add(session_id)
         return session
 
-    async def close(self, session_id: str, user: str) -> Session:
-        session = self.use(session_id, user)
+    async def close(self, session_id: str, user: str, method: str) -> Session:
+        session = self.use(session_id, user, method)
         self._forget(session)
         await self._on_change(session, "closed")
         return session

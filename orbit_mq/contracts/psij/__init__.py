@@ -9,6 +9,10 @@ Events (`{endpoint}.psij.job_status`, data `JobStatusEvent`): every transition, 
 per job without gaps (seq 1 = NEW); terminal ones carry exit_code, message and the last 4 KiB
 of stdout and stderr. `{endpoint}.psij.job_output` (`JobOutputEvent`, jobs submitted with
 `stream_output`): at most 64 KiB each, polled every 0.5 s, all before the job's terminal state.
+
+A job belongs to the user who submitted it: every method that names a job (or a tunneled
+endpoint, through its job) refuses another user's with `NotJobOwner` (`unauthorized`), except
+to the endpoint's admins (ORBIT_MQ_ADMIN_USERS).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from orbit_mq.contracts.psij.errors import (
     JobNotEnded,
     JobNotFound,
     LoginRefused,
+    NotJobOwner,
     TunnelConflict,
     TunnelError,
 )
@@ -62,6 +67,7 @@ class PsiJ(Contract):
     }
     errors = (
         JobNotFound,
+        NotJobOwner,
         JobNotEnded,
         InvalidJobSpec,
         ExecutorUnavailable,
@@ -114,9 +120,9 @@ class PsiJ(Contract):
         limit: Limit = 100,
         ended_before: datetime | None = None,
     ) -> JobList:
-        """The endpoint's jobs, newest first, optionally only those in `state`, submitted in
-        `session`, or ended before `ended_before`; `offset` and `limit` page through them
-        (`total` counts all matches)."""
+        """The caller's jobs on the endpoint (an admin's: every user's), newest first,
+        optionally only those in `state`, submitted in `session`, or ended before
+        `ended_before`; `offset` and `limit` page through them (`total` counts all matches)."""
         raise NotImplementedError
 
     @rpc
@@ -194,6 +200,7 @@ __all__ = [
     "JobStatus",
     "JobStatusEvent",
     "LoginRefused",
+    "NotJobOwner",
     "OutputChunk",
     "PsiJ",
     "ResourceSpec",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from orbit_mq.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from orbit_mq.errors import Conflict, InvalidRequest, NotFound, Unauthorized, Unavailable
 
 
 class JobNotFound(NotFound):
     """No job with that id on this endpoint."""
+
+
+class NotJobOwner(Unauthorized):
+    """The job (or the tunneled endpoint's job) belongs to another user, and the caller is
+    not an admin of the endpoint."""
 
 
 class JobNotEnded(Conflict):

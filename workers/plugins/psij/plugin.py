@@ -26,6 +26,7 @@ from orbit_mq.contracts.psij import (
     JobStatus,
     JobStatusEvent,
     Limit,
+    NotJobOwner,
     TunneledJobSpec,
     TunnelMode,
     TunnelStatus,
@@ -171,7 +172,7 @@ class PsiJ(Plugin, contract.PsiJ):
     async def get_job_status(
         self, job_id: str, stdout_offset: NonNegativeInt = 0, stderr_offset: NonNegativeInt = 0
     ) -> JobStatus:
-        row = self._row(job_id)
+        row = self._owned(job_id)
         history = self.store.history(job_id)  # read with the row: one consistent snapshot
         page, complete = self.output_page_size, row.state.final
         (out, out_end), (err, err_end) = await asyncio.to_thread(
@@ -204,16 +205,17 @@ class PsiJ(Plugin, contract.PsiJ):
         ended_before: datetime | None = None,
     ) -> JobList:
         before = None if ended_before is None else ended_before.timestamp()
-        rows, total = self.store.page(state, session, offset, limit, before)
+        owners = self.context.ownership.visible_owners()
+        rows, total = self.store.page(state, session, offset, limit, before, owners)
         return JobList(jobs=[row.info() for row in rows], total=total, offset=offset, limit=limit)
 
     async def cancel_job(self, job_id: str) -> Job:
-        if not self._row(job_id).state.final:
+        if not self._owned(job_id).state.final:
             await self.tracker.cancel(job_id)
         return self._row(job_id).info()
 
     async def remove_job(self, job_id: str) -> Job:
-        row = self._row(job_id)
+        row = self._owned(job_id)
         if not row.state.final or job_id in self.tracker.live:
             raise JobNotEnded(
                 f"job {job_id} is {row.state.value}: cancel it, then remove it once it ended",
@@ -231,9 +233,11 @@ class PsiJ(Plugin, contract.PsiJ):
         ctx: CallContext = INJECTED,
     ) -> list[Job]:
         unique = list(dict.fromkeys(job_ids))
-        missing = sorted(set(unique) - {row.job_id for row in self.store.many(unique)})
+        found = self.store.many(unique)
+        missing = sorted(set(unique) - {row.job_id for row in found})
         if missing:
             raise JobNotFound(f"no such job: {', '.join(missing)}", {"job_ids": missing})
+        self._check_owner(found)
         live = [self.tracker.live[job_id] for job_id in unique if job_id in self.tracker.live]
         budget = wait_budget(timeout, ctx)
         if live and (budget is None or budget > 0):
@@ -317,6 +321,17 @@ class PsiJ(Plugin, contract.PsiJ):
             raise JobNotFound(f"no job {job_id!r} on this endpoint", {"job_id": job_id})
         return row
 
+    def _owned(self, job_id: str) -> JobRow:
+        """The job `job_id`, if the caller may act on it."""
+        row = self._row(job_id)
+        self._check_owner([row])
+        return row
+
+    def _check_owner(self, rows: list[JobRow]) -> None:
+        """Refuse the call unless its caller owns every job of `rows` or is an admin."""
+        owners = {row.job_id: row.user for row in rows}
+        self.context.ownership.check(owners, NotJobOwner, "job", "job_id")
+
     async def _submit(
         self,
         user: str,
@@ -332,6 +347,7 @@ class PsiJ(Plugin, contract.PsiJ):
             # an endpoint killed after creating the jobs but before it stored the reply.
             existing = self.store.by_request(keys)
             if existing:
+                self._check_owner(existing)  # a message_id is no way into another's jobs
                 return [row.info() for row in existing]
         session_id = session.id if session is not None else None
         request_keys: list[str | None] = list(keys) if keys else [None] * len(specs)

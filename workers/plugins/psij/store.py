@@ -5,6 +5,7 @@ journal and the events never disagree, even across a kill -9."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS psij_jobs (
 );
 CREATE INDEX IF NOT EXISTS psij_jobs_state ON psij_jobs (state);
 CREATE INDEX IF NOT EXISTS psij_jobs_session ON psij_jobs (session);
+CREATE INDEX IF NOT EXISTS psij_jobs_user ON psij_jobs (user);
 CREATE TABLE IF NOT EXISTS psij_history (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -264,10 +266,15 @@ class JobStore:
         offset: int,
         limit: int,
         ended_before: float | None = None,
+        owners: Collection[str] | None = None,
     ) -> tuple[list[JobRow], int]:
-        """Jobs matching the filters, newest first, and how many match in all."""
+        """Jobs matching the filters (and owned by one of `owners`, unless None), newest
+        first, and how many match in all."""
         where: list[str] = []
         params: list[Any] = []
+        if owners is not None:
+            where.append(f"user IN ({','.join('?' * len(owners))})")
+            params.extend(owners)
         if state is not None:
             where.append("state = ?")
             params.append(state.value)

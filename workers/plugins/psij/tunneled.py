@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orbit_mq.contracts.psij.errors import EndpointNameMissing, TunnelConflict, TunnelError
+from orbit_mq.contracts.psij.errors import (
+    EndpointNameMissing,
+    NotJobOwner,
+    TunnelConflict,
+    TunnelError,
+)
 from orbit_mq.contracts.psij.models import (
     Job,
     JobSpec,
@@ -181,6 +186,7 @@ class Tunnels:
         watcher = self.watchers.get(name)
         if watcher is None:
             return TunnelStatus(name=name, status="no_tunnel", message="no such tunneled endpoint")
+        self._check_owner(watcher)
         found = TunnelStatus(name=name, status="pending", mode=watcher.mode, job_id=watcher.job_id)
         tunnel = watcher.tunnel
         if tunnel is not None:
@@ -202,6 +208,13 @@ class Tunnels:
             if info is not None and info.port and watcher.state is JobState.ACTIVE:
                 found.status, found.port, found.node = "active", info.port, info.node
         return found
+
+    def _check_owner(self, watcher: Watcher) -> None:
+        """Refuse the call unless its caller owns the watcher's job or is an admin (a job not
+        recorded, or no longer, counts as the endpoint's own user's)."""
+        row = self.plugin.store.get(watcher.job_id) if watcher.job_id else None
+        owners = {watcher.name: row.user if row is not None else None}
+        self.plugin.context.ownership.check(owners, NotJobOwner, "tunneled endpoint", "name")
 
     def job_changed(self, event: JobStatusEvent) -> None:
         """A job_status event of this plugin (called as it is emitted)."""

@@ -1,0 +1,129 @@
+"""Ownership: the work a call makes belongs to the user who called.
+
+An endpoint may serve several users (ORBIT_MQ_ALLOWED_USERS). Their sessions and jobs belong
+to the broker user whose request made them (the broker-validated `user_id`), and only that
+user, or one of the endpoint's admins (ORBIT_MQ_ADMIN_USERS, by default the endpoint's own
+user), may act on them.
+
+The dispatcher makes the call it serves known to the code it runs (`serving`), so a plugin
+method learns who calls from `current_call()` instead of every method taking the caller as a
+parameter; `Ownership.check` decides whether the caller may act on the objects a call names.
+Every decision that crosses users, a refusal or an admin acting on another user's work, goes
+through `audit`: the one place such decisions are recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orbit_mq.errors import Unauthorized
+from orbit_mq.rpc import CallContext
+from orbit_mq.workers.logs import RefusalLog, bounded_logger
+
+# A child of the endpoint's logger: its lines go wherever the endpoint's go, and an operator
+# can still route them apart.
+audit_log = bounded_logger("orbit_mq.endpoint.audit")
+_refusals = RefusalLog(audit_log)  # a caller cannot flood the log with refused calls
+
+_CALL: ContextVar[CallContext] = ContextVar("orbit_mq_call")
+
+Decision = Literal["refused", "admin_override"]
+_SHOWN = 20  # object ids named in one audit line
+
+
+@contextmanager
+def serving(call: CallContext) -> Iterator[None]:
+    """Make `call` the current call of the code run inside (tasks and threads it starts with
+    a copy of the context see it too)."""
+    token = _CALL.set(call)
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
+def current_call() -> CallContext:
+    """The call being served, as the dispatcher set it."""
+    try:
+        return _CALL.get()
+    except LookupError:
+        raise RuntimeError(
+            "no call is being served here: current_call() works only inside a method the "
+            "dispatcher runs"
+        ) from None
+
+
+def audit(
+    decision: Decision, user: str, method: str, kind: str, ids: Collection[str], owners: set[str]
+) -> None:
+    """Record that `user`'s call of `method` was refused, or allowed as an admin's, on the
+    `kind` objects `ids` of `owners`."""
+    shown = sorted(ids)
+    named = ", ".join(shown[:_SHOWN]) + (
+        f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else ""
+    )
+    whose = ", ".join(sorted(owners))
+    if decision == "refused":
+        _refusals.warning(
+            user, "audit: refused %s by %r on %s %s of %s", method, user, kind, named, whose
+        )
+    else:
+        audit_log.info(
+            "audit: admin override: %s by %r on %s %s of %s", method, user, kind, named, whose
+        )
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who may act on whose work on one endpoint."""
+
+    endpoint_user: str = ""  # owns work recorded without an owner
+    admins: frozenset[str] = field(default_factory=frozenset)
+
+    def owner(self, recorded: str | None) -> str:
+        """The owner of work whose journal row says `recorded`: work recorded without one is
+        the endpoint's own user's (so only that user and the admins see it)."""
+        return recorded or self.endpoint_user
+
+    def check(
+        self,
+        owners: Mapping[str, str | None],
+        refusal: type[Unauthorized],
+        kind: str,
+        key: str,
+    ) -> None:
+        """Let the current caller act on the `kind` objects `owners` maps (id → recorded
+        owner): their own always, anyone's if they are an admin (audited); otherwise raise
+        `refusal` (audited), naming the first foreign object under `key` in its details."""
+        call = current_call()
+        foreign = {
+            object_id: self.owner(recorded)
+            for object_id, recorded in owners.items()
+            if self.owner(recorded) != call.user
+        }
+        if not foreign:
+            return
+        method = f"{call.plugin}.{call.method}"
+        decision: Decision = "admin_override" if call.user in self.admins else "refused"
+        audit(decision, call.user, method, kind, foreign, set(foreign.values()))
+        if decision == "admin_override":
+            return
+        first = sorted(foreign)[0]
+        raise refusal(
+            f"{kind} {first} belongs to another user: only its owner or an admin of endpoint "
+            f"{call.endpoint!r} may use it",
+            {key: first},
+        )
+
+    def visible_owners(self) -> frozenset[str] | None:
+        """The recorded owners whose work the current caller may list: None (everyone's) for
+        an admin; for anyone else their own, and work without an owner if they are the
+        endpoint's own user."""
+        user = current_call().user
+        if user in self.admins:
+            return None
+        return frozenset({user, ""}) if user == self.endpoint_user else frozenset({user})
