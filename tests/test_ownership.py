@@ -23,11 +23,12 @@ from yarl import URL
 import orbit_mq
 from orbit_mq import admin
 from orbit_mq.broker_admin import open_accounts
-from orbit_mq.config import Settings, url_user
+from orbit_mq.config import Settings
 from orbit_mq.contracts.psij import Job, JobState, NotJobOwner, PsiJ
 from orbit_mq.errors import AdminUnavailable, Unauthorized
 from orbit_mq.permissions import Rights, Role
 from orbit_mq.proxy import remote
+from orbit_mq.tls import login_user
 from orbit_mq.workers import ownership
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.logs import RefusalLog
@@ -62,7 +63,7 @@ async def users(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
     tag = uuid.uuid4().hex[:8]
     vhost = f"orbit-own-{tag}"
     await accounts.add_vhost(vhost)
-    administrator = url_user(broker_url)
+    administrator = login_user(Settings(url=broker_url))
     await accounts.set_rights(vhost, administrator, Rights(".*", ".*", ".*"))
     url = str(URL(broker_url).with_path("/" + quote(vhost, safe=""), encoded=True))
     home = tmp_path_factory.mktemp("ownership")
