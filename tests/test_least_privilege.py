@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiormq
 import pytest
+from broker_users import scratch_vhost
 from conftest import orbit_cli, stop_process, wait_online
-from yarl import URL
 
 import orbit_mq
 from orbit_mq import admin
@@ -71,10 +70,6 @@ class Fabric:
         await self.accounts.set_rights(vhost_of(self.settings.url), name, rights)
 
 
-def vhost_url(broker_url: str, vhost: str) -> str:
-    return str(URL(broker_url).with_path("/" + quote(vhost, safe=""), encoded=True))
-
-
 async def accounts_for(broker_url: str, backend: str) -> Accounts:
     """The management API, or rabbitmqctl as the fallback when the API does not answer."""
     kind = Rabbitmqctl if backend == "rabbitmqctl" else ManagementApi
@@ -96,20 +91,10 @@ async def open_fabric(broker_url: str, tmp_path: Path, backend: str) -> AsyncIte
         if backend != "any":
             raise
         accounts = await accounts_for(broker_url, "rabbitmqctl")
-    vhost = f"orbit-lp-{uuid.uuid4().hex[:10]}"
-    await accounts.add_vhost(vhost)
-    admin_user = URL(broker_url).user or "guest"
-    everything = Rights(".*", ".*", ".*")
-    await accounts.set_rights(vhost, admin_user, everything)
-    url = vhost_url(broker_url, vhost)
-    made = Fabric(accounts, Settings(url=url, home=tmp_path / "admin", timeout=10))
-    try:
-        yield made
-    finally:
-        for user in made.users:
-            await accounts.delete_user(user)
-        await accounts.delete_vhost(vhost)
-        await accounts.close()
+    async with scratch_vhost(broker_url, "orbit-lp", accounts) as vhost:
+        yield Fabric(
+            accounts, Settings(url=vhost.url, home=tmp_path / "admin", timeout=10), vhost.users
+        )
 
 
 @pytest.fixture

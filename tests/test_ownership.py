@@ -14,19 +14,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
-from yarl import URL
+from broker_users import Vhost, scratch_vhost
 
 import orbit_mq
 from orbit_mq import admin
-from orbit_mq.broker_admin import open_accounts
 from orbit_mq.config import Settings
 from orbit_mq.contracts.psij import Job, JobState, NotJobOwner, PsiJ
-from orbit_mq.errors import AdminUnavailable, Unauthorized
-from orbit_mq.permissions import Rights, Role
+from orbit_mq.errors import Unauthorized
+from orbit_mq.permissions import Role
 from orbit_mq.proxy import remote
 from orbit_mq.tls import login_user
 from orbit_mq.workers import ownership
@@ -56,26 +54,23 @@ def _client_settings(url: str, home: Path) -> Settings:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def users(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Users]:
-    try:
-        accounts = await open_accounts(broker_url)
-    except AdminUnavailable as exc:
-        pytest.skip(f"cannot make broker users here: {exc}")
+    async with scratch_vhost(broker_url, "orbit-own") as vhost:
+        async for made in _users(vhost, broker_url, tmp_path_factory.mktemp("ownership")):
+            yield made
+
+
+async def _users(vhost: Vhost, broker_url: str, home: Path) -> AsyncIterator[Users]:
     tag = uuid.uuid4().hex[:8]
-    vhost = f"orbit-own-{tag}"
-    await accounts.add_vhost(vhost)
     administrator = login_user(Settings(url=broker_url))
-    await accounts.set_rights(vhost, administrator, Rights(".*", ".*", ".*"))
-    url = str(URL(broker_url).with_path("/" + quote(vhost, safe=""), encoded=True))
-    home = tmp_path_factory.mktemp("ownership")
-    made: list[str] = []
+    url = vhost.url
     fabrics: list[orbit_mq.Fabric] = []
     endpoint: Endpoint | None = None
     try:
         admin_settings = _client_settings(url, home / "admin")
-        alice = await admin.add_user(accounts, admin_settings, Role.CLIENT, f"alice{tag}")
-        made.append(alice.name)
-        bob = await admin.add_user(accounts, admin_settings, Role.CLIENT, f"bob{tag}")
-        made.append(bob.name)
+        alice = await admin.add_user(vhost.accounts, admin_settings, Role.CLIENT, f"alice{tag}")
+        vhost.users.append(alice.name)
+        bob = await admin.add_user(vhost.accounts, admin_settings, Role.CLIENT, f"bob{tag}")
+        vhost.users.append(bob.name)
         name = f"own{tag}"
         endpoint_settings = Settings(
             url=url,
@@ -100,10 +95,6 @@ async def users(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
             await fabric.__aexit__(None, None, None)
         if endpoint is not None:
             await endpoint.stop(grace=5)
-        for user in made:
-            await accounts.delete_user(user)
-        await accounts.delete_vhost(vhost)
-        await accounts.close()
 
 
 @pytest.fixture

@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_users import scratch_vhost
 from conftest import cli_env, orbit_cli, stop_process, wait_online
 from echo_plugin import Echo
 from yarl import URL
 
 import orbit_mq
 from orbit_mq import admin
-from orbit_mq.broker_admin import Accounts, open_accounts
+from orbit_mq.broker_admin import Accounts
 from orbit_mq.config import Settings
-from orbit_mq.errors import AdminUnavailable, ConfigError
-from orbit_mq.permissions import Rights, Role
+from orbit_mq.errors import ConfigError
+from orbit_mq.permissions import Role
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
@@ -116,22 +117,9 @@ class Run:
 
 @pytest.fixture
 async def run(broker_url: str, tmp_path: Path) -> AsyncIterator[Run]:
-    try:
-        accounts = await open_accounts(broker_url)
-    except AdminUnavailable as exc:
-        pytest.skip(f"cannot make broker users here: {exc}")
-    vhost = f"orbit-secrets-{uuid.uuid4().hex[:10]}"
-    await accounts.add_vhost(vhost)
-    await accounts.set_rights(vhost, URL(broker_url).user or "guest", Rights(".*", ".*", ".*"))
-    url = str(URL(broker_url).with_path("/" + vhost))
-    made = Run(accounts, Settings(url=url, home=tmp_path / "admin", timeout=10))
-    try:
-        yield made
-    finally:
-        for user in made.users:
-            await accounts.delete_user(user)
-        await accounts.delete_vhost(vhost)
-        await accounts.close()
+    async with scratch_vhost(broker_url, "orbit-secrets") as vhost:
+        settings = Settings(url=vhost.url, home=tmp_path / "admin", timeout=10)
+        yield Run(vhost.accounts, settings, users=vhost.users)
 
 
 def settings_of(made: admin.NewUser, tmp_path: Path, **changes: Any) -> Settings:
