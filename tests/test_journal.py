@@ -89,6 +89,15 @@ def test_journal_outbox_is_ordered_and_emptied(tmp_path: pytest.TempPathFactory)
 
 def test_stored_replies_are_forgotten_after_their_retention() -> None:
     journal = Journal(None)
-    journal.store_reply("echo", "old", b"{}")
+    journal.store_reply("echo", "alice", "old", b"{}")
     assert journal.forget_old_replies(now=time.time() + REPLY_RETENTION + 1) == 1
-    assert journal.stored_reply("echo", "old") is None
+    assert journal.stored_reply("echo", "alice", "old") is None
+
+
+def test_a_stored_reply_is_its_callers_alone() -> None:
+    journal = Journal(None)
+    journal.store_reply("echo", "alice", "same", b"1")
+    journal.store_reply("echo", "bob", "same", b"2")  # his own; hers stays
+    assert journal.stored_reply("echo", "alice", "same") == b"1"
+    assert journal.stored_reply("echo", "bob", "same") == b"2"
+    assert journal.stored_reply("echo", "carol", "same") is None

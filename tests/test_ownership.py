@@ -25,7 +25,7 @@ from orbit_mq.config import Settings
 from orbit_mq.contracts.psij import Job, JobState, NotJobOwner, PsiJ
 from orbit_mq.errors import Unauthorized
 from orbit_mq.permissions import Role
-from orbit_mq.proxy import remote
+from orbit_mq.proxy import remote, with_options
 from orbit_mq.tls import login_user
 from orbit_mq.workers import ownership
 from orbit_mq.workers.endpoint import Endpoint
@@ -242,3 +242,14 @@ async def test_alice_does_everything_with_her_own_jobs(
     removed = await users.alice.remove_job(job_id=ended.job_id)
     assert removed.job_id == ended.job_id
     assert audit_lines() == []  # her own work: nothing to audit
+
+
+async def test_another_users_message_id_gets_no_copy_of_her_reply(users: Users) -> None:
+    """Repeating alice's message_id gives bob neither her stored reply nor her job."""
+    message_id = f"same-{uuid.uuid4().hex}"
+    spec = {"executable": "/bin/echo", "arguments": ["once"]}
+    hers = _job(await with_options(users.alice, message_id=message_id).submit_job(spec=spec))
+    with pytest.raises(NotJobOwner):  # the request key names her job: refused, not shown
+        await with_options(users.bob, message_id=message_id).submit_job(spec=spec)
+    again = _job(await with_options(users.alice, message_id=message_id).submit_job(spec=spec))
+    assert again.job_id == hers.job_id  # her own repeat still gets her stored reply

@@ -69,7 +69,7 @@ class Dispatcher:
         self.max_message_size = max_message_size
         self.executor = executor
         self.label = plugin.name
-        self._running: dict[str, asyncio.Future[bytes]] = {}
+        self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}  # (user, message_id)
         self._refusals = RefusalLog(log)
 
     async def handle(self, request: Request, send: ReplySink) -> None:
@@ -162,7 +162,7 @@ class Dispatcher:
                 self._run, spec, params, user, session_id, message_id, deadline_ms
             )
             if spec.dedupe and message_id:
-                return await self._once(message_id, call)
+                return await self._once(user, message_id, call)
             return await call()
         except RemoteError as error:
             if isinstance(error, InvalidRequest | MethodNotFound):
@@ -192,22 +192,24 @@ class Dispatcher:
         result = await self._invoke(spec, arguments, ctx)
         return self._serialise(spec, result)
 
-    async def _once(self, message_id: str, run: Callable[[], Awaitable[bytes]]) -> bytes:
-        """Run a dedupe method once per message_id: a repeat gets the stored reply, and a
-        repeat arriving while the first still runs waits for its reply."""
+    async def _once(self, user: str, message_id: str, run: Callable[[], Awaitable[bytes]]) -> bytes:
+        """Run a dedupe method once per caller and message_id: a repeat gets the stored reply,
+        and a repeat arriving while the first still runs waits for its reply. Another user's
+        repeat of the same message_id is a call of its own."""
         journal = self.plugin.context.journal
-        stored = journal.stored_reply(self.label, message_id)
+        stored = journal.stored_reply(self.label, user, message_id)
         if stored is not None:
             log.info("%s: answered repeated message %s from the journal", self.label, message_id)
             return stored
-        running = self._running.get(message_id)
+        key = (user, message_id)
+        running = self._running.get(key)
         if running is not None:
             return await asyncio.shield(running)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._running[message_id] = future
+        self._running[key] = future
         try:
             body = await run()  # a success: errors raise (they may be transient: run again)
-            journal.store_reply(self.label, message_id, body)
+            journal.store_reply(self.label, user, message_id, body)
             future.set_result(body)
             return body
         except BaseException as exc:
@@ -215,7 +217,7 @@ class Dispatcher:
             future.exception()  # retrieved here; a waiting repeat re-raises it
             raise
         finally:
-            del self._running[message_id]
+            del self._running[key]
 
     def _lookup(self, method: str | None) -> RpcSpec:
         spec = self.plugin.rpc_methods.get(method or "")

@@ -3,8 +3,8 @@
 `$ORBIT_MQ_HOME/endpoints/{endpoint}/journal.sqlite3` holds
 - the event outbox: every event is written here before it is published (with publisher
   confirms) and deleted once the broker confirmed it, so an event is never lost;
-- the replies of requests to `@rpc(dedupe=True)` methods, by message_id, so a redelivered or
-  re-sent request gets the stored answer instead of running twice;
+- the replies of requests to `@rpc(dedupe=True)` methods, by caller and message_id, so a
+  redelivered or re-sent request gets the stored answer instead of running twice;
 - sessions, so they outlive an endpoint restart;
 - whatever plugins keep in their own tables (`journal.db`), e.g. the jobs of the psij plugin.
 
@@ -36,12 +36,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB NOT NULL,
     message_id TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS replies (
+-- A stored reply is its caller's: another user repeating the message_id gets no copy. (The
+-- earlier table, keyed without the user, is dropped: a request repeated across that upgrade
+-- runs again, and psij finds the jobs it made by their request key anyway.)
+DROP TABLE IF EXISTS replies;
+CREATE TABLE IF NOT EXISTS caller_replies (
     plugin TEXT NOT NULL,
+    user TEXT NOT NULL,
     message_id TEXT NOT NULL,
     body BLOB NOT NULL,
     stored REAL NOT NULL,
-    PRIMARY KEY (plugin, message_id)
+    PRIMARY KEY (plugin, user, message_id)
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -130,21 +135,23 @@ class Journal:
 
     # -- replies (idempotency) -------------------------------------------------------------
 
-    def stored_reply(self, plugin: str, message_id: str) -> bytes | None:
+    def stored_reply(self, plugin: str, user: str, message_id: str) -> bytes | None:
         row = self.db.execute(
-            "SELECT body FROM replies WHERE plugin = ? AND message_id = ?", (plugin, message_id)
+            "SELECT body FROM caller_replies WHERE plugin = ? AND user = ? AND message_id = ?",
+            (plugin, user, message_id),
         ).fetchone()
-        return bytes(row[0]) if row else None
+        return None if row is None else bytes(row[0])
 
-    def store_reply(self, plugin: str, message_id: str, body: bytes) -> None:
+    def store_reply(self, plugin: str, user: str, message_id: str, body: bytes) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO replies (plugin, message_id, body, stored) VALUES (?,?,?,?)",
-            (plugin, message_id, body, time.time()),
+            "INSERT OR REPLACE INTO caller_replies (plugin, user, message_id, body, stored) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (plugin, user, message_id, body, time.time()),
         )
 
     def forget_old_replies(self, now: float | None = None) -> int:
         cutoff = (time.time() if now is None else now) - REPLY_RETENTION
-        return self.db.execute("DELETE FROM replies WHERE stored < ?", (cutoff,)).rowcount
+        return self.db.execute("DELETE FROM caller_replies WHERE stored < ?", (cutoff,)).rowcount
 
     # -- sessions --------------------------------------------------------------------------
 
