@@ -256,14 +256,12 @@ def audit_rights(model: Grant, actual: Rights, vhost: str) -> list[Finding]:
     for kind in ("configure", "write", "read"):
         given, wanted = actual.regex(kind), model.rights.regex(kind)
         for probe in probes(model.user):
-            has = matches(given, probe.name, model.user, vhost)
-            needs = matches(wanted, probe.name, model.user, vhost)
-            if has and not needs:
-                problem = f"{kind} {given!r} covers {probe.name!r} ({probe.what})"
-                findings.append(Finding(model.user, problem, too_broad=True))
-            elif needs and not has:
-                problem = f"{kind} {given!r} lacks {probe.name!r} ({probe.what}), which it needs"
-                findings.append(Finding(model.user, problem, too_broad=False))
+            found = _compared(
+                model, vhost, given, wanted, probe,
+                broad=f"{kind} {given!r} covers {probe.name!r} ({probe.what})",
+                lacking=f"{kind} {given!r} lacks {probe.name!r} ({probe.what}), which it needs",
+            )  # fmt: skip
+            findings.extend(found)
     return findings
 
 
@@ -282,15 +280,25 @@ def audit_topics(
             limit = getattr(wanted.get(exchange), kind, ".*")
             verb = "publish" if kind == "write" else "bind"
             for probe in keys:
-                has = matches(given, probe.name, model.user, vhost)
-                needs = matches(limit, probe.name, model.user, vhost)
-                if has and not needs:
-                    problem = f"may {verb} {probe.name!r} on {exchange} ({probe.what})"
-                    findings.append(Finding(model.user, problem, too_broad=True))
-                elif needs and not has:
-                    problem = f"may not {verb} {probe.name!r} on {exchange} ({probe.what})"
-                    findings.append(Finding(model.user, problem, too_broad=False))
+                found = _compared(
+                    model, vhost, given, limit, probe,
+                    broad=f"may {verb} {probe.name!r} on {exchange} ({probe.what})",
+                    lacking=f"may not {verb} {probe.name!r} on {exchange} ({probe.what})",
+                )  # fmt: skip
+                findings.extend(found)
     return findings
+
+
+def _compared(
+    model: Grant, vhost: str, given: str, wanted: str, probe: Probe, *, broad: str, lacking: str
+) -> list[Finding]:
+    """What is wrong with regex `given` for `probe`, measured against the model's `wanted`:
+    it covers a name the model does not (`broad`), or lacks one the model needs (`lacking`)."""
+    has = matches(given, probe.name, model.user, vhost)
+    needs = matches(wanted, probe.name, model.user, vhost)
+    if has == needs:
+        return []
+    return [Finding(model.user, broad if has else lacking, too_broad=has)]
 
 
 @dataclass

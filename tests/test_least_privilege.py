@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,14 @@ async def served(fabric: Fabric, tmp_path: Path) -> AsyncIterator[tuple[admin.Ne
         await endpoint.stop(grace=5)
 
 
-async def connected(made: admin.NewUser) -> aiormq.abc.AbstractConnection:
-    return await aiormq.connect(made.url)
+@asynccontextmanager
+async def connected(made: admin.NewUser) -> AsyncIterator[aiormq.abc.AbstractConnection]:
+    """A plain AMQP connection as the user `made`, closed after the block."""
+    connection = await aiormq.connect(made.url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 async def refusal(connection: aiormq.abc.AbstractConnection, action: Action) -> str:
@@ -188,8 +195,7 @@ async def test_an_endpoint_cannot_consume_another_endpoints_queue(
     a, _ = served
     b = await fabric.make(Role.ENDPOINT)
     theirs, mine = request_queue(a.name, "sysinfo"), request_queue(b.name, "sysinfo")
-    connection = await connected(b)
-    try:
+    async with connected(b) as connection:
         assert theirs in await refusal(connection, consume(theirs))
         assert theirs in await refusal(connection, lambda ch: ch.basic_get(theirs))
         # nor bind a queue of its own to A's events (it may read no topic exchange)
@@ -200,8 +206,6 @@ async def test_an_endpoint_cannot_consume_another_endpoints_queue(
         )
         assert EVENTS_EXCHANGE in said
         await allowed(connection, consume(mine))  # its own: the refusals above are not general
-    finally:
-        await connection.close()
 
 
 async def test_an_endpoint_publishes_events_and_presence_only_under_its_own_name(
@@ -209,8 +213,7 @@ async def test_an_endpoint_publishes_events_and_presence_only_under_its_own_name
 ) -> None:
     a, _ = served
     b = await fabric.make(Role.ENDPOINT)
-    connection = await connected(b)
-    try:
+    async with connected(b) as connection:
         for exchange, key, presence in [
             (EVENTS_EXCHANGE, event_key(a.name, "psij", "job_status"), False),
             (TOPOLOGY_EXCHANGE, presence_key(a.name, PresenceStatus.OFFLINE), True),
@@ -221,8 +224,6 @@ async def test_an_endpoint_publishes_events_and_presence_only_under_its_own_name
         await allowed(
             connection, publish(TOPOLOGY_EXCHANGE, presence_key(b.name, "online"), presence=True)
         )
-    finally:
-        await connection.close()
 
 
 async def test_an_endpoint_declares_nothing_outside_its_own_names(
@@ -230,8 +231,7 @@ async def test_an_endpoint_declares_nothing_outside_its_own_names(
 ) -> None:
     a, _ = served
     b = await fabric.make(Role.ENDPOINT)
-    connection = await connected(b)
-    try:
+    async with connected(b) as connection:
         for action in [
             declare_queue(request_queue(a.name, "sysinfo")),
             declare_queue(request_queue(a.name, "newplugin")),
@@ -244,8 +244,6 @@ async def test_an_endpoint_declares_nothing_outside_its_own_names(
         ]:
             await refusal(connection, action)
         await allowed(connection, declare_queue(request_queue(b.name, "newplugin")))
-    finally:
-        await connection.close()
 
 
 async def test_a_client_cannot_consume_or_make_a_request_queue(
@@ -254,8 +252,7 @@ async def test_a_client_cannot_consume_or_make_a_request_queue(
     a, _ = served
     client = await fabric.make(Role.CLIENT)
     queue = request_queue(a.name, "sysinfo")
-    connection = await connected(client)
-    try:
+    async with connected(client) as connection:
         assert queue in await refusal(connection, consume(queue))
         await refusal(connection, declare_queue(request_queue(a.name, "other")))
         await refusal(
@@ -270,8 +267,6 @@ async def test_a_client_cannot_consume_or_make_a_request_queue(
                 b"{}", exchange=RPC_EXCHANGE, routing_key=request_key(a.name, "nothing")
             ),
         )
-    finally:
-        await connection.close()
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

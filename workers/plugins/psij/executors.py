@@ -45,6 +45,7 @@ from orbit_mq.workers.plugins.psij.scheduler import (
 
 if TYPE_CHECKING:
     import psij
+    import psutil
 
 log = bounded_logger("orbit_mq.plugin.psij")
 
@@ -336,16 +337,22 @@ def describe(exc: BaseException) -> str:
     return f"{message}: {cause}" if cause is not None else str(message)
 
 
-def local_process_running(native_id: str, job_id: str) -> bool:
-    """True while the local job's launcher still runs: the pid exists, is not a zombie, and its
+def _job_process(native_id: str, job_id: str) -> psutil.Process | None:
+    """The local job's launcher while it still runs: the pid exists, is not a zombie, and its
     command line carries the job id (so a recycled pid is not taken for the job)."""
     import psutil
 
     try:
         process = psutil.Process(int(native_id))
-        return process.status() != psutil.STATUS_ZOMBIE and job_id in process.cmdline()
+        if process.status() != psutil.STATUS_ZOMBIE and job_id in process.cmdline():
+            return process
     except (ValueError, psutil.Error):
-        return False
+        pass
+    return None
+
+
+def local_process_running(native_id: str, job_id: str) -> bool:
+    return _job_process(native_id, job_id) is not None
 
 
 def terminate_local_process(native_id: str, job_id: str, grace: float = 5.0) -> None:
@@ -355,12 +362,12 @@ def terminate_local_process(native_id: str, job_id: str, grace: float = 5.0) -> 
     fails on every round once the process has gone, and stops noticing any local job's end."""
     import psutil
 
+    root = _job_process(native_id, job_id)
+    if root is None:
+        return
     try:
-        root = psutil.Process(int(native_id))
-        if job_id not in root.cmdline():
-            return  # a recycled pid: the job's own process is gone
         tree = [*root.children(recursive=True), root]
-    except (ValueError, psutil.Error):
+    except psutil.Error:
         return
     for process in tree:
         with contextlib.suppress(psutil.Error):

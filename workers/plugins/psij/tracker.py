@@ -357,9 +357,7 @@ class Tracker:
             if change.ending is not None:
                 row.exit_code = change.ending.outcome.exit_code
                 row.message = change.ending.outcome.message
-        for change in changes:
-            row = change.job.row
-            if row.job_id in entries:
+            if row.job_id in entries:  # a job's lines of the whole group, at its first change
                 files.JobDir(row.job_dir).append_status(entries.pop(row.job_id))
             if row.state.final:
                 del self.live[row.job_id]
