@@ -83,11 +83,13 @@ def _add(
     url: str | None,
     management_url: str | None,
     rabbitmqctl: bool,
+    all_events: bool = False,
 ) -> tuple[admin.NewUser, str]:
     settings = settings_for(ctx, url=url)
 
     async def make(accounts: Accounts) -> tuple[admin.NewUser, str]:
-        return await admin.add_user(accounts, settings, role, name), accounts.where
+        made = await admin.add_user(accounts, settings, role, name, all_events)
+        return made, accounts.where
 
     return _with_accounts(settings, management_url, rabbitmqctl, make)
 
@@ -134,13 +136,21 @@ def add_endpoint(
 def add_client(
     ctx: typer.Context,
     name: NameArg,
+    all_events: Annotated[
+        bool,
+        typer.Option(
+            "--all-events",
+            help="Let it read every user's events and the endpoints' audit events (for "
+            "operators and the users an endpoint names admins); others read only their own.",
+        ),
+    ] = False,
     url: UrlOption = None,
     management_url: ManagementUrl = None,
     rabbitmqctl: UseRabbitmqctl = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Make client NAME's broker user; prints its password (once) and the URL to use."""
-    made, where = _add(ctx, Role.CLIENT, name, url, management_url, rabbitmqctl)
+    made, where = _add(ctx, Role.CLIENT, name, url, management_url, rabbitmqctl, all_events)
     if as_json:
         print_json(_described(made))
         return

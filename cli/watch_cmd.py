@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from orbit_mq.cli.common import EXIT_ERROR, UrlOption, guarded, run_async, settings_for
-from orbit_mq.client import Fabric
+from orbit_mq.client import MINE, Fabric, Mine
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError
 from orbit_mq.protocol import EVENTS_EXCHANGE, TOPOLOGY_EXCHANGE, EndpointInfo, Event
@@ -36,16 +36,20 @@ async def watch_messages(
     durable: str | None,
     count: int | None,
     timeout: float | None,
+    owner: str | Mine | None = MINE,
+    audit: bool = False,
 ) -> bool:
     """Print messages until `count` arrived (True) or `timeout` elapsed (False)."""
     async with Fabric(settings) as fabric:
         if presence:
             subscription: Watched = fabric.presence(*patterns)
+        elif audit:
+            subscription = fabric.audit_events(patterns[0], durable=durable)
         else:
-            subscription = fabric.subscribe(*patterns, durable=durable)
+            subscription = fabric.subscribe(*patterns, durable=durable, owner=owner)
         await subscription.start()
         exchange = TOPOLOGY_EXCHANGE if presence else EVENTS_EXCHANGE
-        typer.echo(f"watching {exchange} {' '.join(patterns)}", err=True)
+        typer.echo(f"watching {exchange} {' '.join(subscription.patterns)}", err=True)
         try:
             async with asyncio.timeout(timeout) as scope:
                 await _print_lines(subscription, count)
@@ -63,8 +67,9 @@ def watch(
         list[str] | None,
         typer.Argument(
             metavar="PATTERN",
-            help="Routing-key patterns: {endpoint}.{plugin}.{topic} for events, "
-            "{endpoint}.{status} with --presence; * is one word, # any number.",
+            help="Routing-key patterns: {endpoint}.{plugin}.{topic} for events (about your own "
+            "work, unless --user or --all-users), {endpoint}.{status} with --presence, "
+            "{endpoint} with --audit; * is one word, # any number.",
             show_default="#",
         ),
     ] = None,
@@ -90,9 +95,32 @@ def watch(
         typer.Option(
             "--durable",
             metavar="NAME",
-            help="Use the durable queue orbit.sub.NAME, which keeps events while nobody watches.",
+            help="Use your durable queue NAME (orbit.sub.{you}.NAME), which keeps events while "
+            "nobody watches.",
         ),
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            metavar="USER",
+            help="Events about USER's work (needs a broker user granted all events).",
+        ),
+    ] = None,
+    all_users: Annotated[
+        bool,
+        typer.Option(
+            "--all-users", help="Events about everyone's work (needs all events granted)."
+        ),
+    ] = False,
+    audit: Annotated[
+        bool,
+        typer.Option(
+            "--audit",
+            help="The endpoints' audit events: refusals, admin overrides, remote stops (needs "
+            "all events granted).",
+        ),
+    ] = False,
     url: UrlOption = None,
     as_json: Annotated[
         bool,
@@ -109,15 +137,20 @@ def watch(
     """
     if presence and durable:
         raise ConfigError("--durable applies to events, not to --presence")
+    if user and all_users:
+        raise ConfigError("give --user USER or --all-users, not both")
     settings = settings_for(ctx, url=url)
+    owner: str | Mine | None = None if all_users else (user or MINE)
     complete = run_async(
         watch_messages(
             settings,
-            patterns or ["#"],
+            patterns or (["*"] if audit else ["#"]),
             presence=presence,
             durable=durable,
             count=count,
             timeout=timeout,
+            owner=owner,
+            audit=audit,
         )
     )
     if not complete and count is not None:

@@ -16,7 +16,7 @@ from orbit_mq import broker
 from orbit_mq.broker_admin import Accounts, vhost_of
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError
-from orbit_mq.permissions import Audit, BrokerUser, Role, audit, grant_for
+from orbit_mq.permissions import ALL_EVENTS_TAG, Audit, BrokerUser, Role, audit, grant_for
 from orbit_mq.protocol import check_name
 from orbit_mq.tls import login_user
 
@@ -49,8 +49,11 @@ async def declare_shared_topology(settings: Settings) -> None:
         await broker.quietly(connection.close())
 
 
-async def add_user(accounts: Accounts, settings: Settings, role: Role, name: str) -> NewUser:
-    """Make broker user `name` for `role` on the vhost of `settings.url`, with a new password."""
+async def add_user(
+    accounts: Accounts, settings: Settings, role: Role, name: str, all_events: bool = False
+) -> NewUser:
+    """Make broker user `name` for `role` on the vhost of `settings.url`, with a new password
+    (a client with `all_events` may read every user's events and the audit events)."""
     kind = "endpoint" if role is Role.ENDPOINT else "user"
     check_name(kind, name)
     vhost = vhost_of(settings.url)
@@ -60,9 +63,10 @@ async def add_user(accounts: Accounts, settings: Settings, role: Role, name: str
             f"with `orbit-mq admin remove {name}`"
         )
     await declare_shared_topology(settings)
-    grant = grant_for(role, name)
+    grant = grant_for(role, name, all_events)
     password = secrets.token_urlsafe(PASSWORD_BYTES)
-    await accounts.add_user(name, password, (role.tag,))
+    tags = (role.tag, ALL_EVENTS_TAG) if all_events and role is Role.CLIENT else (role.tag,)
+    await accounts.add_user(name, password, tags)
     try:
         await accounts.set_rights(vhost, name, grant.rights)
         for topic in grant.topics:

@@ -242,13 +242,22 @@ def _channels(plugins: list[str], events: list[str]) -> dict[str, Any]:
             "bindings": _queue(p.REPLY_TO, durable=False, exclusive=True),
         },
         "events": {
-            "address": p.event_key("{endpoint}", "{plugin}", "{topic}"),
-            "description": f"Events on the topic exchange {p.EVENTS_EXCHANGE}; bind a queue "
-            "with a pattern such as `hpc1.*.session_status` or `hpc1.#`.",
+            "address": p.event_key("{endpoint}", "{plugin}", "{topic}", "{owner}").replace(
+                p.owner_word("{owner}"), "{owner}"
+            ),
+            "description": f"Events on the topic exchange {p.EVENTS_EXCHANGE}, each about one "
+            "broker user's work, whose owner word ends the key; bind a queue with four words "
+            "ending in your own, such as `hpc1.*.session_status.alice` or `*.*.*.alice` (the "
+            "broker refuses other users' keys). Audit events go under "
+            f"`{p.audit_key('{endpoint}')}`, for users granted all events.",
             "parameters": {
                 "endpoint": endpoint,
                 "plugin": plugin,
                 "topic": topic,
+                "owner": {
+                    "description": "The owner's broker user name, with every character but "
+                    "letters, digits, '@', '+', '_' and '-' (and a leading '_') %XX-encoded."
+                },
             },
             "messages": refs("event", *(_event_message(file) for file in events)),
             "bindings": _exchange(p.EVENTS_EXCHANGE, "topic"),

@@ -41,7 +41,9 @@ from orbit_mq.protocol import (
     TOPOLOGY_EXCHANGE,
     EndpointInfo,
     Event,
+    audit_key,
     check_name,
+    owned_pattern,
     request_key,
     request_queue,
 )
@@ -51,6 +53,13 @@ from orbit_mq.subscribe import Subscription
 from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.wire import discovery_properties, outcome
+
+
+class Mine:
+    """The default owner of `Fabric.subscribe`: the connection's own broker user."""
+
+
+MINE = Mine()
 
 log = logging.getLogger("orbit_mq.client")
 C = TypeVar("C", bound=Contract)
@@ -332,10 +341,30 @@ class Fabric:
 
     # -- events ----------------------------------------------------------------------------
 
-    def subscribe(self, *patterns: str, durable: str | None = None) -> Subscription[Event]:
-        """Events on orbit.events whose key `{endpoint}.{plugin}.{topic}` matches a pattern."""
+    def subscribe(
+        self, *patterns: str, durable: str | None = None, owner: str | Mine | None = MINE
+    ) -> Subscription[Event]:
+        """Events on orbit.events about `owner`'s work (by default this connection's user's)
+        whose `{endpoint}.{plugin}.{topic}` matches a pattern (`*` one word, `#` any).
+
+        `owner=None` asks for everyone's events, and `owner="bob"` for bob's: the broker
+        refuses both unless this user was granted all events (`orbit-mq admin user add
+        --all-events`), as it refuses the endpoint's audit events (`audit_events`)."""
+        whose = self.user if isinstance(owner, Mine) else owner
+        try:
+            keys = tuple(owned_pattern(pattern, whose) for pattern in patterns)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return self._events(keys, durable)
+
+    def audit_events(self, endpoint: str = "*", durable: str | None = None) -> Subscription[Event]:
+        """An endpoint's audit events (`data`: an `AuditRecord`); only for users granted all
+        events."""
+        return self._events((audit_key(endpoint),), durable)
+
+    def _events(self, keys: tuple[str, ...], durable: str | None) -> Subscription[Event]:
         subscription = Subscription(
-            self.connection, EVENTS_EXCHANGE, patterns, Event, durable=durable
+            self.connection, EVENTS_EXCHANGE, keys, Event, durable=durable, user=self.user
         )
         self._subscriptions.append(subscription)
         return subscription

@@ -83,8 +83,14 @@ class Settings(BaseSettings):
     )
     admin_users: Names = Field(
         default_factory=list,
-        description="Broker users who may stop an endpoint remotely; empty means only its own "
-        "user.",
+        description="Broker users who may act on every user's work on an endpoint and stop it "
+        "remotely; empty means only its own user.",
+    )
+    legacy_events: bool = Field(
+        False,
+        description="Also publish every event under its protocol 1 routing key (no owner word) "
+        "for clients not yet on protocol 2; anyone who may bind to orbit.events then reads "
+        "them, so use it only while such clients migrate (docs/protocol.md, Versioning).",
     )
     prefetch: int = Field(256, gt=0, description="Unacked requests per plugin queue.")
     ack_within: float = Field(

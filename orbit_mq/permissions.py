@@ -21,9 +21,12 @@ from orbit_mq.protocol import (
     RPC_EXCHANGE,
     TOPOLOGY_EXCHANGE,
     PresenceStatus,
+    audit_key,
     check_name,
     discovery_queue,
     event_key,
+    legacy_event_key,
+    owner_word,
     presence_key,
     private_subscription_queue,
     request_queue,
@@ -38,7 +41,8 @@ NOTHING = "^$"  # a regex that matches no resource name
 WORD = NAME_PATTERN.removeprefix("^").removesuffix("$")  # an endpoint, plugin or queue word
 PID = "[0-9]+"
 HEX_TOKEN = "[0-9a-f]{32}"  # uuid4().hex
-KEY_WORD = "[^.]+"  # one routing-key word (an event topic)
+KEY_WORD = "[^.]+"  # one routing-key word (an event topic; in a binding also `*` or `#`)
+OWNER_WORD = "[A-Za-z0-9@+_%-]+"  # what owner_word() makes of any user name
 
 
 class Role(StrEnum):
@@ -53,6 +57,8 @@ class Role(StrEnum):
 
 
 ADMINISTRATOR_TAG = "administrator"
+# A client granted every user's events and the audit events (`admin user add --all-events`).
+ALL_EVENTS_TAG = "orbit-all-events"
 
 
 @dataclass(frozen=True)
@@ -111,12 +117,24 @@ def endpoint_queues(name: str) -> list[str]:
     ]
 
 
-def client_queues() -> list[str]:
-    """Regexes of the queues a client declares: its subscriptions' queues."""
+def client_queues(user: str) -> list[str]:
+    """Regexes of the queues client `user` declares: its durable subscriptions' queues (under
+    its owner word: no other user's) and its private ones."""
     return [
-        template(subscription_queue("{name}"), name=WORD),
+        template(subscription_queue(user, "{name}"), name=WORD),
         template(private_subscription_queue("{token}"), token=HEX_TOKEN),
     ]
+
+
+def own_events(user: str) -> str:
+    """The binding keys on orbit.events that client `user` may use: four words, the last its
+    owner word, so every key such a binding matches is about its own work."""
+    words = ("{endpoint}", "{plugin}", "{topic}")
+    key = template(
+        event_key(*words, "{owner}").replace(owner_word("{owner}"), "{owner}"),
+        endpoint=KEY_WORD, plugin=KEY_WORD, topic=KEY_WORD, owner=re.escape(owner_word(user)),
+    )  # fmt: skip
+    return "^" + key + "$"
 
 
 def endpoint_grant(name: str) -> Grant:
@@ -136,12 +154,21 @@ def endpoint_grant(name: str) -> Grant:
         read=one_of(*own, *literal(RPC_EXCHANGE)),
     )
     statuses = "(?:" + "|".join(re.escape(status.value) for status in PresenceStatus) + ")"
+    owned = event_key(name, "{plugin}", "{topic}", "{owner}").replace(
+        owner_word("{owner}"), "{owner}"
+    )
     topics = (
         TopicRights(
             EVENTS_EXCHANGE,
-            write="^"
-            + template(event_key(name, "{plugin}", "{topic}"), plugin=WORD, topic=KEY_WORD)
-            + "$",
+            # Its events, under each owner's word; under protocol 1's keys too (an endpoint
+            # told to publish them); and its audit events.
+            write=one_of(
+                template(owned, plugin=WORD, topic=KEY_WORD, owner=OWNER_WORD),
+                template(
+                    legacy_event_key(name, "{plugin}", "{topic}"), plugin=WORD, topic=KEY_WORD
+                ),
+                re.escape(audit_key(name)),
+            ),
             read=NOTHING,
         ),
         TopicRights(
@@ -153,21 +180,25 @@ def endpoint_grant(name: str) -> Grant:
     return Grant(name, Role.ENDPOINT, rights, topics)
 
 
-def client_grant(name: str) -> Grant:
-    """A client's rights: send requests (and discovery) to orbit.rpc, subscribe to events and
-    presence through queues of its own. Replies come by direct reply-to, which needs no
-    right, and checking an endpoint's queue is a passive declare, which needs none either."""
-    own = client_queues()
+def client_grant(name: str, all_events: bool = False) -> Grant:
+    """A client's rights: send requests (and discovery) to orbit.rpc, subscribe to presence
+    and to the events about its own work (all events, the audit ones too, if `all_events`)
+    through queues of its own. Replies come by direct reply-to, which needs no right, and
+    checking an endpoint's queue is a passive declare, which needs none either."""
+    own = client_queues(name)
     rights = Rights(
         configure=one_of(*own),
         write=one_of(*own, *literal(RPC_EXCHANGE)),
         read=one_of(*own, *literal(EVENTS_EXCHANGE, TOPOLOGY_EXCHANGE)),
     )
-    return Grant(name, Role.CLIENT, rights)
+    events = TopicRights(
+        EVENTS_EXCHANGE, write=NOTHING, read=".*" if all_events else own_events(name)
+    )
+    return Grant(name, Role.CLIENT, rights, (events,))
 
 
-def grant_for(role: Role, name: str) -> Grant:
-    return endpoint_grant(name) if role is Role.ENDPOINT else client_grant(name)
+def grant_for(role: Role, name: str, all_events: bool = False) -> Grant:
+    return endpoint_grant(name) if role is Role.ENDPOINT else client_grant(name, all_events)
 
 
 # -- the audit ---------------------------------------------------------------------------------
@@ -185,6 +216,10 @@ class BrokerUser:
     @property
     def administrator(self) -> bool:
         return ADMINISTRATOR_TAG in self.tags
+
+    @property
+    def all_events(self) -> bool:
+        return ALL_EVENTS_TAG in self.tags
 
 
 @dataclass(frozen=True)
@@ -219,7 +254,8 @@ def probes(user: str) -> list[Probe]:
         Probe(discovery_queue(user, 1), "its own discovery queue"),
         Probe(request_queue(other, "psij"), "another endpoint's request queue"),
         Probe(discovery_queue(other, 1), "another endpoint's discovery queue"),
-        Probe(subscription_queue("watch"), "a durable subscription's queue"),
+        Probe(subscription_queue(user, "watch"), "its own durable subscription's queue"),
+        Probe(subscription_queue(other, "watch"), "another user's durable subscription's queue"),
         Probe(private_subscription_queue("0" * 32), "a subscription's private queue"),
         Probe("unrelated", "a queue or exchange outside orbit_mq's names"),
     ]
@@ -232,8 +268,14 @@ def topic_probes(user: str) -> dict[str, list[Probe]]:
     other = f"{user}x"[:64]
     return {
         EVENTS_EXCHANGE: [
-            Probe(event_key(user, "psij", "job_status"), "its own events"),
-            Probe(event_key(other, "psij", "job_status"), "another endpoint's events"),
+            Probe(event_key(user, "psij", "job_status", user), "its own events"),
+            Probe(event_key(other, "psij", "job_status", user), "another endpoint's events"),
+            Probe(event_key("*", "*", "*", user), "events about its own work"),
+            Probe(event_key("*", "*", "*", other), "events about another user's work"),
+            Probe(legacy_event_key(user, "psij", "job_status"), "its own protocol 1 events"),
+            Probe("#", "every event"),
+            Probe(audit_key(user), "its own audit events"),
+            Probe(audit_key("*"), "every endpoint's audit events"),
         ],
         TOPOLOGY_EXCHANGE: [
             Probe(presence_key(user, PresenceStatus.ONLINE), "its own presence"),
@@ -331,7 +373,11 @@ def audit(
             report.administrators.append(user.name)
             continue
         role = user.role or Role.CLIENT
-        model = grant_for(role, user.name) if _valid(user.name) else client_grant(user.name)
+        model = (
+            grant_for(role, user.name, user.all_events)
+            if _valid(user.name)
+            else client_grant(user.name, user.all_events)
+        )
         report.checked.append(user.name)
         report.findings += audit_rights(model, rights[user.name], vhost)
         report.findings += audit_topics(model, rights[user.name], topics.get(user.name, {}), vhost)

@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"
+# Majors an endpoint answers. Requests and replies did not change from 1 to 2; event routing
+# keys did (they name the owner), see docs/protocol.md "Versioning".
+SUPPORTED_PROTOCOLS = ("1", "2")
 
 RPC_EXCHANGE = "orbit.rpc"
 EVENTS_EXCHANGE = "orbit.events"
@@ -60,18 +63,75 @@ def discovery_queue(endpoint: str, instance: int | str) -> str:
     return f"orbit.discover.{endpoint}.{instance}"
 
 
-def subscription_queue(name: str) -> str:
-    """A durable subscription's queue, named by its subscriber."""
-    return f"orbit.sub.{name}"
+def subscription_queue(owner: str, name: str) -> str:
+    """A durable subscription's queue, named by its subscriber under their owner word (so the
+    broker can give each user rights on their own queues only)."""
+    return f"orbit.sub.{owner_word(owner)}.{name}"
 
 
 def private_subscription_queue(token: str) -> str:
-    """A non-durable subscription's queue (`token`: a uuid4 in hex), gone with its connection."""
-    return f"orbit.sub.tmp.{token}"
+    """A non-durable subscription's queue (`token`: a uuid4 in hex), gone with its connection
+    (not under orbit.sub., where a user's owner word could be `tmp`)."""
+    return f"orbit.tmp.{token}"
 
 
-def event_key(endpoint: str, plugin: str, topic: str) -> str:
+# The owner word of events nobody owns but the endpoint's admins may read (audit events); no
+# user's owner word starts with "_".
+ADMINS_OWNER = "_admins"
+AUDIT_PLUGIN = "_endpoint"  # the plugin word of the endpoint's own events
+AUDIT_TOPIC = "audit"
+# Characters an owner word keeps as they are; every other one is %XX-encoded.
+_OWNER_SAFE = re.compile(r"[A-Za-z0-9@+_-]")
+
+
+def owner_word(user: str) -> str:
+    """The routing-key word that stands for broker user `user`: the name with every character
+    that is not a letter, digit, '@', '+', '_' or '-' (and a leading '_') %XX-encoded (UTF-8),
+    so that dots and wildcards cannot reshape a key and no user's word is a reserved one."""
+    out = []
+    for index, char in enumerate(user):
+        if _OWNER_SAFE.match(char) and not (index == 0 and char == "_"):
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode())
+    return "".join(out) or "%"
+
+
+def event_key(endpoint: str, plugin: str, topic: str, owner: str) -> str:
+    """Routing key of an event about the work of broker user `owner` (protocol 2)."""
+    return f"{endpoint}.{plugin}.{topic}.{owner_word(owner)}"
+
+
+def audit_key(endpoint: str) -> str:
+    """Routing key of an endpoint's audit events, readable only by users granted all events."""
+    return f"{endpoint}.{AUDIT_PLUGIN}.{AUDIT_TOPIC}.{ADMINS_OWNER}"
+
+
+def legacy_event_key(endpoint: str, plugin: str, topic: str) -> str:
+    """Routing key of protocol 1 events (no owner), published only where an endpoint is told
+    to (`legacy_events`) while old clients migrate: anyone who may bind can read them."""
     return f"{endpoint}.{plugin}.{topic}"
+
+
+def owned_pattern(pattern: str, owner: str | None) -> str:
+    """A binding pattern for events: `{endpoint}.{plugin}.{topic}` words (`*` for any, one `#`
+    for any number), completed to the four words of protocol 2 with `owner`'s word (`None`:
+    any owner, which the broker allows only to users granted all events)."""
+    words = pattern.split(".")
+    if words.count("#") > 1 or len(words) - words.count("#") > 3:
+        raise ValueError(
+            f"invalid event pattern {pattern!r}: give at most three words "
+            "'{endpoint}.{plugin}.{topic}', each a name or '*', with at most one '#'"
+        )
+    if "#" in words:
+        at = words.index("#")
+        words[at : at + 1] = ["*"] * (3 - (len(words) - 1))
+    if len(words) != 3:
+        raise ValueError(
+            f"invalid event pattern {pattern!r}: it needs three words "
+            "'{endpoint}.{plugin}.{topic}' (or a '#' standing for the missing ones)"
+        )
+    return ".".join([*words, "*" if owner is None else owner_word(owner)])
 
 
 def presence_key(endpoint: str, status: PresenceStatus | str) -> str:
@@ -151,7 +211,7 @@ def utcnow() -> datetime:
 
 
 class Event(_Wire):
-    """A message on orbit.events, routing key `{endpoint}.{plugin}.{topic}`."""
+    """A message on orbit.events, routing key `{endpoint}.{plugin}.{topic}.{owner}`."""
 
     id: str | None = Field(
         default=None,
@@ -163,7 +223,30 @@ class Event(_Wire):
     plugin: str
     topic: str
     time: datetime = Field(default_factory=utcnow, description="When the event was journaled.")
+    owner: str | None = Field(
+        default=None,
+        description="The broker user whose work the event is about (its routing key's last "
+        "word is this name's owner word); absent from endpoint-wide events such as audit.",
+    )
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+AuditDecision = Literal["refused", "admin_override", "stop"]
+
+
+class AuditRecord(_Wire):
+    """The data of an endpoint's audit event (topic `audit`): a decision that crossed users."""
+
+    decision: AuditDecision = Field(
+        description="`refused`: the call was refused; `admin_override`: an admin acted on "
+        "another user's work; `stop`: an admin stopped the endpoint."
+    )
+    user: str = Field(description="The broker user who called.")
+    method: str = Field(description="`{plugin}.{method}` of the call.")
+    kind: str = Field(description="What the call named: job, session, endpoint, …")
+    ids: list[str] = Field(default_factory=list, description="The objects it named (at most 20).")
+    owners: list[str] = Field(default_factory=list, description="Whose they are.")
+    message: str = Field(description="The line written to the endpoint's log.")
 
 
 class HostRole(StrEnum):
@@ -241,5 +324,6 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "event": Event,
     "endpoint-info": EndpointInfo,
     "session-info": SessionInfo,
+    "audit-record": AuditRecord,
     "health": HealthInfo,
 }

@@ -35,8 +35,10 @@ MEMORY = 100_000  # message ids and sequences remembered per subscription
 _SEQUENCE_ID = re.compile(r"^(.+):(\d+)$")
 
 
-def durable_queue_name(name: str) -> str:
-    return subscription_queue(check_name("subscription", name))
+def durable_queue_name(user: str, name: str) -> str:
+    """The queue of broker user `user`'s durable subscription `name`: theirs alone, since
+    the broker gives each user rights on queues under their own owner word only."""
+    return subscription_queue(user, check_name("subscription", name))
 
 
 class Seen:
@@ -74,7 +76,8 @@ class Seen:
 class Subscription(Generic[M]):
     """Messages from one exchange matching topic patterns, in the order the broker holds them.
 
-    A durable subscription (`durable="name"`) uses the queue `orbit.sub.{name}`, which keeps
+    A durable subscription (`durable="name"`) uses the queue `orbit.sub.{user}.{name}` (`user`:
+    the owner word of the broker user subscribing), which keeps
     events while nobody listens; each event is acked when the next one is asked for (or at
     `close()`), so an event being handled when the subscriber dies is delivered again (a new
     subscription delivers it once more: at least once across processes). A non-durable one
@@ -93,6 +96,7 @@ class Subscription(Generic[M]):
         model: type[M],
         durable: str | None = None,
         prefetch: int = 256,
+        user: str = "",
     ) -> None:
         if not patterns:
             raise ConfigError("subscribe needs at least one routing-key pattern, e.g. 'hpc1.#'")
@@ -103,7 +107,9 @@ class Subscription(Generic[M]):
         self._durable = durable
         self._prefetch = prefetch
         self.queue_name = (
-            durable_queue_name(durable) if durable else private_subscription_queue(uuid.uuid4().hex)
+            durable_queue_name(user, durable)
+            if durable
+            else private_subscription_queue(uuid.uuid4().hex)
         )
         self._lane: Lane | None = None
         self._inbox: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()

@@ -85,9 +85,9 @@ class PluginHarness:
             self._scratch.cleanup()
 
     async def _collect(
-        self, plugin: str, topic: str, data: dict[str, Any], key: str | None
+        self, plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
     ) -> None:
-        event = Event(id=key, endpoint=ENDPOINT, plugin=plugin, topic=topic, data=data)
+        event = Event(id=key, endpoint=ENDPOINT, plugin=plugin, topic=topic, owner=owner, data=data)
         self.events.append(event)
 
     @overload

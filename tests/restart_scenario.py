@@ -28,7 +28,8 @@ from broker_control import restart
 
 import orbit_mq
 from orbit_mq.contracts.psij import TERMINAL
-from orbit_mq.protocol import EVENTS_EXCHANGE, request_queue
+from orbit_mq.protocol import EVENTS_EXCHANGE, owned_pattern, request_queue, subscription_queue
+from orbit_mq.tls import login_user
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 CONCURRENCY = 16
@@ -209,7 +210,9 @@ async def run_scenario(
     report = Report(jobs=jobs, restarts=restarts)
     started = report.started
     endpoint = _endpoint_process(url, home, name, workdir / "endpoint.log")
-    pika_recorder = PikaRecorder(url, f"{name}.psij.job_status")
+    pika_recorder = PikaRecorder(
+        url, owned_pattern(f"{name}.psij.job_status", login_user(orbit_mq.Settings(url=url)))
+    )
     durable = f"restart-{name}"
     fabric = orbit_mq.Fabric(orbit_mq.Settings(url=url, timeout=120))
     try:
@@ -229,7 +232,7 @@ async def run_scenario(
         pika_recorder.close()
         with contextlib.suppress(Exception):
             channel = await fabric.connection.channel()
-            await channel.queue_delete(f"orbit.sub.{durable}")
+            await channel.queue_delete(subscription_queue(fabric.user, durable))
         await fabric.close()
         endpoint.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

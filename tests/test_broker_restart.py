@@ -62,4 +62,4 @@ async def test_endpoint_and_client_survive_a_broker_restart(
         connection = await aio_pika.connect(settings.url)
         async with connection:
             channel = await connection.channel()
-            await channel.queue_delete(durable_queue_name(durable))
+            await channel.queue_delete(durable_queue_name(fabric.user, durable))

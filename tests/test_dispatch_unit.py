@@ -29,7 +29,9 @@ from orbit_mq.workers.registry import known_plugins, load_plugins
 Sent = list[tuple[bytes, str | None]]
 
 
-async def _no_events(plugin: str, topic: str, data: dict[str, Any], key: str | None) -> None:
+async def _no_events(
+    plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
+) -> None:
     pass
 
 

@@ -96,7 +96,7 @@ async def test_durable_subscription_keeps_events_while_away(
         connection = await aio_pika.connect(settings.url)
         async with connection:
             channel = await connection.channel()
-            await channel.queue_delete(durable_queue_name(durable))
+            await channel.queue_delete(durable_queue_name(fabric.user, durable))
 
 
 async def test_presence_online_heartbeat_offline(
@@ -151,7 +151,7 @@ async def test_closing_a_durable_subscription_leaves_nothing_behind(
             async with asyncio.timeout(10):
                 taken = [event.data["seq"] async for event in _take(first, 4)]
         channel = await connection.channel()
-        queue = await channel.declare_queue(durable_queue_name(durable), passive=True)
+        queue = await channel.declare_queue(durable_queue_name(fabric.user, durable), passive=True)
         assert queue.declaration_result.consumer_count == 0
         assert queue.declaration_result.message_count == 6  # none stranded unacked
         async with fabric.subscribe(f"{name}.echo.tick", durable=durable) as second:
@@ -160,5 +160,5 @@ async def test_closing_a_durable_subscription_leaves_nothing_behind(
         assert (taken, rest) == ([1, 2, 3, 4], [5, 6, 7, 8, 9, 10])
     finally:
         channel = await connection.channel()
-        await channel.queue_delete(durable_queue_name(durable))
+        await channel.queue_delete(durable_queue_name(fabric.user, durable))
         await connection.close()

@@ -32,7 +32,7 @@ TOPOLOGY = "orbit.topology"
 REPLY_TO = "amq.rabbitmq.reply-to"
 DISCOVER_KEY = "_orbit.discover"
 JSON = "application/json"
-PROTOCOL = "1"
+PROTOCOL = "2"
 WAIT = 10.0  # seconds, the bound of every wait
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -178,7 +178,9 @@ async def test_register_session_publishes_session_status(
     await start_endpoint()
 
     def scenario(client: Client) -> None:
-        events = client.listen(EVENTS, f"{name}.sysinfo.session_status")
+        # protocol 2: the key's last word is the owner's user name (plain here: no character
+        # in it needs encoding)
+        events = client.listen(EVENTS, f"{name}.sysinfo.session_status.{client.user}")
         reply = client.call(name, "sysinfo", "register_session", {"ttl": 30})
         session = check(reply["result"], "session-info")
         assert session["status"] == "active" and session["user"] == client.user
@@ -271,10 +273,12 @@ async def test_other_protocol_major_and_expired_deadline(
     await start_endpoint()
 
     def scenario(client: Client) -> None:
-        reply = client.call(name, "sysinfo", "homedir", protocol="2")
+        reply = client.call(name, "sysinfo", "homedir", protocol="3")
         assert error_code(reply) == "invalid_request"
-        assert reply["error"]["details"]["supported"] == [PROTOCOL]
+        assert reply["error"]["details"]["supported"] == ["1", PROTOCOL]
+        # requests did not change from 1 to 2: a protocol 1 client is still answered
         assert client.call(name, "sysinfo", "homedir", protocol="1.7")["ok"] is True
+        assert client.call(name, "sysinfo", "homedir", protocol="2.1")["ok"] is True
         past = int(time.time() * 1000) - 1000
         assert error_code(client.call(name, "sysinfo", "homedir", deadline_ms=past)) == "timeout"
 

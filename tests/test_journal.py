@@ -64,7 +64,7 @@ async def test_events_left_in_the_outbox_are_published_at_start(
     journal = Journal(journal_path(settings.home, name))
     for seq in (1, 2):
         event = Event(endpoint=name, plugin="echo", topic="tick", data={"seq": seq})
-        key = event_key(name, "echo", "tick")
+        key = event_key(name, "echo", "tick", fabric.user)
         journal.add_event(EVENTS_EXCHANGE, key, event.model_dump_json().encode(), f"left:{seq}")
     journal.close()
     async with fabric.subscribe(f"{name}.echo.tick") as ticks:

@@ -215,12 +215,13 @@ async def test_an_endpoint_publishes_events_and_presence_only_under_its_own_name
     b = await fabric.make(Role.ENDPOINT)
     async with connected(b) as connection:
         for exchange, key, presence in [
-            (EVENTS_EXCHANGE, event_key(a.name, "psij", "job_status"), False),
+            (EVENTS_EXCHANGE, event_key(a.name, "psij", "job_status", b.name), False),
             (TOPOLOGY_EXCHANGE, presence_key(a.name, PresenceStatus.OFFLINE), True),
         ]:
             said = await refusal(connection, publish(exchange, key, presence))
             assert f"access to topic '{key}'" in said
-        await allowed(connection, publish(EVENTS_EXCHANGE, event_key(b.name, "psij", "job_status")))
+        own = event_key(b.name, "psij", "job_status", "anyone")
+        await allowed(connection, publish(EVENTS_EXCHANGE, own))
         await allowed(
             connection, publish(TOPOLOGY_EXCHANGE, presence_key(b.name, "online"), presence=True)
         )
@@ -258,7 +259,7 @@ async def test_a_client_cannot_consume_or_make_a_request_queue(
         await refusal(
             connection, lambda ch: ch.queue_bind(queue, RPC_EXCHANGE, routing_key="x.sysinfo")
         )
-        await refusal(connection, publish(EVENTS_EXCHANGE, event_key(a.name, "psij", "x")))
+        await refusal(connection, publish(EVENTS_EXCHANGE, event_key(a.name, "psij", "x", "me")))
         # what a client does do: ask for a request queue's consumers, send a request
         await allowed(connection, lambda ch: ch.queue_declare(queue, passive=True))
         await allowed(

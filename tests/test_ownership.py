@@ -8,13 +8,15 @@ therefore its admin. Users and vhost are deleted afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 import pytest
 import pytest_asyncio
 from broker_users import Vhost, scratch_vhost
@@ -23,8 +25,10 @@ import orbit_mq
 from orbit_mq import admin
 from orbit_mq.config import Settings
 from orbit_mq.contracts.psij import Job, JobState, NotJobOwner, PsiJ
-from orbit_mq.errors import Unauthorized
+from orbit_mq.errors import AccessRefused, Unauthorized
+from orbit_mq.lanes import spare_channel
 from orbit_mq.permissions import Role
+from orbit_mq.protocol import AuditRecord, Event, subscription_queue
 from orbit_mq.proxy import remote, with_options
 from orbit_mq.tls import login_user
 from orbit_mq.workers import ownership
@@ -46,6 +50,7 @@ class Users:
     bob: Any
     admin: Any
     names: dict[str, str]
+    fabrics: dict[str, orbit_mq.Fabric]
 
 
 def _client_settings(url: str, home: Path) -> Settings:
@@ -89,7 +94,7 @@ async def _users(vhost: Vhost, broker_url: str, home: Path) -> AsyncIterator[Use
             fabrics.append(fabric)
             proxies.append(await fabric.endpoint(name).plugin(PsiJ))
         names = {"alice": alice.name, "bob": bob.name, "admin": administrator}
-        yield Users(name, *proxies, names=names)
+        yield Users(name, *proxies, names=names, fabrics=dict(zip(names, fabrics, strict=True)))
     finally:
         for fabric in fabrics:
             await fabric.__aexit__(None, None, None)
@@ -253,3 +258,67 @@ async def test_another_users_message_id_gets_no_copy_of_her_reply(users: Users) 
         await with_options(users.bob, message_id=message_id).submit_job(spec=spec)
     again = _job(await with_options(users.alice, message_id=message_id).submit_job(spec=spec))
     assert again.job_id == hers.job_id  # her own repeat still gets her stored reply
+
+
+async def _first(events: Any, wanted: Callable[[Event], bool]) -> Event:
+    async with asyncio.timeout(20):
+        async for event in events:
+            if wanted(event):
+                return cast(Event, event)
+    raise AssertionError("the subscription ended")
+
+
+async def test_bob_cannot_bind_to_alices_job_events(users: Users) -> None:
+    bob, alice = users.fabrics["bob"], users.names["alice"]
+    pattern = f"{users.endpoint}.psij.job_status"
+    for owner in (alice, None):  # her events, everyone's
+        with pytest.raises(AccessRefused, match="access to topic"):
+            await bob.subscribe(pattern, owner=owner).start()
+    with pytest.raises(AccessRefused):
+        await bob.audit_events(users.endpoint).start()
+    async with (
+        users.fabrics["alice"].subscribe(pattern) as hers,
+        users.fabrics["admin"].subscribe(pattern, owner=None) as everyones,
+    ):
+        job = await _ended(users.alice)
+        for events in (hers, everyones):  # hers and an admin's see it; the key names her
+            event = await _first(events, lambda e: e.data["job_id"] == job.job_id)
+            assert event.owner == alice
+
+
+async def test_bob_cannot_consume_alices_durable_subscription(users: Users) -> None:
+    durable = f"watch{uuid.uuid4().hex[:6]}"
+    async with users.fabrics["alice"].subscribe(f"{users.endpoint}.#", durable=durable):
+        pass  # her queue now exists and keeps her events
+    queue = subscription_queue(users.names["alice"], durable)
+    bob = users.fabrics["bob"]
+    for action in (
+        lambda ch: ch.basic_consume(queue, lambda _m: None),
+        lambda ch: ch.basic_get(queue),
+        lambda ch: ch.queue_delete(queue),
+    ):
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+            async with spare_channel(bob.connection, "probe", 10) as amqp:
+                await action(amqp)
+    # his own durable subscription under the same name is another queue
+    async with bob.subscribe(f"{users.endpoint}.#", durable=durable) as his:
+        assert his.queue_name != queue
+    for who in ("alice", "bob"):  # each may delete only their own
+        async with spare_channel(users.fabrics[who].connection, "clean", 10) as amqp:
+            await amqp.queue_delete(subscription_queue(users.names[who], durable))
+
+
+async def test_refusals_and_overrides_go_out_as_audit_events_only_admins_read(
+    users: Users,
+) -> None:
+    job = await _ended(users.alice)
+    async with users.fabrics["admin"].audit_events(users.endpoint) as audit:
+        with pytest.raises(NotJobOwner):
+            await users.bob.get_job_status(job_id=job.job_id)
+        event = await _first(audit, lambda e: job.job_id in e.data["ids"])
+        record = AuditRecord.model_validate(event.data)
+        assert (record.decision, record.user) == ("refused", users.names["bob"])
+        assert record.owners == [users.names["alice"]] and record.method == "psij.get_job_status"
+        await users.admin.get_job_status(job_id=job.job_id)
+        event = await _first(audit, lambda e: e.data["decision"] == "admin_override")
+        assert event.data["user"] == users.names["admin"] and event.owner is None

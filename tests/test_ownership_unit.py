@@ -110,7 +110,9 @@ class Caller(Plugin):
         return current_call().user
 
 
-async def _no_events(plugin: str, topic: str, data: dict[str, Any], key: str | None) -> None:
+async def _no_events(
+    plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
+) -> None:
     pass
 
 

@@ -70,7 +70,9 @@ class Rig:
         self.tracker = Tracker(self.journal, self.store, self.emit, self.pool)  # type: ignore[arg-type]
         self.tmp_path = tmp_path
 
-    async def emit(self, topic: str, data: BaseModel) -> None:
+    async def emit(
+        self, topic: str, data: BaseModel, key: str | None = None, *, owner: str | None = None
+    ) -> None:
         assert self.journal.db.in_transaction  # journaled together with the state
         self.events.append((topic, data.model_dump(mode="json")))
 

@@ -228,7 +228,9 @@ async def test_the_none_backend_answers_empty(tmp_path: Path) -> None:
             await qi.list_jobs(queue="debug")
 
 
-async def _no_events(plugin: str, topic: str, data: dict[str, Any], key: str | None) -> None:
+async def _no_events(
+    plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
+) -> None:
     return None
 
 

@@ -11,7 +11,7 @@ import orjson
 
 from orbit_mq.contracts.psij import JobNotFound
 from orbit_mq.errors import from_error_info
-from orbit_mq.protocol import BATCH_TYPE, REPLY_TO, ErrorInfo
+from orbit_mq.protocol import BATCH_TYPE, PROTOCOL_VERSION, REPLY_TO, ErrorInfo
 from orbit_mq.wire import (
     BatchItem,
     Request,
@@ -45,7 +45,7 @@ def test_a_request_reads_back_as_it_was_sent() -> None:
     request = Request.of(delivered(b"{}", properties))
     assert (request.method, request.user, request.reply_to) == ("homedir", "alice", REPLY_TO)
     assert (request.correlation_id, request.message_id, request.session) == ("c1", "m1", "s1")
-    assert request.deadline_ms == int(deadline * 1000) and request.protocol == "1"
+    assert request.deadline_ms == int(deadline * 1000) and request.protocol == PROTOCOL_VERSION
     assert properties.delivery_mode == 2 and 29_000 < int(properties.expiration) <= 30_000
 
 

@@ -22,7 +22,13 @@ class ControlPlugin(Plugin, Control):
         control = self.context.endpoint_control
         assert control is not None, "the endpoint serves the control plugin with its control"
         if ctx.user not in control.admins:
-            self.log.warning("refused a stop requested by %r (not an admin)", ctx.user)
+            self.context.ownership.audit(
+                "refused",
+                ctx.user,
+                f"{ctx.plugin}.{ctx.method}",
+                "endpoint",
+                [self.context.endpoint],
+            )
             raise Unauthorized(
                 f"only the admins of endpoint {self.context.endpoint!r} may stop it "
                 f"({', '.join(sorted(control.admins))}); its ORBIT_MQ_ADMIN_USERS names them",
@@ -34,6 +40,9 @@ class ControlPlugin(Plugin, Control):
             drain=drain,
             in_flight=control.in_flight() - 1,
             running=await control.running_work(),
+        )
+        self.context.ownership.audit(
+            "stop", ctx.user, f"{ctx.plugin}.{ctx.method}", "endpoint", [self.context.endpoint]
         )
         control.request_stop(drain, drain_timeout, ctx.user)
         return reply

@@ -28,7 +28,7 @@ from orbit_mq.errors import (
     SessionNotFound,
     Unauthorized,
 )
-from orbit_mq.protocol import BATCH_TYPE, PROTOCOL_VERSION, REPLY_TO, BatchCall
+from orbit_mq.protocol import BATCH_TYPE, REPLY_TO, SUPPORTED_PROTOCOLS, BatchCall
 from orbit_mq.rpc import CallContext, RpcSpec, Session
 from orbit_mq.shorten import shorten
 from orbit_mq.wire import (
@@ -118,20 +118,19 @@ class Dispatcher:
                 "send large data in chunks (staging plugin)",
                 {"size": size, "limit": self.max_message_size},
             )
-        if request.protocol and request.protocol.split(".")[0] != PROTOCOL_VERSION:
+        if request.protocol and request.protocol.split(".")[0] not in SUPPORTED_PROTOCOLS:
             raise InvalidRequest(
                 f"protocol version {request.protocol!r} is not supported; "
-                f"this endpoint speaks {PROTOCOL_VERSION}",
-                {"supported": [PROTOCOL_VERSION]},
+                f"this endpoint speaks {', '.join(SUPPORTED_PROTOCOLS)}",
+                {"supported": list(SUPPORTED_PROTOCOLS)},
             )
         if request.user not in self.allowed_users:
-            self._refusals.warning(
-                request.user,
-                "%s: refused %r from user %r (allowed: %s)",
-                self.label,
-                request.method,
-                request.user,
-                ", ".join(sorted(self.allowed_users)),
+            self.plugin.context.ownership.audit(
+                "refused",
+                request.user or "",
+                f"{self.label}.{request.method}",
+                "endpoint",
+                [self.plugin.context.endpoint],
             )
             raise Unauthorized(
                 f"user {request.user!r} may not use this endpoint"

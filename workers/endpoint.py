@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -41,15 +40,13 @@ from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
 from orbit_mq.lanes import Lane
 from orbit_mq.protocol import (
     DISCOVER_KEY,
-    EVENTS_EXCHANGE,
     RPC_EXCHANGE,
     TOPOLOGY_EXCHANGE,
+    AuditRecord,
     EndpointInfo,
-    Event,
     PresenceStatus,
     check_name,
     discovery_queue,
-    event_key,
     presence_key,
     request_key,
     request_queue,
@@ -63,7 +60,7 @@ from orbit_mq.workers.dispatch import Dispatcher
 from orbit_mq.workers.hostinfo import detect_host_role
 from orbit_mq.workers.journal import Journal, journal_path
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.outbox import Outbox
+from orbit_mq.workers.outbox import EventWriter, Outbox
 from orbit_mq.workers.ownership import Ownership
 from orbit_mq.workers.plugin import Plugin, PluginContext
 
@@ -93,6 +90,7 @@ class Endpoint:
         self.role = detect_host_role()
         self.allowed = frozenset(self.settings.allowed_users or [self.user])
         self.admins = frozenset(self.settings.admin_users or [self.user])
+        self.ownership = Ownership(self.user, self.admins, self._audit_event)
         self._connection: AbstractRobustConnection | None = None
         self._events: Lane | None = None  # events, presence, discovery
         self._lanes: dict[str, Lane] = {}  # plugin name -> the lane consuming its queue
@@ -111,6 +109,7 @@ class Endpoint:
         self.journal = Journal(journal_path(self.settings.home, self.name))
         self.journal.forget_old_replies()  # stored replies are kept for REPLY_RETENTION only
         self._outbox: Outbox | None = None
+        self._events_out: EventWriter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -138,6 +137,7 @@ class Endpoint:
             )
             await self._events.get()
             self._outbox = Outbox(self.journal, self._events.get)
+            self._events_out = EventWriter(self.name, self._outbox, self.settings.legacy_events)
             self._outbox.start()
             for cls in self.plugin_classes:
                 await self._serve_plugin(cls)
@@ -282,7 +282,7 @@ class Endpoint:
                 self.journal,
                 self._executor,
                 endpoint_control=self if cls.name == Control.name else None,
-                ownership=Ownership(self.user, self.admins),
+                ownership=self.ownership,
             )
             plugin = cls(context)
             await plugin.start()
@@ -436,13 +436,14 @@ class Endpoint:
             )
 
     async def _publish_event(
-        self, plugin: str, topic: str, data: dict[str, Any], key: str | None
+        self, plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
     ) -> None:
-        assert self._outbox is not None, "events are published only after start()"
-        message_id = key or uuid.uuid4().hex
-        event = Event(id=message_id, endpoint=self.name, plugin=plugin, topic=topic, data=data)
-        body = event.model_dump_json().encode()
-        self._outbox.add(EVENTS_EXCHANGE, event_key(self.name, plugin, topic), body, message_id)
+        assert self._events_out is not None, "events are published only after start()"
+        self._events_out.publish(plugin, topic, data, key, owner)
+
+    def _audit_event(self, record: AuditRecord) -> None:
+        if self._events_out is not None:  # before serving, the log line is the only record
+            self._events_out.audit(record)
 
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval

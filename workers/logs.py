@@ -49,7 +49,8 @@ class RefusalLog:
         self.period = period
         self._windows: OrderedDict[str, _Window] = OrderedDict()
 
-    def warning(self, caller: str | None, message: str, *args: Any) -> None:
+    def warning(self, caller: str | None, message: str, *args: Any) -> bool:
+        """Log the warning unless `caller` used up this window; whether it was logged."""
         key = caller or ""
         now = time.monotonic()
         window = self._windows.get(key)
@@ -66,6 +67,7 @@ class RefusalLog:
                 self._windows.popitem(last=False)
         if window.logged >= self.limit:
             window.suppressed += 1
-            return
+            return False
         window.logged += 1
         self.logger.warning(message, *args)
+        return True

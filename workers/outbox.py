@@ -11,11 +11,23 @@ drop repeats by that key (the SDK does).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import Any
 
 import aiormq
 
+from orbit_mq.protocol import (
+    AUDIT_PLUGIN,
+    AUDIT_TOPIC,
+    EVENTS_EXCHANGE,
+    AuditRecord,
+    Event,
+    audit_key,
+    event_key,
+    legacy_event_key,
+)
 from orbit_mq.retry import retrying
 from orbit_mq.waiting import wait_within
 from orbit_mq.wire import event_properties
@@ -123,3 +135,45 @@ class Outbox:
                     else RuntimeError(f"the broker refused event {entry.message_id} ({result})")
                 )
         return confirmed, failure
+
+
+class EventWriter:
+    """Puts an endpoint's events in its outbox under their routing keys (docs/protocol.md §9):
+    each about one owner's work under that owner's word, audit events under the admins' key,
+    and, where `legacy` is set, every owned event once more under its protocol 1 key."""
+
+    def __init__(self, endpoint: str, outbox: Outbox, legacy: bool = False) -> None:
+        self.endpoint = endpoint
+        self.outbox = outbox
+        self.legacy = legacy
+
+    def publish(
+        self, plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
+    ) -> None:
+        message_id = key or uuid.uuid4().hex
+        body = self._body(message_id, plugin, topic, data, owner)
+        self.outbox.add(
+            EVENTS_EXCHANGE, event_key(self.endpoint, plugin, topic, owner), body, message_id
+        )
+        if self.legacy:
+            key1 = legacy_event_key(self.endpoint, plugin, topic)
+            self.outbox.add(EVENTS_EXCHANGE, key1, body, message_id)
+
+    def audit(self, record: AuditRecord) -> None:
+        message_id = uuid.uuid4().hex
+        body = self._body(message_id, AUDIT_PLUGIN, AUDIT_TOPIC, record.model_dump(mode="json"))
+        self.outbox.add(EVENTS_EXCHANGE, audit_key(self.endpoint), body, message_id)
+
+    def _body(
+        self,
+        message_id: str,
+        plugin: str,
+        topic: str,
+        data: dict[str, Any],
+        owner: str | None = None,
+    ) -> bytes:
+        event = Event(
+            id=message_id, endpoint=self.endpoint, plugin=plugin, topic=topic, owner=owner,
+            data=data,
+        )  # fmt: skip
+        return event.model_dump_json().encode()

@@ -8,19 +8,21 @@ user), may act on them.
 The dispatcher makes the call it serves known to the code it runs (`serving`), so a plugin
 method learns who calls from `current_call()` instead of every method taking the caller as a
 parameter; `Ownership.check` decides whether the caller may act on the objects a call names.
-Every decision that crosses users, a refusal or an admin acting on another user's work, goes
-through `audit`: the one place such decisions are recorded.
+Every decision that crosses users, a refusal, an admin acting on another user's work or a
+remote stop, goes through `Ownership.audit`: the one place such decisions are recorded, in the
+endpoint's log and as an audit event that only users granted all events can read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Literal
 
 from orbit_mq.errors import Unauthorized
+from orbit_mq.protocol import AuditDecision as Decision
+from orbit_mq.protocol import AuditRecord
 from orbit_mq.rpc import CallContext
 from orbit_mq.workers.logs import RefusalLog, bounded_logger
 
@@ -31,7 +33,7 @@ _refusals = RefusalLog(audit_log)  # a caller cannot flood the log with refused 
 
 _CALL: ContextVar[CallContext] = ContextVar("orbit_mq_call")
 
-Decision = Literal["refused", "admin_override"]
+Auditor = Callable[[AuditRecord], None]  # sends an audit event (the endpoint's outbox)
 _SHOWN = 20  # object ids named in one audit line
 
 
@@ -57,24 +59,29 @@ def current_call() -> CallContext:
         ) from None
 
 
-def audit(
+def audit_record(
     decision: Decision, user: str, method: str, kind: str, ids: Collection[str], owners: set[str]
-) -> None:
-    """Record that `user`'s call of `method` was refused, or allowed as an admin's, on the
-    `kind` objects `ids` of `owners`."""
+) -> AuditRecord | None:
+    """Log that `user`'s call of `method` was refused, allowed as an admin's, or stopped the
+    endpoint, on the `kind` objects `ids` of `owners`; the record, for the audit event, or
+    None where a caller's flood of refusals is held back (the log says how many)."""
     shown = sorted(ids)
     named = ", ".join(shown[:_SHOWN]) + (
         f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else ""
     )
     whose = ", ".join(sorted(owners))
+    what = {"refused": "refused", "admin_override": "admin override:", "stop": "stop:"}[decision]
+    message = f"audit: {what} {method} by {user!r} on {kind} {named}".rstrip()
+    message += f" of {whose}" if whose else ""
     if decision == "refused":
-        _refusals.warning(
-            user, "audit: refused %s by %r on %s %s of %s", method, user, kind, named, whose
-        )
+        if not _refusals.warning(user, "%s", message):
+            return None
     else:
-        audit_log.info(
-            "audit: admin override: %s by %r on %s %s of %s", method, user, kind, named, whose
-        )
+        audit_log.info("%s", message)
+    return AuditRecord(
+        decision=decision, user=user, method=method, kind=kind, ids=shown[:_SHOWN],
+        owners=sorted(owners), message=message,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,21 @@ class Ownership:
 
     endpoint_user: str = ""  # owns work recorded without an owner
     admins: frozenset[str] = field(default_factory=frozenset)
+    auditor: Auditor | None = None
+
+    def audit(
+        self,
+        decision: Decision,
+        user: str,
+        method: str,
+        kind: str,
+        ids: Collection[str] = (),
+        owners: Collection[str] = (),
+    ) -> None:
+        """Record a decision that crossed users (see `audit_record`) and send its event."""
+        record = audit_record(decision, user, method, kind, ids, set(owners))
+        if record is not None and self.auditor is not None:
+            self.auditor(record)
 
     def owner(self, recorded: str | None) -> str:
         """The owner of work whose journal row says `recorded`: work recorded without one is
@@ -109,7 +131,7 @@ class Ownership:
             return
         method = f"{call.plugin}.{call.method}"
         decision: Decision = "admin_override" if call.user in self.admins else "refused"
-        audit(decision, call.user, method, kind, foreign, set(foreign.values()))
+        self.audit(decision, call.user, method, kind, foreign, set(foreign.values()))
         if decision == "admin_override":
             return
         first = sorted(foreign)[0]

@@ -31,7 +31,7 @@ from orbit_mq.protocol import HealthInfo, PluginInfo, SessionInfo, SessionStatus
 from orbit_mq.rpc import INJECTED, CallContext, PluginDescription, Session
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
-from orbit_mq.workers.ownership import Ownership
+from orbit_mq.workers.ownership import Ownership, current_call
 from orbit_mq.workers.sessions import SessionRegistry
 
 if TYPE_CHECKING:
@@ -40,7 +40,20 @@ if TYPE_CHECKING:
 
 class EventSink(Protocol):
     async def __call__(
-        self, plugin: str, topic: str, data: dict[str, Any], key: str | None
+        self, plugin: str, topic: str, data: dict[str, Any], key: str | None, owner: str
+    ) -> None: ...
+
+
+class Emitter(Protocol):
+    """`Plugin.emit`, as the parts of a plugin that announce its work take it."""
+
+    async def __call__(
+        self,
+        topic: str,
+        data: BaseModel | dict[str, Any],
+        key: str | None = None,
+        *,
+        owner: str | None = None,
     ) -> None: ...
 
 
@@ -84,7 +97,9 @@ class Plugin(Contract):
         self.log = bounded_logger(f"orbit_mq.plugin.{self.name}")
         self.started = time.time()
         ttl = self.session_ttl or context.settings.session_ttl
-        self.sessions = SessionRegistry(self.name, ttl, self._session_changed, context.journal)
+        self.sessions = SessionRegistry(
+            self.name, ttl, self._session_changed, context.journal, context.ownership
+        )
 
     @classmethod
     def is_available(cls) -> bool:
@@ -110,21 +125,31 @@ class Plugin(Contract):
         return 0
 
     async def emit(
-        self, topic: str, data: BaseModel | dict[str, Any], key: str | None = None
+        self,
+        topic: str,
+        data: BaseModel | dict[str, Any],
+        key: str | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Journal an event for orbit.events (routing key `{endpoint}.{plugin}.{topic}`); it is
-        published soon after, in order. `key` is its dedupe key (the message_id every copy on
-        the wire carries): unique per event, e.g. `{job_id}:{seq}`; a model's own
-        `event_key()` is used when there is one, a random id otherwise. `data` should be an
-        instance of the model `events` declares for the topic."""
+        """Journal an event about broker user `owner`'s work (by default: the user of the call
+        being served) for orbit.events, routing key `{endpoint}.{plugin}.{topic}.{owner
+        word}`, which only `owner` and the users granted all events can bind; it is published
+        soon after, in order. `key` is its dedupe key (the message_id every copy on the wire
+        carries): unique per event, e.g. `{job_id}:{seq}`; a model's own `event_key()` is used
+        when there is one, a random id otherwise. `data` should be an instance of the model
+        `events` declares for the topic."""
         if isinstance(data, BaseModel):
             if key is None and hasattr(data, "event_key"):
                 key = data.event_key()
             data = data.model_dump(mode="json")
-        await self.context.publish_event(self.name, topic, data, key)
+        if owner is None:
+            owner = current_call().user  # outside a call, the caller must say whose work
+        owner = self.context.ownership.owner(owner)  # work recorded without one: the endpoint's
+        await self.context.publish_event(self.name, topic, data, key, owner)
 
     async def _session_changed(self, session: Session, status: SessionStatus) -> None:
-        await self.emit("session_status", session.info(status))
+        await self.emit("session_status", session.info(status), owner=session.user)
 
     # -- the methods every plugin answers (their contract: orbit_mq/contract.py) -----------
 

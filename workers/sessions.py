@@ -14,16 +14,22 @@ from orbit_mq.protocol import SessionStatus
 from orbit_mq.rpc import Session
 from orbit_mq.shorten import shorten
 from orbit_mq.workers.journal import Journal
-from orbit_mq.workers.ownership import audit
+from orbit_mq.workers.ownership import Ownership
 
 SessionListener = Callable[[Session, SessionStatus], Awaitable[None]]
 
 
 class SessionRegistry:
     def __init__(
-        self, plugin: str, default_ttl: float, on_change: SessionListener, journal: Journal
+        self,
+        plugin: str,
+        default_ttl: float,
+        on_change: SessionListener,
+        journal: Journal,
+        ownership: Ownership | None = None,
     ) -> None:
         self.plugin = plugin
+        self._ownership = ownership or Ownership()
         self.default_ttl = default_ttl
         self._on_change = on_change
         self._journal = journal
@@ -65,7 +71,7 @@ class SessionRegistry:
                 {"session": shorten(session_id)},
             )
         if session.user != user:
-            audit("refused", user, method, "session", [session_id], {session.user})
+            self._ownership.audit("refused", user, method, "session", [session_id], {session.user})
             raise Unauthorized(
                 f"session {shorten(session_id)!r} belongs to another user",
                 {"session": shorten(session_id)},

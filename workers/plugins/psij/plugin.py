@@ -121,9 +121,14 @@ class PsiJ(Plugin, contract.PsiJ):
         await asyncio.to_thread(self.pool.close)
 
     async def emit(
-        self, topic: str, data: BaseModel | dict[str, Any], key: str | None = None
+        self,
+        topic: str,
+        data: BaseModel | dict[str, Any],
+        key: str | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        await super().emit(topic, data, key)
+        await super().emit(topic, data, key, owner=owner)
         if isinstance(data, JobStatusEvent):
             self.tunnels.job_changed(data)  # tunnel watchers follow their jobs
 

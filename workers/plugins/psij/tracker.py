@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
 
 from orbit_mq.contracts.psij.models import (
     JobOutputEvent,
@@ -29,6 +27,7 @@ from orbit_mq.contracts.psij.models import (
 from orbit_mq.waiting import wait_within
 from orbit_mq.workers.journal import Journal
 from orbit_mq.workers.logs import bounded_logger
+from orbit_mq.workers.plugin import Emitter
 from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.endings import (
     Ending,
@@ -54,7 +53,6 @@ if TYPE_CHECKING:
 
 log = bounded_logger("orbit_mq.plugin.psij")
 
-Emit = Callable[[str, BaseModel], Awaitable[None]]
 GROUP = 512  # queued reports applied together at most (two journal transactions)
 SUBMIT_THREADS = 4  # concurrent psij submissions (more only contend for the GIL)
 HANDOVER_GRACE = 10.0  # s a stopping endpoint waits for submissions under way
@@ -113,7 +111,9 @@ def iso(timestamp: float) -> str:
 
 
 class Tracker:
-    def __init__(self, journal: Journal, store: JobStore, emit: Emit, pool: ExecutorPool) -> None:
+    def __init__(
+        self, journal: Journal, store: JobStore, emit: Emitter, pool: ExecutorPool
+    ) -> None:
         self.journal = journal
         self.store = store
         self.emit = emit
@@ -188,7 +188,11 @@ class Tracker:
                 for job in jobs:
                     self.store.insert(job.row)
                     step = Step(1, JobState.NEW)
-                    await self.emit("job_status", self._event(job.row, step, job.row.submitted))
+                    await self.emit(
+                        "job_status",
+                        self._event(job.row, step, job.row.submitted),
+                        owner=job.row.user,
+                    )
         for job in jobs:
             self.live[job.row.job_id] = job
             entry = {"seq": 1, "state": "NEW", "time": iso(job.row.submitted), "message": None}
@@ -373,7 +377,8 @@ class Tracker:
             elif step.state is report.state:
                 message = report.message  # e.g. why a batch job waits
             self.store.record(row.job_id, step, report.time, exit_code=exit_code, message=message)
-            await self.emit("job_status", self._event(row, step, report.time, message, ending))
+            event = self._event(row, step, report.time, message, ending)
+            await self.emit("job_status", event, owner=row.user)
             entries.append(
                 {"seq": step.seq, "state": step.state.value, "time": iso(report.time)}
                 | {"message": message}
@@ -399,7 +404,7 @@ class Tracker:
         async with self._writing:
             with self.journal.transaction():
                 self.store.set_sent(row.job_id, chunk.stream, end)
-                await self.emit("job_output", event)
+                await self.emit("job_output", event, owner=row.user)
         if chunk.stream == "stdout":
             row.stdout_sent = end
         else:

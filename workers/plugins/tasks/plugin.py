@@ -138,7 +138,7 @@ class TasksPlugin(Plugin, contract.Tasks):
             ids = self.store.insert(rows, now)
             each = notify == "each"
             records = [
-                (Record(i, row.uid, TaskState.NEW, 1, now), each)
+                (Record(i, row.uid, TaskState.NEW, 1, now, user=row.user), each)
                 for i, row in zip(ids, rows, strict=True)
             ]
             await self.recorder.announce(records)

@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from orbit_mq.contracts.tasks.models import EVENT_TAIL, INLINE_RESULT, event_key
 from orbit_mq.waiting import wait_within
 from orbit_mq.workers.journal import Journal
+from orbit_mq.workers.plugin import Emitter
 from orbit_mq.workers.plugins.tasks.store import Record, TaskStore
 
-Emit = Callable[[str, dict[str, Any], str | None], Awaitable[None]]
 Written = Callable[[list[Record]], None]
 BATCH_ITEMS = 1024  # transitions per write and per task_status_batch event
 BATCH_BYTES = 1024 * 1024  # about this much per task_status_batch event
@@ -39,7 +39,7 @@ class Waiter:
 
 
 class Recorder:
-    def __init__(self, journal: Journal, store: TaskStore, emit: Emit, written: Written) -> None:
+    def __init__(self, journal: Journal, store: TaskStore, emit: Emitter, written: Written) -> None:
         self.journal = journal
         self.store = store
         self.emit = emit
@@ -120,14 +120,19 @@ class Recorder:
 
     async def announce(self, batch: list[tuple[Record, bool]]) -> None:
         """Put the events of these transitions in the outbox (inside the caller's transaction:
-        the emit path does not suspend)."""
-        statuses = [record.status() for record, _ in batch]
-        weights = [_weight(record) for record, _ in batch]
-        for part in _parts(statuses, weights):
-            await self.emit("task_status_batch", {"tasks": part}, None)
-        for (record, each), status in zip(batch, statuses, strict=True):
-            if each:
-                await self.emit("task_status", status, event_key(record.uid, record.seq))
+        the emit path does not suspend): a user's batch events hold only their own tasks."""
+        by_user: dict[str, list[tuple[Record, bool]]] = {}
+        for item in batch:
+            by_user.setdefault(item[0].user, []).append(item)
+        for user, mine in by_user.items():
+            statuses = [record.status() for record, _ in mine]
+            weights = [_weight(record) for record, _ in mine]
+            for part in _parts(statuses, weights):
+                await self.emit("task_status_batch", {"tasks": part}, owner=user)
+            for (record, each), status in zip(mine, statuses, strict=True):
+                if each:
+                    key = event_key(record.uid, record.seq)
+                    await self.emit("task_status", status, key, owner=user)
 
     def _wake_waiters(self, records: list[Record]) -> None:
         for record in records:

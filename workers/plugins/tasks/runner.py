@@ -316,7 +316,9 @@ class Runner:
         work.seq += 1
         if state is TaskState.RUNNING:
             work.started = now
-        record = Record(work.row.id, work.row.uid, state, work.seq, now, work.attempt)
+        record = Record(
+            work.row.id, work.row.uid, state, work.seq, now, work.attempt, user=work.row.user
+        )
         record.started = work.started
         if outcome is not None and state is not TaskState.NEW:
             record.exit_code = outcome.exit_code

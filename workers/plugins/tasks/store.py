@@ -100,6 +100,7 @@ class Record:
     stdout: str = ""
     stderr: str = ""
     started: float | None = None  # when its attempt started (not part of a status)
+    user: str = ""  # whose task: its events go under this user's owner word
 
     def status(self, tail: int = EVENT_TAIL) -> dict[str, Any]:
         """The TaskStatus of this record, as JSON (built directly: this is the hot path)."""
