@@ -29,12 +29,14 @@ from orbit_mq.protocol import (
     RPC_EXCHANGE,
     TOPOLOGY_EXCHANGE,
 )
-from orbit_mq.tls import check_transport, connection_url, handshake_failed, ssl_context
+from orbit_mq.tls import check_transport, connection_urls, handshake_failed, ssl_context
 
 # Dead letters are kept for inspection, but bounded so a flood of expired requests cannot fill
 # the broker's disk.
 DEAD_LETTER_LIMIT = 100_000
 DOWN_SIGNS = ("closed", "not opened")  # in the RuntimeErrors of a connection that is down
+DELIVERY_LIMIT = 5  # redeliveries of one request on a quorum queue before it is dead-lettered
+CONNECT_TIMEOUT = 10.0  # s per broker node on the first connection
 
 # Where to open the TCP connection instead of the URL's host and port (e.g. an SSH tunnel's
 # local end); asked again before every (re)connection.
@@ -42,8 +44,16 @@ Route = Callable[[], tuple[str, int]]
 
 
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
-    """Arguments of every request queue; endpoint and waiting clients must declare them alike."""
-    return {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-queue-type": settings.queue_type}
+    """Arguments of every request queue; endpoint and waiting clients must declare them alike.
+    A quorum queue counts deliveries: a request redelivered DELIVERY_LIMIT times (an endpoint
+    that dies on it) goes to the dead letters instead of looping."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-queue-type": settings.queue_type,
+    }
+    if settings.queue_type == "quorum":
+        arguments["x-delivery-limit"] = DELIVERY_LIMIT
+    return arguments
 
 
 async def quietly(action: Awaitable[Any]) -> None:
@@ -68,6 +78,13 @@ def translated(action: str) -> Iterator[None]:
     ) as exc:
         raise AccessRefused(
             f"{action}: the broker refused the login; check user and password"
+        ) from exc
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        if "inequivalent arg" not in str(exc):
+            raise BrokerError(f"{action}: {exc}") from exc
+        raise BrokerError(
+            f"{action}: a queue exists with other arguments ({exc}); set queue_type to the "
+            "type it has, or delete it (`rabbitmqctl delete_queue NAME`) to have it made anew"
         ) from exc
     except aiormq.exceptions.IncompatibleProtocolError as exc:
         raise BrokerError(f"{action}: not an AMQP 0-9-1 broker ({exc})") from exc
@@ -162,37 +179,78 @@ async def _open_routed(
         raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
 
 
+class _RotatingConnection(aio_pika.RobustConnection):
+    """A robust connection over the nodes of a cluster: every reconnection, after a drop or
+    a failed attempt, goes to the next node (aio-pika and aiormq take one host)."""
+
+    def __init__(self, urls: list[URL], start: int, **kwargs: Any) -> None:
+        self._urls = urls
+        self._index = start
+        super().__init__(urls[start], **kwargs)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # aio-pika calls this when an open connection is lost and when an attempt fails.
+        if not self._close_called and len(self._urls) > 1:
+            self._index = (self._index + 1) % len(self._urls)
+            self.url = self._urls[self._index]
+        await super()._on_connection_close(closing)
+
+
 async def connect(
     settings: Settings, name: str, route: Route | None = None
 ) -> AbstractRobustConnection:
-    """A robust connection: it reconnects and re-declares what was declared through it.
+    """A robust connection to the first broker node that answers: it reconnects (to the next
+    node, where the URL names several) and re-declares what was declared through it.
 
     With `route`, every (re)connection goes to the address it returns (an SSH tunnel).
     """
     check_transport(settings)  # before any name is resolved: a refusal sends nothing
     context = ssl_context(settings)
-    where = redact_url(settings.url)
-    try:
-        with translated(f"connecting to {where}"):
-            connection = aio_pika.RobustConnection(
-                connection_url(settings),
-                ssl_context=context,
-                client_properties={"connection_name": name},
-                reconnect_interval=settings.reconnect_interval,
-            )
-            connection.kwargs["transport_factory"] = _CorkedTransports(route)
-            await connection.connect(timeout=10)
-            return connection
-    except AccessRefused:
-        raise
-    except (OSError, TimeoutError, BrokerError) as exc:
-        handshake = _ssl_error_in(exc)
-        if handshake is not None:
-            raise handshake_failed(handshake, settings, f"connecting to {where}") from exc
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {where} ({exc}); is RabbitMQ running? "
-            "Set ORBIT_MQ_URL or --url to another broker"
-        ) from exc
+    urls = connection_urls(settings)
+    failures: list[str] = []
+    for start, url in enumerate(urls):  # each node once
+        where = redact_url(str(url))
+        try:
+            return await _connect_at(urls, start, name, settings, context, route)
+        except AccessRefused:
+            raise
+        except (OSError, TimeoutError, BrokerError) as exc:
+            handshake = _ssl_error_in(exc)
+            if handshake is not None:
+                raise handshake_failed(
+                    handshake, settings, f"connecting to {where}", url.host
+                ) from exc
+            failures.append(str(exc))  # it names the node
+            last = exc
+    raise BrokerUnavailable(
+        f"cannot reach the broker ({'; '.join(failures)}); is RabbitMQ running? "
+        "Set ORBIT_MQ_URL or --url to another broker"
+    ) from last
+
+
+async def _connect_at(
+    urls: list[URL],
+    start: int,
+    name: str,
+    settings: Settings,
+    context: ssl.SSLContext | None,
+    route: Route | None,
+) -> AbstractRobustConnection:
+    with translated(f"connecting to {redact_url(str(urls[start]))}"):
+        connection = _RotatingConnection(
+            urls,
+            start,
+            ssl_context=context,
+            client_properties={"connection_name": name},
+            reconnect_interval=settings.reconnect_interval,
+        )
+        connection.kwargs["transport_factory"] = _CorkedTransports(route)
+        try:
+            await connection.connect(timeout=CONNECT_TIMEOUT)
+        except BaseException:
+            await quietly(connection.close())
+            raise
+        return connection
 
 
 def _ssl_error_in(error: BaseException) -> ssl.SSLError | None:

@@ -48,10 +48,57 @@ def _split_names(value: Any) -> Any:
 Names = Annotated[list[str], NoDecode, BeforeValidator(_split_names)]
 
 
+def broker_urls(url: str) -> list[str]:
+    """The one-host URLs of a URL that names several brokers of one cluster:
+    `amqp://u:p@h1:5672,h2:5672,h3/vhost` is h1, h2 and h3 with the same user and vhost."""
+    parts = urlsplit(url)
+    login, at, hosts = parts.netloc.rpartition("@")
+    names = [host.strip() for host in hosts.split(",")]
+    if "" in names:
+        raise ConfigError(f"broker URL {redact_url(url)} has an empty host between its commas")
+    return [urlunsplit(parts._replace(netloc=f"{login}{at}{host}")) for host in names]
+
+
+def _joined_urls(value: Any) -> Any:
+    """A list of broker URLs (config file) as the one URL of several hosts; they must share
+    scheme, user, vhost and options, as the nodes of one cluster do."""
+    if not isinstance(value, list):
+        return value
+    urls = [str(item) for item in value]
+    if not urls:
+        raise ConfigError("url: the list of broker URLs is empty")
+    first = urlsplit(urls[0])
+    login, at, _ = first.netloc.rpartition("@")
+    hosts = []
+    for url in urls:
+        parts = urlsplit(url)
+        own_login, _, host = parts.netloc.rpartition("@")
+        if (parts.scheme, own_login, parts.path, parts.query) != (
+            first.scheme,
+            login,
+            first.path,
+            first.query,
+        ):
+            raise ConfigError(
+                f"url: {redact_url(url)} differs from {redact_url(urls[0])} in more than its "
+                "host; the brokers of one list must share scheme, user, vhost and options"
+            )
+        hosts.append(host)
+    return urlunsplit(first._replace(netloc=f"{login}{at}{','.join(hosts)}"))
+
+
+# One URL, or (config file) a list of URLs of one cluster's nodes: stored as one URL.
+BrokerUrl = Annotated[str, NoDecode, BeforeValidator(_joined_urls)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORBIT_MQ_", extra="ignore")
 
-    url: str = Field(DEFAULT_URL, description="Broker URL (amqp:// or amqps://).")
+    url: BrokerUrl = Field(
+        DEFAULT_URL,
+        description="Broker URL (amqp:// or amqps://); several nodes of a cluster as "
+        "amqp://u:p@h1:5672,h2:5672,h3/vhost, or a list of URLs in the config file.",
+    )
     ca_file: Path | None = Field(
         None, description="CA bundle that signed the broker's certificate (amqps://)."
     )
@@ -169,7 +216,8 @@ def load_settings(**overrides: Any) -> Settings:
 def redact_url(url: str) -> str:
     """The URL with its password replaced, for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    login, at, hosts = parts.netloc.rpartition("@")
+    if ":" not in login:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = login.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***{at}{hosts}"))

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from yarl import URL
 
-from orbit_mq.config import Settings, redact_url
+from orbit_mq.config import Settings, broker_urls, redact_url
 from orbit_mq.errors import ConfigError, TlsError
 
 SCHEMES = ("amqp", "amqps")
@@ -51,12 +51,13 @@ def check_transport(settings: Settings) -> None:
         raise ConfigError(
             "a client certificate (cert_file, auth=external) needs TLS: use an amqps:// URL"
         )
-    host = parts.hostname or "localhost"
-    if not is_loopback(host) and not settings.insecure:
-        raise ConfigError(
-            f"refusing plain amqp:// to {host}: use amqps:// (TLS), or pass --insecure / "
-            "ORBIT_MQ_INSECURE=1 to send credentials in clear"
-        )
+    for url in broker_urls(settings.url):  # each node of a cluster on its own
+        host = urlsplit(url).hostname or "localhost"
+        if not is_loopback(host) and not settings.insecure:
+            raise ConfigError(
+                f"refusing plain amqp:// to {host}: use amqps:// (TLS), or pass --insecure / "
+                "ORBIT_MQ_INSECURE=1 to send credentials in clear"
+            )
 
 
 def _query(url: str) -> dict[str, str]:
@@ -109,14 +110,14 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def connection_url(settings: Settings) -> URL:
-    """The URL handed to aiormq: with `auth=external` it asks for the EXTERNAL mechanism
-    (the broker takes the user from the client certificate), which aiormq reads from the
-    query."""
-    url = URL(settings.url)
-    if settings.auth == "external" and "auth" not in url.query:
-        return url.update_query(auth="external")
-    return url
+def connection_urls(settings: Settings) -> list[URL]:
+    """The URLs handed to aiormq, one per broker node: with `auth=external` they ask for the
+    EXTERNAL mechanism (the broker takes the user from the client certificate), which aiormq
+    reads from the query."""
+    urls = [URL(url) for url in broker_urls(settings.url)]
+    if settings.auth == "external":
+        return [url if "auth" in url.query else url.update_query(auth="external") for url in urls]
+    return urls
 
 
 def uses_external(settings: Settings) -> bool:
@@ -164,9 +165,11 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def handshake_failed(exc: ssl.SSLError, settings: Settings, action: str) -> TlsError:
-    """What to check after the TLS handshake with the broker failed."""
-    host = urlsplit(settings.url).hostname or "localhost"
+def handshake_failed(
+    exc: ssl.SSLError, settings: Settings, action: str, host: str | None = None
+) -> TlsError:
+    """What to check after the TLS handshake with the broker (node `host`) failed."""
+    host = host or urlsplit(broker_urls(settings.url)[0]).hostname or "localhost"
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or _reason(exc)
         if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
