@@ -71,7 +71,7 @@ async def _still_serves(raw: RawClient, name: str) -> None:
         ("sysinfo", "no_such_method", b"{}", {}, "not_found", "no method"),
         ("sysinfo", None, b"{}", {}, "not_found", "no method"),
         ("echo", "echo", b'{"text": 5}', {}, "invalid_request", "text"),
-        ("sysinfo", "homedir", b"{}", {"orbit-protocol": "2"}, "invalid_request", "protocol"),
+        ("sysinfo", "homedir", b"{}", {"orbit-protocol": "3"}, "invalid_request", "protocol"),
         ("echo", "emit_many", b'{"count": 1}', {"orbit-deadline": 1}, "timeout", "not executed"),
         ("echo", "orbit.batch", b'{"calls": "nope"}', {}, "invalid_request", "orbit.batch"),
         ("echo", "orbit.batch", b'{"calls": []}', {}, "invalid_request", "orbit.batch"),
