@@ -242,9 +242,7 @@ def _channels(plugins: list[str], events: list[str]) -> dict[str, Any]:
             "bindings": _queue(p.REPLY_TO, durable=False, exclusive=True),
         },
         "events": {
-            "address": p.event_key("{endpoint}", "{plugin}", "{topic}", "{owner}").replace(
-                p.owner_word("{owner}"), "{owner}"
-            ),
+            "address": p.word_event_key("{endpoint}", "{plugin}", "{topic}", "{owner}"),
             "description": f"Events on the topic exchange {p.EVENTS_EXCHANGE}, each about one "
             "broker user's work, whose owner word ends the key; bind a queue with four words "
             "ending in your own, such as `hpc1.*.session_status.alice` or `*.*.*.alice` (the "

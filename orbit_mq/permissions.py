@@ -31,6 +31,7 @@ from orbit_mq.protocol import (
     private_subscription_queue,
     request_queue,
     subscription_queue,
+    word_event_key,
 )
 
 # RabbitMQ's own name for the default exchange in permission checks: replies to direct
@@ -129,10 +130,9 @@ def client_queues(user: str) -> list[str]:
 def own_events(user: str) -> str:
     """The binding keys on orbit.events that client `user` may use: four words, the last its
     owner word, so every key such a binding matches is about its own work."""
-    words = ("{endpoint}", "{plugin}", "{topic}")
     key = template(
-        event_key(*words, "{owner}").replace(owner_word("{owner}"), "{owner}"),
-        endpoint=KEY_WORD, plugin=KEY_WORD, topic=KEY_WORD, owner=re.escape(owner_word(user)),
+        word_event_key("{endpoint}", "{plugin}", "{topic}", owner_word(user)),
+        endpoint=KEY_WORD, plugin=KEY_WORD, topic=KEY_WORD,
     )  # fmt: skip
     return "^" + key + "$"
 
@@ -154,9 +154,7 @@ def endpoint_grant(name: str) -> Grant:
         read=one_of(*own, *literal(RPC_EXCHANGE)),
     )
     statuses = "(?:" + "|".join(re.escape(status.value) for status in PresenceStatus) + ")"
-    owned = event_key(name, "{plugin}", "{topic}", "{owner}").replace(
-        owner_word("{owner}"), "{owner}"
-    )
+    owned = word_event_key(name, "{plugin}", "{topic}", "{owner}")
     topics = (
         TopicRights(
             EVENTS_EXCHANGE,

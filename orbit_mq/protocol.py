@@ -99,7 +99,12 @@ def owner_word(user: str) -> str:
 
 def event_key(endpoint: str, plugin: str, topic: str, owner: str) -> str:
     """Routing key of an event about the work of broker user `owner` (protocol 2)."""
-    return f"{endpoint}.{plugin}.{topic}.{owner_word(owner)}"
+    return word_event_key(endpoint, plugin, topic, owner_word(owner))
+
+
+def word_event_key(endpoint: str, plugin: str, topic: str, word: str) -> str:
+    """`event_key` with the owner's word already made (or a placeholder standing for it)."""
+    return f"{endpoint}.{plugin}.{topic}.{word}"
 
 
 def audit_key(endpoint: str) -> str:
