@@ -44,7 +44,7 @@ async def watch_messages(
         if presence:
             subscription: Watched = fabric.presence(*patterns)
         elif audit:
-            subscription = fabric.audit_events(patterns[0], durable=durable)
+            subscription = fabric.audit_events(*patterns, durable=durable)
         else:
             subscription = fabric.subscribe(*patterns, durable=durable, owner=owner)
         await subscription.start()

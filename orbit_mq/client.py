@@ -357,10 +357,10 @@ class Fabric:
             raise ConfigError(str(exc)) from None
         return self._events(keys, durable)
 
-    def audit_events(self, endpoint: str = "*", durable: str | None = None) -> Subscription[Event]:
-        """An endpoint's audit events (`data`: an `AuditRecord`); only for users granted all
-        events."""
-        return self._events((audit_key(endpoint),), durable)
+    def audit_events(self, *endpoints: str, durable: str | None = None) -> Subscription[Event]:
+        """The audit events (`data`: an `AuditRecord`) of these endpoints (patterns of one
+        word; default: every endpoint); only for users granted all events."""
+        return self._events(tuple(audit_key(e) for e in endpoints or ("*",)), durable)
 
     def _events(self, keys: tuple[str, ...], durable: str | None) -> Subscription[Event]:
         subscription = Subscription(
