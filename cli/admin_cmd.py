@@ -84,11 +84,12 @@ def _add(
     management_url: str | None,
     rabbitmqctl: bool,
     all_events: bool = False,
+    pool: str | None = None,
 ) -> tuple[admin.NewUser, str]:
     settings = settings_for(ctx, url=url)
 
     async def make(accounts: Accounts) -> tuple[admin.NewUser, str]:
-        made = await admin.add_user(accounts, settings, role, name, all_events)
+        made = await admin.add_user(accounts, settings, role, name, all_events, pool)
         return made, accounts.where
 
     return _with_accounts(settings, management_url, rabbitmqctl, make)
@@ -109,15 +110,25 @@ def add_endpoint(
             show_default=False,
         ),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            metavar="POOL",
+            help="The endpoint pool it is a member of: it may serve POOL's request queues too.",
+            show_default=False,
+        ),
+    ] = None,
     url: UrlOption = None,
     management_url: ManagementUrl = None,
     rabbitmqctl: UseRabbitmqctl = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Make endpoint NAME's broker user; prints its password (once) and how to start it."""
-    made, where = _add(ctx, Role.ENDPOINT, name, url, management_url, rabbitmqctl)
+    made, where = _add(ctx, Role.ENDPOINT, name, url, management_url, rabbitmqctl, pool=pool)
     allowed = split_csv(allow)
     flags = " ".join(f"--allow {shlex.quote(user)}" for user in allowed) or "--allow USER"
+    flags += f" --pool {pool}" if pool else ""
     start = f"ORBIT_MQ_URL={shlex.quote(made.url)} orbit-mq endpoint start --name {name} {flags}"
     if as_json:
         print_json(_described(made) | {"start": start})

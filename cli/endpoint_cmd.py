@@ -72,6 +72,16 @@ def start(
             show_default=False,
         ),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            metavar="POOL",
+            help="Also serve as a member of endpoint pool POOL: calls to POOL go to any live "
+            "member, and a job stays with the member that ran it (docs/scaling.md).",
+            show_default=False,
+        ),
+    ] = None,
     heartbeat: Annotated[
         float | None,
         typer.Option(
@@ -132,7 +142,11 @@ def start(
     names = split_csv(plugins)
     classes = load_plugins(names) if names else available_plugins()
     settings = settings_for(
-        ctx, url=url, heartbeat_interval=heartbeat, allowed_users=split_csv(allow) or None
+        ctx,
+        url=url,
+        heartbeat_interval=heartbeat,
+        allowed_users=split_csv(allow) or None,
+        pool=pool,
     )
     setup_logging(log_level, quiet_libraries=False)
     options = TunnelOptions(tunnel.value, tunnel_via, tunnel_target, rendezvous)

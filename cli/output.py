@@ -51,12 +51,17 @@ def percent(value: float | None) -> str:
 
 
 def endpoints_table(infos: list[EndpointInfo]) -> Table:
-    table = Table(title=f"{len(infos)} endpoint(s) online", title_justify="left")
-    for column in ("endpoint", "host", "role", "user", "plugins", "uptime", "pid"):
+    pools = sorted({info.pool for info in infos if info.pool})
+    title = f"{len(infos)} endpoint(s) online" + (f"; pool(s): {', '.join(pools)}" if pools else "")
+    table = Table(title=title, title_justify="left")
+    columns = ("endpoint", *(("pool",) if pools else ()), "host", "role", "user", "plugins")
+    for column in (*columns, "uptime", "pid"):
         table.add_column(column, justify="right" if column in ("uptime", "pid") else "left")
-    for info in infos:
+    # Members of one pool next to each other.
+    for info in sorted(infos, key=lambda info: (info.pool or info.endpoint, info.endpoint)):
         table.add_row(
             f"{info.endpoint} (draining)" if info.draining else info.endpoint,
+            *((info.pool or "",) if pools else ()),
             info.host,
             info.host_role.value,
             info.user,

@@ -16,7 +16,15 @@ from orbit_mq import broker
 from orbit_mq.broker_admin import Accounts, vhost_of
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError
-from orbit_mq.permissions import ALL_EVENTS_TAG, Audit, BrokerUser, Role, audit, grant_for
+from orbit_mq.permissions import (
+    ALL_EVENTS_TAG,
+    Audit,
+    BrokerUser,
+    Role,
+    audit,
+    grant_for,
+    pool_tag,
+)
 from orbit_mq.protocol import check_name
 from orbit_mq.tls import login_user
 
@@ -50,10 +58,16 @@ async def declare_shared_topology(settings: Settings) -> None:
 
 
 async def add_user(
-    accounts: Accounts, settings: Settings, role: Role, name: str, all_events: bool = False
+    accounts: Accounts,
+    settings: Settings,
+    role: Role,
+    name: str,
+    all_events: bool = False,
+    pool: str | None = None,
 ) -> NewUser:
     """Make broker user `name` for `role` on the vhost of `settings.url`, with a new password
-    (a client with `all_events` may read every user's events and the audit events)."""
+    (a client with `all_events` may read every user's events and the audit events; an
+    endpoint with a `pool` may serve that pool's request queues too)."""
     kind = "endpoint" if role is Role.ENDPOINT else "user"
     check_name(kind, name)
     vhost = vhost_of(settings.url)
@@ -63,9 +77,12 @@ async def add_user(
             f"with `orbit-mq admin remove {name}`"
         )
     await declare_shared_topology(settings)
-    grant = grant_for(role, name, all_events)
+    grant = grant_for(role, name, all_events, pool)
     password = secrets.token_urlsafe(PASSWORD_BYTES)
-    tags = (role.tag, ALL_EVENTS_TAG) if all_events and role is Role.CLIENT else (role.tag,)
+    tags: tuple[str, ...] = (role.tag,)
+    tags += (ALL_EVENTS_TAG,) if all_events and role is Role.CLIENT else ()
+    if pool is not None and role is Role.ENDPOINT:
+        tags += (pool_tag(pool),)
     await accounts.add_user(name, password, tags)
     try:
         await accounts.set_rights(vhost, name, grant.rights)

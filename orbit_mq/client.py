@@ -152,6 +152,10 @@ class Fabric:
         latest = {info.endpoint: info for info in answers}
         return sorted(latest.values(), key=lambda info: info.endpoint)
 
+    async def pool_members(self, pool: str) -> list[str]:
+        """The live members of endpoint pool `pool`, by name."""
+        return [info.endpoint for info in await self.endpoints() if info.pool == pool]
+
     def endpoint(self, name: str) -> EndpointHandle:
         return EndpointHandle(self, check_name("endpoint", name))
 

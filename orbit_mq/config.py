@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from orbit_mq.errors import ConfigError
+from orbit_mq.protocol import check_name
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MiB = 1024 * 1024
@@ -127,6 +128,13 @@ class Settings(BaseSettings):
     allowed_users: Names = Field(
         default_factory=list,
         description="Broker users an endpoint serves; empty means only its own user.",
+    )
+    pool: Annotated[str | None, AfterValidator(lambda name: name and check_name("pool", name))] = (
+        Field(
+            None,
+            description="Serve as a member of this endpoint pool too: calls to the pool's name "
+            "go to any live member (the control plugin excepted).",
+        )
     )
     admin_users: Names = Field(
         default_factory=list,

@@ -62,7 +62,7 @@ def history(status: JobStatus) -> list[JobStatusEvent]:
 async def watch(job: Job) -> AsyncIterator[JobStatusEvent]:
     proxy = remote(job.psij)
     last = 0
-    async with proxy.fabric.subscribe(f"{proxy.endpoint}.psij.job_status") as events:
+    async with proxy.fabric.subscribe(f"{proxy.serving}.psij.job_status") as events:
         # Subscribed first, then read the journal: nothing can fall between the two.
         pending = history(await job.status(**NO_OUTPUT))
         while True:

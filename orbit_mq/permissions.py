@@ -60,6 +60,12 @@ class Role(StrEnum):
 ADMINISTRATOR_TAG = "administrator"
 # A client granted every user's events and the audit events (`admin user add --all-events`).
 ALL_EVENTS_TAG = "orbit-all-events"
+# An endpoint that is a member of a pool carries the pool's name in a tag: `orbit-pool-hpc1`.
+POOL_TAG_PREFIX = "orbit-pool-"
+
+
+def pool_tag(pool: str) -> str:
+    return POOL_TAG_PREFIX + check_name("pool", pool)
 
 
 @dataclass(frozen=True)
@@ -137,11 +143,14 @@ def own_events(user: str) -> str:
     return "^" + key + "$"
 
 
-def endpoint_grant(name: str) -> Grant:
-    """An endpoint's rights: its own queues; publishing replies, its events and its presence,
-    the last two only under its own name (topic permissions)."""
+def endpoint_grant(name: str, pool: str | None = None) -> Grant:
+    """An endpoint's rights: its own queues (and its pool's request queues); publishing
+    replies, its events and its presence, the last two only under its own name (topic
+    permissions)."""
     check_name("endpoint", name)
     own = endpoint_queues(name)
+    if pool is not None:
+        own.append(template(request_queue(check_name("pool", pool), "{plugin}"), plugin=WORD))
     rights = Rights(
         configure=one_of(*own),
         # Queues: bound by it. orbit.dlx: its queues dead-letter there, and declaring such a
@@ -195,8 +204,10 @@ def client_grant(name: str, all_events: bool = False) -> Grant:
     return Grant(name, Role.CLIENT, rights, (events,))
 
 
-def grant_for(role: Role, name: str, all_events: bool = False) -> Grant:
-    return endpoint_grant(name) if role is Role.ENDPOINT else client_grant(name, all_events)
+def grant_for(role: Role, name: str, all_events: bool = False, pool: str | None = None) -> Grant:
+    if role is Role.ENDPOINT:
+        return endpoint_grant(name, pool)
+    return client_grant(name, all_events)
 
 
 # -- the audit ---------------------------------------------------------------------------------
@@ -218,6 +229,11 @@ class BrokerUser:
     @property
     def all_events(self) -> bool:
         return ALL_EVENTS_TAG in self.tags
+
+    @property
+    def pool(self) -> str | None:
+        found = [tag.removeprefix(POOL_TAG_PREFIX) for tag in self.tags]
+        return next((p for p, t in zip(found, self.tags, strict=True) if p != t and p), None)
 
 
 @dataclass(frozen=True)
@@ -372,8 +388,8 @@ def audit(
             continue
         role = user.role or Role.CLIENT
         model = (
-            grant_for(role, user.name, user.all_events)
-            if _valid(user.name)
+            grant_for(role, user.name, user.all_events, user.pool)
+            if _valid(user.name) and (user.pool is None or _valid(user.pool))
             else client_grant(user.name, user.all_events)
         )
         report.checked.append(user.name)

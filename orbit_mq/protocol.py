@@ -291,6 +291,11 @@ class EndpointInfo(_Wire):
         False, description="A drain is under way: no requests are taken, running work ends."
     )
     plugins: list[PluginInfo]
+    pool: str | None = Field(
+        None,
+        description="The pool this endpoint serves as a member: calls to the pool's name go to "
+        "any live member (docs/scaling.md, Endpoint pools).",
+    )
 
 
 SessionStatus = Literal["active", "closed", "expired"]
@@ -305,6 +310,11 @@ class SessionInfo(_Wire):
     ttl: float = Field(description="Seconds of inactivity after which the session expires.")
     expires: datetime
     status: SessionStatus = "active"
+    endpoint: str | None = Field(
+        None,
+        description="The endpoint holding the session: a pool member, when it was opened "
+        "through a pool; the calls made in it go there.",
+    )
 
     def event_key(self) -> str:
         """The dedupe key of the session_status event announcing this state."""

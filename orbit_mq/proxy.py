@@ -11,6 +11,7 @@ and returns plain JSON values.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import logging
@@ -20,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from pydantic import ValidationError
 
 from orbit_mq.contract import Contract
-from orbit_mq.errors import ConfigError, InvalidArguments, SessionNotFound
+from orbit_mq.errors import (
+    ConfigError,
+    EndpointOffline,
+    InvalidArguments,
+    NotFound,
+    RemoteError,
+    SessionNotFound,
+)
 from orbit_mq.protocol import SessionInfo
 from orbit_mq.rpc import RpcSpec
 
@@ -52,19 +60,29 @@ class PluginProxy:
         self.wait = wait
         self.timeout = timeout
         self.session_id: str | None = None
+        # The pool member holding the session, when `endpoint` is a pool: calls go there.
+        self.member: str | None = None
         self.session_ttl: float | None = None  # as asked for when the session was opened
         self.message_id: str | None = None  # for every call: see `with_options`
         # Without a contract still the methods every plugin has (sessions, health, describe).
         self.specs: dict[str, RpcSpec] = (self.contract or Contract).rpc_methods
+
+    @property
+    def serving(self) -> str:
+        """The endpoint that serves this proxy's calls, and so publishes their events: the
+        pool member holding its session, else the endpoint it was made for."""
+        return self.member or self.endpoint
 
     def __repr__(self) -> str:
         return f"<PluginProxy {self.endpoint}.{self.plugin} session={self.session_id}>"
 
     async def open_session(self, ttl: float | None = None) -> None:
         """Register a session; later calls carry it (and open a new one if it expired)."""
-        self.session_id, self.session_ttl = None, ttl
+        self.session_id, self.session_ttl, self.member = None, ttl, None
         session: SessionInfo = await self.call("register_session", {"ttl": ttl})
         self.session_id = session.session_id
+        if session.endpoint not in (None, self.endpoint):
+            self.member = session.endpoint
 
     async def close(self) -> None:
         """Unregister the session, if any."""
@@ -128,21 +146,58 @@ class PluginProxy:
         spec: RpcSpec | None,
         parse: bool,
     ) -> Any:
+        holder: PluginProxy = self
         try:
             result = await self._send(method, params, timeout, message_id, spec)
-        except SessionNotFound:
+        except (SessionNotFound, EndpointOffline) as error:
             if self.session_id is None or method in _SESSION_METHODS:
                 raise
-            # The session expired (idle past its TTL) or the endpoint lost it. The endpoint
-            # refused the call before running it, so making it again in a new one is safe.
-            log.info("%s: session %s is gone; opening a new one", self, self.session_id)
+            if isinstance(error, EndpointOffline) and error.endpoint != self.member:
+                raise
+            # The session expired (idle past its TTL), the endpoint lost it, or the pool
+            # member holding it is gone. The call was refused or never taken, so making it
+            # again in a new session (through the pool: with another member) is safe.
+            log.info("%s: session %s is gone (%s); opening a new one", self, self.session_id, error)
             await self.open_session(self.session_ttl)
             result = await self._send(method, params, timeout, None, spec)
+        except NotFound as error:
+            if "pool" not in error.details:
+                raise
+            holder, result = await self._elsewhere_in_pool(error, method, params, timeout, spec)
         if spec is None or not parse:
             return result
         value = spec.result.validate_python(result)
-        _bind(value, self)
+        _bind(value, holder)
         return value
+
+    async def _elsewhere_in_pool(
+        self,
+        error: NotFound,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        spec: RpcSpec | None,
+    ) -> tuple[PluginProxy, Any]:
+        """Ask the pool's other members for what the one asked did not have (a job they
+        submitted stays theirs): a proxy for the member that had it, and its answer. Handles in
+        the answer (a `Job`) are bound to that proxy, so they go to their member directly."""
+        pool, asked = error.details["pool"], error.details.get("member")
+        members = [m for m in await self.fabric.pool_members(pool) if m != asked]
+        proxies = [
+            type(self)(self.fabric, member, self.plugin, self.wait, self.timeout)
+            for member in members
+        ]
+        answers = await asyncio.gather(
+            *(p._send(method, params, timeout, None, spec) for p in proxies),
+            return_exceptions=True,
+        )
+        for proxy, answer in zip(proxies, answers, strict=True):
+            if not isinstance(answer, BaseException):
+                return proxy, answer
+        for answer in answers:  # what a member had, but refused (another user's job)
+            if isinstance(answer, RemoteError) and not isinstance(answer, NotFound):
+                raise answer
+        raise error
 
     async def _send(
         self,
@@ -153,7 +208,7 @@ class PluginProxy:
         spec: RpcSpec | None,
     ) -> Any:
         return await self.fabric.call(
-            self.endpoint,
+            self.serving,
             self.plugin,
             method,
             params,

@@ -77,8 +77,9 @@ class Session:
     def expires_at(self) -> float:
         return self.last_used + self.ttl
 
-    def info(self, status: SessionStatus = "active") -> SessionInfo:
+    def info(self, status: SessionStatus = "active", endpoint: str | None = None) -> SessionInfo:
         return SessionInfo(
+            endpoint=endpoint,
             session_id=self.id,
             plugin=self.plugin,
             user=self.user,

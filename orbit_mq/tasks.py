@@ -213,7 +213,7 @@ class TaskWatcher:
 
     async def start(self) -> None:
         proxy = remote(self.tasks)
-        topic = f"{proxy.endpoint}.{Tasks.name}.task_status_batch"
+        topic = f"{proxy.serving}.{Tasks.name}.task_status_batch"
         self._events = await proxy.fabric.subscribe(topic).start()
         # Subscribed first, then read the journal: nothing can fall between the two.
         if self.watched:

@@ -40,6 +40,7 @@ from orbit_mq.protocol import (
     request_key,
     request_queue,
 )
+from orbit_mq.proxy import remote
 from orbit_mq.wire import event_properties, presence_properties
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.sysinfo import SysInfo
@@ -59,8 +60,11 @@ class Fabric:
     def unique(self, prefix: str) -> str:
         return f"{prefix}{uuid.uuid4().hex[:8]}"
 
-    async def make(self, role: Role, name: str | None = None) -> admin.NewUser:
-        made = await admin.add_user(self.accounts, self.settings, role, name or self.unique("u"))
+    async def make(
+        self, role: Role, name: str | None = None, pool: str | None = None
+    ) -> admin.NewUser:
+        name = name or self.unique("u")
+        made = await admin.add_user(self.accounts, self.settings, role, name, pool=pool)
         self.users.append(made.name)
         return made
 
@@ -333,6 +337,40 @@ async def test_an_endpoint_made_by_admin_serves_a_client_made_by_admin(
         stop_process(process)
     output = process.stdout.read() if process.stdout else ""
     assert "ACCESS_REFUSED" not in output, output
+
+
+async def test_pool_members_made_by_admin_serve_their_pool_and_no_other_endpoint_may(
+    fabric: Fabric, tmp_path: Path
+) -> None:
+    pool = fabric.unique("pool")
+    client = await fabric.make(Role.CLIENT)
+    members = [await fabric.make(Role.ENDPOINT, f"{pool}-{m}", pool=pool) for m in "ab"]
+    outsider = await fabric.make(Role.ENDPOINT)
+    endpoints = [
+        Endpoint(
+            made.name,
+            [SysInfo],
+            endpoint_settings(made, tmp_path, client.name).model_copy(update={"pool": pool}),
+        )
+        for made in members
+    ]
+    try:
+        for endpoint in endpoints:
+            await endpoint.start()
+        async with orbit_mq.connect(client.url, timeout=10, discovery_window=0.3) as sdk:
+            served = {
+                remote(await sdk.endpoint(pool).plugin(orbit_mq.SysInfo)).member for _ in range(8)
+            }
+            assert served == {made.name for made in members}
+            assert sorted(await sdk.pool_members(pool)) == sorted(m.name for m in members)
+        theirs = request_queue(pool, "sysinfo")
+        async with connected(outsider) as connection:
+            assert theirs in await refusal(connection, consume(theirs))
+        report = await admin.check(fabric.accounts, vhost_of(fabric.settings.url))
+        assert not report.too_broad, report.too_broad
+    finally:
+        for endpoint in endpoints:
+            await endpoint.stop(grace=5)
 
 
 async def test_check_passes_the_users_admin_made_and_flags_broad_ones(

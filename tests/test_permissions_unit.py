@@ -15,6 +15,7 @@ from orbit_mq.permissions import (
     audit,
     client_grant,
     endpoint_grant,
+    pool_tag,
 )
 from orbit_mq.protocol import (
     ADMINS_OWNER,
@@ -52,6 +53,21 @@ def test_an_endpoints_regexes_cover_its_own_names_and_no_one_elses() -> None:
         assert not granted(rights.configure, other), other
     assert granted(rights.read, RPC_EXCHANGE) and not granted(rights.read, EVENTS_EXCHANGE)
     assert granted(rights.write, EVENTS_EXCHANGE) and not granted(rights.write, RPC_EXCHANGE)
+
+
+def test_a_pool_member_may_serve_its_pools_request_queues_only() -> None:
+    rights = endpoint_grant("hpc1-a", pool="hpc1").rights
+    for own in (request_queue("hpc1-a", "psij"), request_queue("hpc1", "psij")):
+        assert all(granted(regex, own) for regex in (rights.configure, rights.write, rights.read))
+    for other in (request_queue("hpc2", "psij"), request_queue("hpc1-b", "psij")):
+        assert not granted(rights.configure, other), other
+    assert not granted(endpoint_grant("hpc1-a").rights.read, request_queue("hpc1", "psij"))
+    member = BrokerUser("hpc1-a", (Role.ENDPOINT.tag, pool_tag("hpc1")))
+    assert member.pool == "hpc1" and BrokerUser("x", (Role.ENDPOINT.tag,)).pool is None
+    grant = endpoint_grant("hpc1-a", pool="hpc1")
+    topics = {"hpc1-a": {topic.exchange: topic for topic in grant.topics}}
+    report = audit("/", [member], {"hpc1-a": grant.rights}, topics)
+    assert report.checked == ["hpc1-a"] and not report.findings
 
 
 def test_an_endpoints_topic_rights_hold_it_to_its_name() -> None:

@@ -12,6 +12,8 @@ from orbit_mq.workers.plugin import Plugin
 
 
 class ControlPlugin(Plugin, Control):
+    pooled = False  # stopping "any member" of a pool is never what is meant
+
     async def shutdown(
         self,
         drain: bool = False,

@@ -22,6 +22,7 @@ from orbit_mq.errors import (
     InternalError,
     InvalidRequest,
     MethodNotFound,
+    NotFound,
     OperationTimeout,
     PayloadTooLarge,
     RemoteError,
@@ -63,8 +64,10 @@ class Dispatcher:
         allowed_users: frozenset[str],
         max_message_size: int,
         executor: Executor | None = None,
+        pool: str | None = None,
     ) -> None:
         self.plugin = plugin
+        self.pool = pool
         self.allowed_users = allowed_users
         self.max_message_size = max_message_size
         self.executor = executor
@@ -166,6 +169,10 @@ class Dispatcher:
         except RemoteError as error:
             if isinstance(error, InvalidRequest | MethodNotFound):
                 self._refusals.warning(user, "%s.%s: %s", self.label, method, str(error))
+            if self.pool is not None and _elsewhere_maybe(error):
+                # What this member does not have another member of its pool may: the caller
+                # asks them (orbit_mq.pools).
+                error.details.update(pool=self.pool, member=self.plugin.context.endpoint)
             return error_body(error)
 
     async def _run(
@@ -334,3 +341,10 @@ class Dispatcher:
             call.deadline,
         )
         return batch_item(call.id, body)
+
+
+def _elsewhere_maybe(error: RemoteError) -> bool:
+    """Whether another pool member may have what this one did not find (a job, a task, a
+    transfer); not a method or a session, which every member has alike or the caller's
+    session pins."""
+    return isinstance(error, NotFound) and not isinstance(error, MethodNotFound | SessionNotFound)

@@ -81,6 +81,12 @@ class Endpoint:
         self.name = check_name("endpoint", name)
         self.route = route  # where to connect instead of the URL's host (an SSH tunnel)
         self.settings = settings or Settings()
+        self.pool = self.settings.pool
+        if self.pool == self.name:
+            raise ConfigError(
+                f"endpoint {name!r} cannot be a member of a pool of its own name; name the "
+                f"member after its host, e.g. --name {name}-{socket.gethostname().split('.')[0]}"
+            )
         # Every endpoint also serves `control` (stopping it remotely), unless given its own.
         served = {cls.name for cls in plugins}
         self.plugin_classes = [*plugins, *([] if Control.name in served else [ControlPlugin])]
@@ -296,6 +302,7 @@ class Endpoint:
             allowed_users=self.allowed,
             max_message_size=self.settings.max_message_size,
             executor=self._executor,
+            pool=self.pool,
         )
         for served in (plugin.name, *plugin.aliases):
             lane = Lane(
@@ -311,16 +318,20 @@ class Endpoint:
     async def _setup_plugin(
         self, plugin: str, dispatcher: Dispatcher, amqp: aiormq.Channel
     ) -> None:
-        """Declare and bind the plugin's queue and consume it (again after every reconnection)."""
-        queue = request_queue(self.name, plugin)
-        await amqp.queue_declare(
-            queue, durable=True, arguments=request_queue_arguments(self.settings)
-        )
-        await amqp.queue_bind(queue, RPC_EXCHANGE, routing_key=request_key(self.name, plugin))
-        if self._taking_requests:
-            ok = await amqp.basic_consume(queue, partial(self._on_request, dispatcher, plugin))
-            assert ok.consumer_tag is not None
-            self._consumers[queue] = (amqp, ok.consumer_tag)
+        """Declare and bind the plugin's queue (and its pool's) and consume them (again after
+        every reconnection). Pool members compete for the pool's queue: each call goes to one."""
+        pooled = self.pool is not None and dispatcher.plugin.pooled
+        for name in (self.name, self.pool) if pooled else (self.name,):
+            assert name is not None
+            queue = request_queue(name, plugin)
+            await amqp.queue_declare(
+                queue, durable=True, arguments=request_queue_arguments(self.settings)
+            )
+            await amqp.queue_bind(queue, RPC_EXCHANGE, routing_key=request_key(name, plugin))
+            if self._taking_requests:
+                ok = await amqp.basic_consume(queue, partial(self._on_request, dispatcher, plugin))
+                assert ok.consumer_tag is not None
+                self._consumers[queue] = (amqp, ok.consumer_tag)
 
     async def _on_request(
         self, dispatcher: Dispatcher, plugin: str, message: DeliveredMessage
@@ -413,6 +424,7 @@ class Endpoint:
             uptime=time.time() - self.started,
             heartbeat_interval=self.settings.heartbeat_interval,
             draining=self._draining,
+            pool=self.pool,
             plugins=[
                 info.model_copy(update={"name": served})
                 for plugin in self.plugins.values()

@@ -84,6 +84,8 @@ class EndpointControl(Protocol):
 
 class Plugin(Contract):
     session_ttl: ClassVar[float | None] = None
+    # Served under its endpoint's pool name too, when the endpoint is a pool member.
+    pooled: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -149,7 +151,8 @@ class Plugin(Contract):
         await self.context.publish_event(self.name, topic, data, key, owner)
 
     async def _session_changed(self, session: Session, status: SessionStatus) -> None:
-        await self.emit("session_status", session.info(status), owner=session.user)
+        info = session.info(status, self.context.endpoint)
+        await self.emit("session_status", info, owner=session.user)
 
     # -- the methods every plugin answers (their contract: orbit_mq/contract.py) -----------
 
@@ -157,14 +160,14 @@ class Plugin(Contract):
         self, ttl: PositiveFloat | None = None, *, ctx: CallContext = INJECTED
     ) -> SessionInfo:
         session = await self.sessions.open(ctx.user, ttl)
-        return session.info()
+        return session.info(endpoint=self.context.endpoint)
 
     async def unregister_session(
         self, session_id: str, *, ctx: CallContext = INJECTED
     ) -> SessionInfo:
         method = f"{ctx.plugin}.{ctx.method}"
         session = await self.sessions.close(session_id, ctx.user, method)
-        return session.info("closed")
+        return session.info("closed", self.context.endpoint)
 
     async def health(self) -> HealthInfo:
         try:
