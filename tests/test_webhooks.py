@@ -1,0 +1,237 @@
+"""Signed webhooks against the real broker, a real endpoint (PSI/J's local executor) and a
+real HTTP receiver on 127.0.0.1 that goes down for 10 s in the middle of a job's life."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http.server
+import json
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiormq
+import pytest
+from conftest import StartEndpoint
+
+import orbit_mq
+from orbit_mq.config import Settings
+from orbit_mq.contracts.psij import Job, PsiJ
+from orbit_mq.subscribe import durable_queue_name
+from orbit_mq.waiting import wait_within
+from orbit_mq.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    Webhooks,
+    WebhookStore,
+    signature,
+)
+from orbit_mq.workers.plugins.psij.plugin import PsiJ as PsiJPlugin
+
+SECRET = "s3cret-" + uuid.uuid4().hex
+DOWN_FOR = 10.0  # s the receiver is away: the fault's length, not a synchronisation
+WITHIN = 60.0  # s for any awaited delivery
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 recording every POST; stopped and started on one port."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        self.port = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._changed = threading.Condition()
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                with receiver._changed:
+                    receiver.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    receiver._changed.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def states(self) -> list[str]:
+        return [json.loads(body)["state"] for _, body in self.posts]
+
+    async def until(self, state: str) -> None:
+        """Until a POST of `state` arrived (bounded by WITHIN)."""
+
+        def wait() -> bool:
+            with self._changed:
+                return self._changed.wait_for(lambda: state in self.states(), WITHIN)
+
+        assert await asyncio.to_thread(wait), f"no {state} POST within {WITHIN} s: {self.states()}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    made.start()
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+async def hooks(
+    fabric: orbit_mq.Fabric, tmp_path: Path, settings: Settings, name: str
+) -> AsyncIterator[Webhooks]:
+    made = await _webhooks(fabric, tmp_path, name)
+    yield made
+    await made.close()
+    made.store.close()
+    await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+
+
+async def _webhooks(fabric: orbit_mq.Fabric, tmp_path: Path, name: str, **options: Any) -> Webhooks:
+    made = Webhooks(fabric, WebhookStore(tmp_path / "webhooks.db"), subscription=name, **options)
+    await made.start()
+    return made
+
+
+async def _delete_queue(url: str, queue: str) -> None:
+    connection = await aiormq.connect(url.split(",")[0])
+    channel = await connection.channel()
+    await channel.queue_delete(queue)
+    await connection.close()
+
+
+def waiting_job(flag: Path) -> dict[str, Any]:
+    script = f"for i in $(seq 600); do [ -e {flag} ] && exit 0; sleep 0.1; done; exit 1"
+    return {"executable": "/bin/sh", "arguments": ["-c", script]}
+
+
+async def submit(fabric: orbit_mq.Fabric, endpoint: str, spec: dict[str, Any]) -> Job:
+    psij = await fabric.endpoint(endpoint).plugin(PsiJ, session=False)
+    return await psij.submit_job(spec=spec)
+
+
+def check_deliveries(receiver: Receiver, job: Job) -> list[int]:
+    """Every POST signed with the secret; their seqs, which must be 1, 2, … without repeats."""
+    seqs = []
+    for headers, body in receiver.posts:
+        assert hmac.compare_digest(headers[SIGNATURE_HEADER], signature(SECRET, body))
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers[SIGNATURE_HEADER] == expected
+        event = json.loads(body)
+        assert event["job_id"] == job.job_id and headers[DELIVERY_HEADER].endswith(
+            f":{event['seq']}"
+        )
+        seqs.append(event["seq"])
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    return seqs
+
+
+async def test_every_state_change_arrives_signed_in_order_though_the_receiver_was_down(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    hooks: Webhooks,
+    receiver: Receiver,
+    name: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await start_endpoint([PsiJPlugin])
+    flag = tmp_path / "go"
+    job = await submit(fabric, name, waiting_job(flag))
+    hooks.register(job.job_id, name, fabric.user, receiver.url, SECRET)
+    await receiver.until("ACTIVE")
+    receiver.stop()
+    flag.touch()  # the job ends while nobody receives
+    await asyncio.sleep(DOWN_FOR)
+    assert "COMPLETED" not in receiver.states()
+    receiver.start()
+    await receiver.until("COMPLETED")
+    assert check_deliveries(receiver, job)[-1] == len(receiver.posts)
+    assert receiver.states()[0] == "NEW" and receiver.states()[-1] == "COMPLETED"
+    info = await wait_within(hooks.settled(job.job_id), WITHIN)
+    assert info is not None and hooks.infos(fabric.user) == [info]
+    assert info.status == "done" and info.delivered == len(receiver.posts)
+    assert info.attempts > len(receiver.posts) and info.last_error is None
+    assert SECRET not in info.model_dump_json() and SECRET not in caplog.text
+
+
+async def test_what_happens_while_the_gateway_is_down_is_delivered_when_it_returns(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    hooks: Webhooks,
+    receiver: Receiver,
+    name: str,
+    tmp_path: Path,
+) -> None:
+    await start_endpoint([PsiJPlugin])
+    flag = tmp_path / "go"
+    job = await submit(fabric, name, waiting_job(flag))
+    hooks.register(job.job_id, name, fabric.user, receiver.url, SECRET)
+    await receiver.until("ACTIVE")
+    await hooks.close()  # the gateway stops; the job ends meanwhile
+    flag.touch()
+    await job.wait(timeout=WITHIN)
+    again = await _webhooks(fabric, tmp_path, name)
+    try:
+        await receiver.until("COMPLETED")
+    finally:
+        await again.close()
+        again.store.close()
+    check_deliveries(receiver, job)
+
+
+async def test_events_before_the_registration_are_sent_and_a_dead_receiver_is_given_up(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    receiver: Receiver,
+    name: str,
+    tmp_path: Path,
+    settings: Settings,
+) -> None:
+    await start_endpoint([PsiJPlugin])
+    hooks = await _webhooks(fabric, tmp_path, name, give_up_after=2.0)
+    try:
+        job = await submit(fabric, name, {"executable": "/bin/true"})
+        await job.wait(timeout=WITHIN)  # every event came before the registration
+        hooks.register(job.job_id, name, fabric.user, receiver.url, SECRET)
+        await receiver.until("COMPLETED")
+        check_deliveries(receiver, job)
+        receiver.stop()
+        lost = await submit(fabric, name, {"executable": "/bin/true"})
+        hooks.register(lost.job_id, name, fabric.user, receiver.url, SECRET)
+        info = await wait_within(hooks.settled(lost.job_id), WITHIN)
+        assert info is not None and info.status == "failed"
+        assert info.last_error and info.attempts >= 2
+    finally:
+        await hooks.close()
+        hooks.store.close()
+        await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+
+
+def test_the_signature_is_hmac_sha256_of_the_body() -> None:
+    assert signature("key", b"{}") == (
+        "sha256=" + hmac.new(b"key", b"{}", hashlib.sha256).hexdigest()
+    )
