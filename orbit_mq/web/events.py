@@ -87,8 +87,10 @@ class Stream:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+            # shielded: when the caller is cancelled too (a browser that went away), the task
+            # must still finish closing its subscription, which returns undelivered events
             with suppress(asyncio.CancelledError):
-                await task
+                await asyncio.shield(task)
 
     async def _consume(self, subscription: Subscription[Event]) -> None:
         try:

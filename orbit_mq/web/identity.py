@@ -153,10 +153,12 @@ class Users:
             await asyncio.sleep(max(self.idle / 4, 0.05))  # a periodic sweep, not a wait
             await self.close_idle()
 
-    async def close(self) -> None:
+    async def close(self, retire: bool = False) -> None:
+        """Close every connection; the durable queues of their event streams stay (keeping
+        events for the next run) unless `retire`."""
         connections, self._open = list(self._open.values()), {}
         for connection in connections:
-            await connection.close(retire=False)  # their queues keep events for the next run
+            await connection.close(retire)
 
     def __len__(self) -> int:
         return len(self._open)
