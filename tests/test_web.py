@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from conftest import StartEndpoint
+from conftest import StartEndpoint, cli_env, orbit_cli
 from echo_plugin import Echo
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
@@ -285,3 +286,30 @@ async def test_events_resume_after_a_dropped_connection_with_nothing_lost(
     assert states[0][1] == "NEW" and states[-1][1] == "COMPLETED"
     ids = [event_id for event_id, _ in first.events + second.events]
     assert len(ids) == len(set(ids))
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+async def test_orbit_mq_web_prints_its_url_and_serves_the_api(
+    settings: Settings, endpoint: str
+) -> None:
+    command = orbit_cli("web", "--listen", "127.0.0.1:0", "--idle", "5")
+    process = await asyncio.create_subprocess_exec(
+        *command, env=cli_env(settings), stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = (await wait_within(process.stdout.readline(), 30)).decode()
+        assert line.startswith("orbit-mq web: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1].strip()
+        async with httpx.AsyncClient(auth=("guest", "guest"), timeout=30) as client:
+            response = await client.get(url)
+        assert response.status_code == 200, response.text
+        assert endpoint in [info["endpoint"] for info in response.json()]
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await wait_within(process.wait(), 20)
+    # uvicorn shuts down gracefully on SIGTERM, then ends by that signal as is the custom
+    assert process.returncode in (0, -signal.SIGTERM)
