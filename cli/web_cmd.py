@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,7 +15,7 @@ from orbit_mq.errors import ConfigError
 DEFAULT_LISTEN = "127.0.0.1:8470"
 
 
-def _file_option(flag: str, text: str) -> typer.models.OptionInfo:
+def _file_option(flag: str, text: str) -> Any:
     return typer.Option(flag, help=text, exists=True, dir_okay=False, show_default=False)
 
 
