@@ -12,22 +12,28 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from broker_users import scratch_vhost
 from conftest import StartEndpoint, cli_env, orbit_cli
 from echo_plugin import Echo
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
 
+from orbit_mq import admin
 from orbit_mq.config import Settings
 from orbit_mq.contracts import installed_contracts
+from orbit_mq.permissions import Role
 from orbit_mq.schemas import plugin_descriptions
+from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.web import create_app, openapi_document
 from orbit_mq.web.identity import Users
+from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
@@ -54,6 +60,7 @@ async def serve(app: Starlette) -> AsyncIterator[str]:
     request made at once waits in the backlog instead of being refused)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -313,3 +320,56 @@ async def test_orbit_mq_web_prints_its_url_and_serves_the_api(
         await wait_within(process.wait(), 20)
     # uvicorn shuts down gracefully on SIGTERM, then ends by that signal as is the custom
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+# -- two users ---------------------------------------------------------------------------------
+
+
+async def test_a_second_user_cannot_see_the_first_users_job(
+    broker_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    async with scratch_vhost(broker_url, "orbit-web") as vhost:
+        tag = uuid.uuid4().hex[:8]
+        made = Settings(url=vhost.url, home=tmp_path / "admin")
+        alice = await admin.add_user(vhost.accounts, made, Role.CLIENT, f"alice{tag}")
+        vhost.users.append(alice.name)
+        bob = await admin.add_user(vhost.accounts, made, Role.CLIENT, f"bob{tag}")
+        vhost.users.append(bob.name)
+        trusted = [alice.name, bob.name, login_user(Settings(url=broker_url))]
+        endpoint = Endpoint(
+            f"web{tag}",
+            [PsiJ],
+            settings.model_copy(
+                update={"url": vhost.url, "home": tmp_path / "ep", "allowed_users": trusted}
+            ),
+        )
+        await endpoint.start()
+        try:
+            app = create_app(settings.model_copy(update={"url": vhost.url}), keep_alive=1.0)
+            async for url in serve(app):
+                gateway = Gateway(url, app)
+                await _apart(gateway, endpoint.name, (alice.name, alice.password), bob.password)
+                await gateway.users.close(retire=True)
+        finally:
+            await endpoint.stop(grace=5)
+
+
+async def _apart(
+    gateway: Gateway, endpoint: str, alice: tuple[str, str], bob_password: str
+) -> None:
+    jobs = f"{API}/endpoints/{endpoint}/jobs"
+    async with gateway.client(auth=alice) as as_alice:
+        job_id = await _submit(as_alice, endpoint)
+        assert (await as_alice.get(f"{jobs}/{job_id}")).status_code == 200
+    bob = alice[0].replace("alice", "bob")
+    async with gateway.client(auth=(bob, bob_password)) as as_bob:
+        theirs = await as_bob.get(f"{jobs}/{job_id}")
+        assert wire_error(theirs, 403, "unauthorized")["details"]["type"] == "NotJobOwner"
+        cancel = await as_bob.post(f"{jobs}/{job_id}/cancel", json={})
+        wire_error(cancel, 403, "unauthorized")
+        listed = (await as_bob.get(jobs)).json()
+        assert job_id not in [job["job_id"] for job in listed["jobs"]]
+        # bob's password is not alice's: her cached connection does not let him in as her
+        wrong = await as_bob.get(jobs, auth=(alice[0], bob_password))
+        wire_error(wrong, 401, "unauthorized")
+    assert len(gateway.users) == 2
