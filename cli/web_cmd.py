@@ -13,6 +13,7 @@ from orbit_mq.cli.common import UrlOption, guarded, run_async, settings_for
 from orbit_mq.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
+GRACE = 5  # s requests get to finish at shutdown
 
 
 def _file_option(flag: str, text: str) -> Any:
@@ -98,6 +99,7 @@ def web(
         log_config=None,  # orbit-mq's logging (--log-level)
         access_log=False,
         lifespan="on",
+        timeout_graceful_shutdown=GRACE,  # open event streams would hold a shutdown for ever
     )
     try:
         run_async(uvicorn.Server(config).serve(sockets=[sock]))

@@ -218,6 +218,8 @@ async def test_no_login_and_a_wrong_password_are_refused(gateway: Gateway, endpo
         document = await client.get(f"{API}/openapi.json")
         assert document.status_code == 200 and document.json()["openapi"] == "3.1.0"
     assert len(gateway.users) == 1
+    await gateway.users.close_idle(idle=0)  # as if the idle time had passed
+    assert len(gateway.users) == 0
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -275,6 +277,8 @@ async def test_events_resume_after_a_dropped_connection_with_nothing_lost(
             await wait_within(first.subscribed(), 20)
             job1 = await _submit(client, endpoint)
             await wait_within(first.until(job1, "COMPLETED"), 30)
+            await gateway.users.close_idle(idle=0)
+            assert len(gateway.users) == 1  # a connection with a listening stream is in use
         last_id = first.events[-1][0]
         assert [seq for seq, _ in first.states(job1)] == list(range(1, len(first.states(job1)) + 1))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -31,6 +32,7 @@ from orbit_mq.web.identity import DEFAULT_IDLE, Connection, LoginFailed, Users, 
 from orbit_mq.web.openapi import API, openapi_document
 from orbit_mq.web.shortcuts import SHORTCUTS
 
+log = logging.getLogger("orbit_mq.web")
 Handler = Callable[[Request, Connection], Awaitable[Response]]
 JSON_TYPE = "application/json"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -83,6 +85,12 @@ def _routes() -> list[Route]:
     return found
 
 
+async def _internal(request: Request, exc: Exception) -> Response:
+    """A fault of the gateway itself: logged here, answered with the wire's internal error."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem(ErrorCode.INTERNAL, "the gateway failed; its log says why", 500)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = ErrorCode.NOT_FOUND if status == 404 else ErrorCode.INVALID_REQUEST
@@ -115,7 +123,7 @@ def create_app(
     app = Starlette(
         routes=_routes(),
         lifespan=lifespan,
-        exception_handlers={404: _http_error, 405: _http_error},
+        exception_handlers={404: _http_error, 405: _http_error, Exception: _internal},
     )
     known = contracts if contracts is not None else installed_contracts()
     app.state.users = users

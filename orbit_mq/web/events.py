@@ -62,7 +62,7 @@ class Stream:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._queue: str | None = None
-        self.failed = False
+        self.ended = False  # the subscription failed, or the connection closed: listeners end
 
     # -- consuming -----------------------------------------------------------------------------
 
@@ -99,7 +99,7 @@ class Stream:
                     self._append(event)
         except OrbitError as exc:
             log.warning("event stream %s ended: %s", self.name, exc)
-            self.failed = True
+            self.ended = True
         finally:
             self._wake()
 
@@ -118,9 +118,16 @@ class Stream:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def retire(self) -> None:
-        """Stop and delete the durable queue (the user's connection is closing for good)."""
+    async def end(self) -> None:
+        """Stop for good: the listeners' responses end (the browsers reconnect)."""
+        self.ended = True
         await self.stop()
+        self._wake()
+
+    async def retire(self) -> None:
+        """End, and delete the durable queue (the user's connection is closing when nobody
+        listened for its idle time)."""
+        await self.end()
         if self._queue is None:
             return
         with suppress(OrbitError, OSError, RuntimeError):
@@ -148,7 +155,7 @@ class Stream:
         (comments every `keep_alive` s when quiet); ends if the subscription fails."""
         yield b"retry: 2000\n: subscribed\n\n"
         position = after
-        while not self.failed:
+        while not self.ended:
             changed = self._changed
             for number, event in self.after(position):
                 position = number

@@ -90,7 +90,7 @@ class Connection:
         """Close the streams (`retire`: and delete their durable queues), then the fabric."""
         for stream in self.streams.values():
             with suppress(OrbitError, OSError, RuntimeError):
-                await (stream.retire() if retire else stream.stop())
+                await (stream.retire() if retire else stream.end())
         await _close(self.fabric)
 
 
@@ -138,14 +138,18 @@ class Users:
         log.info("broker user %r logged in", credentials.user)
         return fabric
 
-    async def close_idle(self) -> None:
-        """Close the connections unused for `idle` seconds (and with no open event stream)."""
-        now = time.monotonic()
+    async def close_idle(self, idle: float | None = None) -> None:
+        """Close the connections unused for `idle` seconds (default: the gateway's) and with
+        no event stream listened to."""
+        now, idle = time.monotonic(), self.idle if idle is None else idle
         for user, connection in list(self._open.items()):
-            if not connection.listened and now - connection.last_used >= self.idle:
+            if not connection.listened and now - connection.last_used >= idle:
                 self._open.pop(user, None)
                 log.info("closing the idle connection of broker user %r", user)
                 await connection.close(retire=True)
+        for user, lock in list(self._locks.items()):  # not one kept per name ever tried
+            if user not in self._open and not lock.locked():
+                del self._locks[user]
 
     async def reap(self) -> None:
         """Close idle connections every quarter of `idle`, until cancelled (at shutdown)."""

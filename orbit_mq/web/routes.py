@@ -138,7 +138,7 @@ def shortcut_handler(shortcut: Shortcut) -> Any:
 async def _stream(user: Connection, patterns: tuple[str, ...]) -> Stream:
     """The user's stream for `patterns`, listened to once more (a new one if needed)."""
     stream = user.streams.get(patterns)
-    if stream is None or stream.failed:
+    if stream is None or stream.ended:
         stream = Stream(user.fabric, patterns)
     await stream.attach()  # a bad pattern: ConfigError, before the stream is kept
     user.streams[patterns] = stream
