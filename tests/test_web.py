@@ -202,6 +202,33 @@ async def test_errors_carry_the_wire_body_and_status(gateway: Gateway, endpoint:
         wire_error(await client.get(f"{API}/nothing/here"), 404, "not_found")
 
 
+async def test_offline_timeout_plugin_errors_and_cancel(
+    gateway: Gateway, endpoint: str, start_endpoint: StartEndpoint
+) -> None:
+    away = await start_endpoint(plugins=[SysInfo], endpoint=f"{endpoint}x")
+    await away.stop(grace=5)  # its queue stays, with nobody consuming it
+    async with gateway.client() as client:
+        offline = await client.post(f"{API}/endpoints/{away.name}/sysinfo/homedir", json={})
+        assert wire_error(offline, 503, "unavailable")["details"]["type"] == "EndpointOffline"
+        sleeper = {"executable": "/bin/sleep", "arguments": ["60"]}
+        job = (await client.post(f"{API}/endpoints/{endpoint}/jobs", json=sleeper)).json()
+        echo = f"{API}/endpoints/{endpoint}/echo"
+        late = await client.post(f"{echo}/sleep", params={"timeout": 1}, json={"seconds": 5})
+        wire_error(late, 504, "timeout")
+        conflict = await client.post(f"{echo}/fail", json={"kind": "conflict"})
+        assert wire_error(conflict, 409, "conflict")["details"]["thing"] == 1
+        domain = await client.post(f"{echo}/fail", json={"kind": "domain"})
+        assert wire_error(domain, 404, "not_found")["details"]["type"] == "ThingNotFound"
+        wire_error(await client.post(f"{echo}/fail", json={"kind": "boom"}), 500, "internal")
+        cancel = await client.post(f"{API}/endpoints/{endpoint}/jobs/{job['job_id']}/cancel")
+        wire_error(cancel, 415, "invalid_request")  # no JSON content type: refused (CSRF)
+        cancel = await client.post(
+            f"{API}/endpoints/{endpoint}/jobs/{job['job_id']}/cancel", json={}
+        )
+        assert cancel.status_code == 200, cancel.text
+        assert (await wait_ended(client, endpoint, job["job_id"]))["state"] == "CANCELED"
+
+
 async def test_no_login_and_a_wrong_password_are_refused(gateway: Gateway, endpoint: str) -> None:
     async with gateway.client(auth=None) as anonymous:
         response = await anonymous.get(f"{API}/endpoints")
@@ -297,6 +324,14 @@ async def test_events_resume_after_a_dropped_connection_with_nothing_lost(
     assert states[0][1] == "NEW" and states[-1][1] == "COMPLETED"
     ids = [event_id for event_id, _ in first.events + second.events]
     assert len(ids) == len(set(ids))
+
+    # an older id: the rest is sent again from the gateway's log, in order
+    async with gateway.client() as client:
+        headers = {"Last-Event-ID": first.events[0][0]}
+        async with client.stream("GET", f"{API}/events", params=params, headers=headers) as old:
+            third = SseReader(old.aiter_lines())
+            await wait_within(third.until(job2, "COMPLETED"), 30)
+    assert third.events == first.events[1:] + second.events
 
 
 # -- the command -------------------------------------------------------------------------------
