@@ -200,6 +200,9 @@ async def test_errors_carry_the_wire_body_and_status(gateway: Gateway, endpoint:
         )
         wire_error(form, 415, "invalid_request")
         wire_error(await client.get(f"{API}/nothing/here"), 404, "not_found")
+        wire_error(await client.get(f"{API}/events"), 422, "invalid_request")
+        too_long = await client.get(f"{API}/events", params={"pattern": "a.b.c.d.e"})
+        wire_error(too_long, 422, "invalid_request")
 
 
 async def test_offline_timeout_plugin_errors_and_cancel(
