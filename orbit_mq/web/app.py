@@ -60,8 +60,8 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return failure(exc)
         try:
             return await handler(request, user)
-        except (OrbitError, routes.BadRequest) as exc:
-            return routes.refused(exc)
+        except OrbitError as exc:
+            return failure(exc)
         finally:
             user.touch()
 

@@ -24,6 +24,7 @@ REFS = "#/components/schemas/"
 JSON = "application/json"
 SSE = "text/event-stream"
 ENDPOINT_PATH = f"{API}/endpoints/{{endpoint}}"
+OTHERWISE = "default"  # the response of every status not listed
 CALL_ERRORS = (
     ErrorCode.INVALID_REQUEST,
     ErrorCode.NOT_FOUND,
@@ -70,7 +71,7 @@ def _responses(ok: dict[str, Any], *codes: ErrorCode, media: str = JSON) -> dict
     out: dict[str, Any] = {"200": {"description": "Success", **_content(ok, media)}}
     out.update({str(STATUS[code]): {"description": code.value, **error} for code in codes})
     out["401"] = {"description": "Not logged in: HTTP Basic with a broker user", **error}
-    out["default"] = {"description": "An error, as on the wire", **error}
+    out[OTHERWISE] = {"description": "An error, as on the wire", **error}
     return out
 
 

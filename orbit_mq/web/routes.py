@@ -13,18 +13,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from orbit_mq.client import Fabric
 from orbit_mq.contract import Contract
-from orbit_mq.errors import EndpointNotFound, OrbitError
-from orbit_mq.protocol import EndpointInfo, ErrorCode, check_name
-from orbit_mq.web.errors import failure, problem
+from orbit_mq.errors import EndpointNotFound, InvalidRequest
+from orbit_mq.protocol import EndpointInfo, check_name
+from orbit_mq.shorten import shorten
 from orbit_mq.web.events import MAX_PATTERNS, Stream
 from orbit_mq.web.identity import Connection
 from orbit_mq.web.shortcuts import Shortcut
 
 MAX_TIMEOUT = 600.0  # s a call may be given (`?timeout=`)
-
-
-class BadRequest(Exception):
-    """A request the gateway refuses itself: 422 with the message."""
+QUERY = {"reason": "invalid_query"}
 
 
 class JSON(JSONResponse):
@@ -47,7 +44,10 @@ async def json_body(request: Request) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
+        raise InvalidRequest(
+            f"request body is not valid JSON ({shorten(str(exc))}); send a JSON object",
+            {"reason": "malformed_json"},
+        ) from None
 
 
 def timeout_of(request: Request) -> float | None:
@@ -57,9 +57,11 @@ def timeout_of(request: Request) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise BadRequest(f"timeout must be a number of seconds, not {text!r}") from None
+        raise InvalidRequest(
+            f"timeout must be a number of seconds, not {shorten(text)}", QUERY
+        ) from None
     if not 0 < value <= MAX_TIMEOUT:
-        raise BadRequest(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} s")
+        raise InvalidRequest(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} s", QUERY)
     return value
 
 
@@ -111,7 +113,10 @@ async def call_method(request: Request, user: Connection) -> Response:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise BadRequest("the body must be a JSON object: the method's named parameters")
+        raise InvalidRequest(
+            f"request body must be a JSON object of parameters, not {type(params).__name__}",
+            {"reason": "not_an_object"},
+        )
     result = await user.fabric.call(endpoint, plugin, method, params, timeout=timeout_of(request))
     return JSON(result)
 
@@ -148,9 +153,10 @@ async def _stream(user: Connection, patterns: tuple[str, ...]) -> Stream:
 async def events(request: Request, user: Connection) -> Response:
     patterns = tuple(sorted(set(request.query_params.getlist("pattern"))))
     if not patterns:
-        raise BadRequest("give at least one pattern: ?pattern={endpoint}.{plugin}.{topic}")
+        message = "give at least one pattern: ?pattern={endpoint}.{plugin}.{topic}"
+        raise InvalidRequest(message, QUERY)
     if len(patterns) > MAX_PATTERNS:
-        raise BadRequest(f"at most {MAX_PATTERNS} patterns per stream")
+        raise InvalidRequest(f"at most {MAX_PATTERNS} patterns per stream", QUERY)
     stream = await _stream(user, patterns)
     after = stream.start_after(request.headers.get("last-event-id"))
     keep_alive: float = request.app.state.keep_alive
@@ -169,12 +175,3 @@ async def events(request: Request, user: Connection) -> Response:
 
 async def openapi(request: Request, user: Connection) -> Response:
     return JSON(request.app.state.openapi)
-
-
-def refused(error: Exception) -> Response:
-    """The answer to an error a handler raised."""
-    if isinstance(error, BadRequest):
-        return problem(ErrorCode.INVALID_REQUEST, str(error))
-    if isinstance(error, OrbitError):
-        return failure(error)
-    raise error

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from orbit_mq.contract import Contract
 from orbit_mq.contracts.psij import PsiJ
-from orbit_mq.errors import InvalidRequest
+from orbit_mq.errors import invalid_params
 from orbit_mq.rpc import RpcSpec
 
 
@@ -72,20 +72,9 @@ class Shortcut:
         try:
             model = self.spec.params.model_validate(given)
         except ValidationError as exc:
-            raise invalid(f"{self.plugin}.{self.spec.name}", exc) from None
+            raise invalid_params(f"{self.plugin}.{self.spec.name}", exc) from None
         dumped: dict[str, Any] = model.model_dump(mode="json", exclude_unset=True)
         return dumped
-
-
-def invalid(label: str, exc: ValidationError) -> InvalidRequest:
-    errors = [
-        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
-    summary = "; ".join(f"{e['loc'] or '(body)'}: {e['msg']}" for e in errors[:5])
-    return InvalidRequest(
-        f"invalid parameters for {label}: {summary}", {"reason": "invalid_params", "errors": errors}
-    )
 
 
 SUBMIT, LIST, STATUS, CANCEL = (
