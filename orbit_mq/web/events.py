@@ -35,6 +35,7 @@ LOG_SIZE = 10_000  # events a stream keeps for browsers that reconnect
 SEEN_SIZE = 20_000  # event ids remembered to drop a redelivered event
 KEEP_ALIVE = 15.0  # s between comment lines on a quiet stream (finds dead connections)
 MAX_PATTERNS = 20
+MAX_STREAMS = 16  # pattern sets (and so durable queues) per user
 
 
 def stream_name(patterns: tuple[str, ...]) -> str:

@@ -13,10 +13,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from orbit_mq.client import Fabric
 from orbit_mq.contract import Contract
-from orbit_mq.errors import EndpointNotFound, InvalidRequest
+from orbit_mq.errors import Conflict, EndpointNotFound, InvalidRequest
 from orbit_mq.protocol import EndpointInfo, check_name
 from orbit_mq.shorten import shorten
-from orbit_mq.web.events import MAX_PATTERNS, Stream
+from orbit_mq.web.events import MAX_PATTERNS, MAX_STREAMS, Stream
 from orbit_mq.web.identity import Connection
 from orbit_mq.web.shortcuts import Shortcut
 
@@ -144,10 +144,24 @@ async def _stream(user: Connection, patterns: tuple[str, ...]) -> Stream:
     """The user's stream for `patterns`, listened to once more (a new one if needed)."""
     stream = user.streams.get(patterns)
     if stream is None or stream.ended:
+        await _make_room(user)
         stream = Stream(user.fabric, patterns)
     await stream.attach()  # a bad pattern: ConfigError, before the stream is kept
     user.streams[patterns] = stream
     return stream
+
+
+async def _make_room(user: Connection) -> None:
+    """Keep at most MAX_STREAMS streams (and durable queues) per user: the oldest one nobody
+    listens to goes; when all are listened to, the request is refused."""
+    if len(user.streams) < MAX_STREAMS:
+        return
+    for patterns, stream in list(user.streams.items()):
+        if stream.listeners == 0:
+            del user.streams[patterns]
+            await stream.retire()
+            return
+    raise Conflict(f"{MAX_STREAMS} event streams are open already; close one first")
 
 
 async def events(request: Request, user: Connection) -> Response:
