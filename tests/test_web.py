@@ -191,6 +191,10 @@ async def test_errors_carry_the_wire_body_and_status(gateway: Gateway, endpoint:
         wire_error(bad_spec, 422, "invalid_request")
         bad_query = await client.get(f"{API}/endpoints/{endpoint}/jobs", params={"limit": "x"})
         wire_error(bad_query, 422, "invalid_request")
+        huge = await client.get(
+            f"{API}/endpoints/{endpoint}/jobs/x", params={"stdout_offset": 2**70}
+        )
+        assert wire_error(huge, 422, "invalid_request")["details"]["type"] == "InvalidArguments"
         unknown_job = await client.get(f"{API}/endpoints/{endpoint}/jobs/nosuchjob")
         wire_error(unknown_job, 404, "not_found")
         form = await client.post(
