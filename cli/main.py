@@ -31,6 +31,7 @@ from orbit_mq.cli.stage_cmd import stage_app
 from orbit_mq.cli.sysinfo_cmd import sysinfo
 from orbit_mq.cli.tasks_cmd import tasks_app
 from orbit_mq.cli.watch_cmd import watch
+from orbit_mq.cli.web_cmd import web
 from orbit_mq.client import Fabric
 from orbit_mq.config import Settings
 from orbit_mq.protocol import EndpointInfo
@@ -51,6 +52,7 @@ app.command()(sysinfo)
 for job_command in (submit, status, jobs, cancel, rm, logs):
     app.command()(job_command)
 app.command()(demo)
+app.command()(web)
 
 
 @app.callback()

@@ -28,6 +28,7 @@ from orbit_mq.errors import (
     ConfigError,
     EndpointNotFound,
     EndpointOffline,
+    InvalidArguments,
     OrbitError,
     RequestTooLarge,
     TransientError,
@@ -263,7 +264,11 @@ class Fabric:
         """
         await self.open()
         timeout = self.settings.timeout if timeout is None else timeout
-        body = orjson.dumps(params or {})
+        try:
+            body = orjson.dumps(params or {})
+        except TypeError as exc:  # e.g. an integer beyond 64 bits: JSON readers differ on it
+            message = f"{plugin}.{method}: parameters not sendable as JSON: {exc}"
+            raise InvalidArguments(message) from None
         if len(body) > self.settings.max_message_size:
             raise RequestTooLarge(
                 f"request of {len(body)} bytes exceeds the {self.settings.max_message_size}-byte "

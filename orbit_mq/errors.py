@@ -38,10 +38,13 @@ the most specific class the caller knows.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orbit_mq.protocol import ErrorCode, ErrorInfo
 from orbit_mq.shorten import shorten
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class OrbitError(Exception):
@@ -170,6 +173,20 @@ _BY_CODE: dict[ErrorCode, type[RemoteError]] = {
     ErrorCode.TIMEOUT: OperationTimeout,
     ErrorCode.INTERNAL: InternalError,
 }
+
+
+def invalid_params(label: str, exc: ValidationError) -> InvalidRequest:
+    """The error for parameters that do not fit a method's model (`label`: plugin.method),
+    as the endpoint answers it and the HTTP gateway too: `details.reason` invalid_params and
+    `details.errors` one entry per problem (loc, msg, type)."""
+    errors = [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    summary = "; ".join(f"{e['loc'] or '(body)'}: {e['msg']}" for e in errors[:5])
+    return InvalidRequest(
+        f"invalid parameters for {label}: {summary}", {"reason": "invalid_params", "errors": errors}
+    )
 
 
 MESSAGE_LIMIT = 1000  # characters of an error message on the wire; values in details: 200

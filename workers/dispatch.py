@@ -28,6 +28,7 @@ from orbit_mq.errors import (
     RemoteError,
     SessionNotFound,
     Unauthorized,
+    invalid_params,
 )
 from orbit_mq.protocol import BATCH_TYPE, REPLY_TO, SUPPORTED_PROTOCOLS, BatchCall
 from orbit_mq.rpc import CallContext, RpcSpec, Session
@@ -254,15 +255,7 @@ class Dispatcher:
         try:
             model = spec.params.model_validate(params)
         except ValidationError as exc:
-            errors = [
-                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            summary = "; ".join(f"{e['loc'] or '(body)'}: {e['msg']}" for e in errors[:5])
-            raise InvalidRequest(
-                f"invalid parameters for {self.label}.{spec.name}: {summary}",
-                {"reason": "invalid_params", "errors": errors},
-            ) from None
+            raise invalid_params(f"{self.label}.{spec.name}", exc) from None
         return dict(model)
 
     def _session(self, spec: RpcSpec, session_id: str | None, user: str) -> Session | None:

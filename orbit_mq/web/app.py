@@ -1,0 +1,133 @@
+"""`create_app(settings)`: the HTTP API gateway as a Starlette application.
+
+Every route under /api/v1 needs HTTP Basic with a broker user (`identity`); state-changing
+calls (POST) need `Content-Type: application/json`, which a cross-site HTML form cannot send
+without the browser asking first (CSRF). Errors are the wire's error body with the status of
+its code (`errors.STATUS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from orbit_mq.config import Settings
+from orbit_mq.contract import Contract
+from orbit_mq.contracts import installed_contracts
+from orbit_mq.errors import OrbitError
+from orbit_mq.protocol import ErrorCode
+from orbit_mq.web import routes
+from orbit_mq.web.errors import failure, login_required, problem
+from orbit_mq.web.events import KEEP_ALIVE
+from orbit_mq.web.identity import DEFAULT_IDLE, Connection, LoginFailed, Users, basic_credentials
+from orbit_mq.web.openapi import API, openapi_document
+from orbit_mq.web.shortcuts import SHORTCUTS
+
+log = logging.getLogger("orbit_mq.web")
+Handler = Callable[[Request, Connection], Awaitable[Response]]
+JSON_TYPE = "application/json"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def json_content(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == JSON_TYPE
+
+
+def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A route: the CSRF rule, the login, then `handler` as the caller, errors answered."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        if request.method not in SAFE_METHODS and not json_content(request):
+            message = f"send {JSON_TYPE} (state-changing calls need it: CSRF protection)"
+            return problem(ErrorCode.INVALID_REQUEST, message, 415)
+        users: Users = request.app.state.users
+        try:
+            user = await users.login(basic_credentials(request.headers.get("authorization")))
+        except LoginFailed as exc:
+            return login_required(str(exc))
+        except OrbitError as exc:
+            return failure(exc)
+        try:
+            return await handler(request, user)
+        except OrbitError as exc:
+            return failure(exc)
+        finally:
+            user.touch()
+
+    return endpoint
+
+
+def _routes() -> list[Route]:
+    base = f"{API}/endpoints/{{endpoint}}"
+    found = [
+        Route(f"{API}/openapi.json", api(routes.openapi), methods=["GET"]),
+        Route(f"{API}/events", api(routes.events), methods=["GET"]),
+        Route(f"{API}/endpoints", api(routes.list_endpoints), methods=["GET"]),
+        Route(base, api(routes.get_endpoint), methods=["GET"]),
+    ]
+    # before the generic routes, which would take /jobs for a plugin's name
+    for shortcut in SHORTCUTS:
+        handler = api(routes.shortcut_handler(shortcut))
+        found.append(Route(base + shortcut.path, handler, methods=[shortcut.verb]))
+    found.append(Route(base + "/{plugin}", api(routes.describe_plugin), methods=["GET"]))
+    found.append(Route(base + "/{plugin}/{method}", api(routes.call_method), methods=["POST"]))
+    return found
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    """A fault of the gateway itself: logged here, answered with the wire's internal error."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem(ErrorCode.INTERNAL, "the gateway failed; its log says why", 500)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = ErrorCode.NOT_FOUND if status == 404 else ErrorCode.INVALID_REQUEST
+    return problem(code, f"{request.method} {request.url.path}: {exc}", status)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    idle: float = DEFAULT_IDLE,
+    keep_alive: float = KEEP_ALIVE,
+    contracts: list[type[Contract]] | None = None,
+) -> Starlette:
+    """The gateway for the broker of `settings` (its URL's host, port, vhost and TLS options;
+    each request logs in with its own user). `idle`: seconds a user's connection is kept
+    after its last request; `keep_alive`: seconds between comments on a quiet event stream."""
+    users = Users(settings or Settings(), idle)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(users.reap())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with suppress(asyncio.CancelledError):
+                await reaper
+            await users.close()
+
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={404: _http_error, 405: _http_error, Exception: _internal},
+    )
+    known = contracts if contracts is not None else installed_contracts()
+    app.state.users = users
+    app.state.keep_alive = keep_alive
+    app.state.contracts = {**Contract.known, **{c.name: c for c in known}}
+    app.state.openapi = openapi_document(known)
+    return app

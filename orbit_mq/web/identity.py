@@ -1,0 +1,173 @@
+"""Who is asking: HTTP Basic with broker credentials, and one SDK `Fabric` per logged-in user.
+
+Every request is made as the broker user who logged in, over that user's own connection, so
+the broker still checks `user_id` and the endpoints' allow-lists apply unchanged. The
+connections are kept for `idle` seconds after their last use (an open event stream counts as
+use) and closed at shutdown. A password is never kept: only an HMAC of it under a key made for
+this process, to tell whether a request's credentials are those the connection was opened with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from orbit_mq.client import Fabric
+from orbit_mq.config import Settings
+from orbit_mq.errors import AccessRefused, OrbitError
+
+if TYPE_CHECKING:
+    from orbit_mq.web.events import Stream
+
+log = logging.getLogger("orbit_mq.web")
+
+DEFAULT_IDLE = 300.0  # s a user's connection stays open after its last request
+
+
+class LoginFailed(Exception):
+    """The request carries no usable credentials, or the broker refused them."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str = field(repr=False)
+
+
+def basic_credentials(header: str | None) -> Credentials:
+    """The user and password of an `Authorization: Basic …` header."""
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "basic" or not value:
+        raise LoginFailed("log in with HTTP Basic: your broker user and password")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+        user, colon, password = decoded.partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise LoginFailed("malformed Basic credentials") from None
+    if not colon or not user:
+        raise LoginFailed("malformed Basic credentials: expected user:password")
+    return Credentials(user, password)
+
+
+def user_settings(settings: Settings, credentials: Credentials) -> Settings:
+    """The gateway's settings with the broker URL's login replaced by the user's."""
+    parts = urlsplit(settings.url)
+    hosts = parts.netloc.rpartition("@")[2]
+    login = f"{quote(credentials.user, safe='')}:{quote(credentials.password, safe='')}"
+    url = urlunsplit(parts._replace(netloc=f"{login}@{hosts}"))
+    return settings.model_copy(update={"url": url, "auth": "plain"})
+
+
+@dataclass
+class Connection:
+    """One user's Fabric, the digest of the password it was opened with, and its use."""
+
+    fabric: Fabric
+    digest: bytes
+    last_used: float = field(default_factory=time.monotonic)
+    # The user's event streams by pattern set; the connection is in use while one has a
+    # listener.
+    streams: dict[tuple[str, ...], Stream] = field(default_factory=dict)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    @property
+    def listened(self) -> bool:
+        return any(stream.listeners > 0 for stream in self.streams.values())
+
+    async def close(self, retire: bool) -> None:
+        """Close the streams (`retire`: and delete their durable queues), then the fabric."""
+        for stream in self.streams.values():
+            with suppress(OrbitError, OSError, RuntimeError):
+                await (stream.retire() if retire else stream.end())
+        await _close(self.fabric)
+
+
+class Users:
+    """The open connections, by broker user."""
+
+    def __init__(self, settings: Settings, idle: float = DEFAULT_IDLE) -> None:
+        self.settings = settings
+        self.idle = idle
+        self._key = secrets.token_bytes(32)  # for this process only: digests mean nothing elsewhere
+        self._open: dict[str, Connection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _digest(self, credentials: Credentials) -> bytes:
+        message = credentials.user.encode() + b"\0" + credentials.password.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    async def login(self, credentials: Credentials) -> Connection:
+        """The user's connection, opened now if it is not yet; LoginFailed if refused."""
+        digest = self._digest(credentials)
+        lock = self._locks.setdefault(credentials.user, asyncio.Lock())
+        async with lock:
+            known = self._open.get(credentials.user)
+            if known is not None and hmac.compare_digest(known.digest, digest):
+                known.touch()
+                return known
+            connection = Connection(await self._connect(credentials), digest)
+            if known is not None:  # a new password that works: the old connection goes
+                self._open.pop(credentials.user, None)
+                await known.close(retire=False)
+            self._open[credentials.user] = connection
+            return connection
+
+    async def _connect(self, credentials: Credentials) -> Fabric:
+        fabric = Fabric(user_settings(self.settings, credentials))
+        try:
+            await fabric.open()
+        except AccessRefused:
+            await _close(fabric)
+            log.info("login refused for broker user %r", credentials.user)
+            raise LoginFailed("the broker refused this user and password") from None
+        except BaseException:
+            await _close(fabric)
+            raise
+        log.info("broker user %r logged in", credentials.user)
+        return fabric
+
+    async def close_idle(self, idle: float | None = None) -> None:
+        """Close the connections unused for `idle` seconds (default: the gateway's) and with
+        no event stream listened to."""
+        now, idle = time.monotonic(), self.idle if idle is None else idle
+        for user, connection in list(self._open.items()):
+            if not connection.listened and now - connection.last_used >= idle:
+                self._open.pop(user, None)
+                log.info("closing the idle connection of broker user %r", user)
+                await connection.close(retire=True)
+        for user, lock in list(self._locks.items()):  # not one kept per name ever tried
+            if user not in self._open and not lock.locked():
+                del self._locks[user]
+
+    async def reap(self) -> None:
+        """Close idle connections every quarter of `idle`, until cancelled (at shutdown)."""
+        while True:
+            await asyncio.sleep(max(self.idle / 4, 0.05))  # a periodic sweep, not a wait
+            await self.close_idle()
+
+    async def close(self, retire: bool = False) -> None:
+        """Close every connection; the durable queues of their event streams stay (keeping
+        events for the next run) unless `retire`."""
+        connections, self._open = list(self._open.values()), {}
+        for connection in connections:
+            await connection.close(retire)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+async def _close(fabric: Fabric) -> None:
+    with suppress(OrbitError, OSError, RuntimeError):
+        await fabric.close()
