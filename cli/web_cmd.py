@@ -11,6 +11,7 @@ import typer
 
 from orbit_mq.cli.common import UrlOption, guarded, run_async, settings_for
 from orbit_mq.errors import ConfigError
+from orbit_mq.webhooks import SUBSCRIPTION
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 GRACE = 5  # s requests get to finish at shutdown
@@ -68,6 +69,18 @@ def web(
             "--idle", metavar="SECONDS", min=1, help="Close a user's broker connection after this."
         ),
     ] = 300.0,
+    webhooks: Annotated[
+        str | None,
+        typer.Option(
+            "--webhooks",
+            metavar="NAME",
+            help="The durable subscription (orbit.sub.{user}.NAME) the gateway delivers "
+            "webhooks from; its broker user needs all events.",
+        ),
+    ] = SUBSCRIPTION,
+    no_webhooks: Annotated[
+        bool, typer.Option("--no-webhooks", help="Deliver no webhooks (keeps no queue).")
+    ] = False,
     url: UrlOption = None,
 ) -> None:
     """Serve the HTTP API: endpoints, plugin calls, jobs and events (docs/explorer.md).
@@ -81,11 +94,14 @@ def web(
     if ssl_keyfile is not None and ssl_certfile is None:
         raise ConfigError("--ssl-keyfile needs --ssl-certfile")
     host, port = parse_listen(listen)
-    app = create_app(settings_for(ctx, url=url), idle=idle)
+    app = create_app(
+        settings_for(ctx, url=url), idle=idle, webhooks=None if no_webhooks else webhooks
+    )
     sock = _bound(host, port)
     scheme = "https" if ssl_certfile else "http"
     where = f"[{host}]" if ":" in host else host
-    typer.echo(f"orbit-mq web: {scheme}://{where}:{sock.getsockname()[1]}/api/v1/endpoints")
+    base = f"{scheme}://{where}:{sock.getsockname()[1]}"
+    typer.echo(f"orbit-mq web: {base}/ (the explorer; the API: {base}/api/v1/endpoints)")
     if scheme == "http" and not _loopback(host):
         typer.echo(
             "warning: plain HTTP on a network address: passwords go in clear; "

@@ -74,7 +74,7 @@ async def serve(app: Starlette) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    app = create_app(settings, keep_alive=1.0)
+    app = create_app(settings, keep_alive=1.0, webhooks=None)
     async for url in serve(app):
         yield Gateway(url, app)
         await app.state.users.close(retire=True)  # the test's durable event queues go
@@ -347,7 +347,7 @@ async def test_events_resume_after_a_dropped_connection_with_nothing_lost(
 async def test_orbit_mq_web_prints_its_url_and_serves_the_api(
     settings: Settings, endpoint: str
 ) -> None:
-    command = orbit_cli("web", "--listen", "127.0.0.1:0", "--idle", "5")
+    command = orbit_cli("web", "--listen", "127.0.0.1:0", "--idle", "5", "--no-webhooks")
     process = await asyncio.create_subprocess_exec(
         *command, env=cli_env(settings), stdout=subprocess.PIPE
     )
@@ -355,9 +355,11 @@ async def test_orbit_mq_web_prints_its_url_and_serves_the_api(
         assert process.stdout is not None
         line = (await wait_within(process.stdout.readline(), 30)).decode()
         assert line.startswith("orbit-mq web: http://127.0.0.1:"), line
-        url = line.split(": ", 1)[1].strip()
+        page = line.split(": ", 1)[1].split()[0]
+        api = line.rsplit("API: ", 1)[1].strip().rstrip(")")
         async with httpx.AsyncClient(auth=("guest", "guest"), timeout=30) as client:
-            response = await client.get(url)
+            assert "orbit_mq explorer" in (await client.get(page)).text
+            response = await client.get(api)
         assert response.status_code == 200, response.text
         assert endpoint in [info["endpoint"] for info in response.json()]
     finally:
@@ -391,7 +393,9 @@ async def test_a_second_user_cannot_see_the_first_users_job(
         )
         await endpoint.start()
         try:
-            app = create_app(settings.model_copy(update={"url": vhost.url}), keep_alive=1.0)
+            app = create_app(
+                settings.model_copy(update={"url": vhost.url}), keep_alive=1.0, webhooks=None
+            )
             async for url in serve(app):
                 gateway = Gateway(url, app)
                 await _apart(gateway, endpoint.name, (alice.name, alice.password), bob.password)

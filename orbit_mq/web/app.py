@@ -13,29 +13,33 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from orbit_mq.config import Settings
 from orbit_mq.contract import Contract
 from orbit_mq.contracts import installed_contracts
 from orbit_mq.errors import OrbitError
 from orbit_mq.protocol import ErrorCode
-from orbit_mq.web import routes
-from orbit_mq.web.errors import failure, login_required, problem
+from orbit_mq.web import files, hooks, routes
+from orbit_mq.web.errors import PAGE_HEADER, failure, login_required, problem
 from orbit_mq.web.events import KEEP_ALIVE
 from orbit_mq.web.identity import DEFAULT_IDLE, Connection, LoginFailed, Users, basic_credentials
 from orbit_mq.web.openapi import API, openapi_document
 from orbit_mq.web.shortcuts import SHORTCUTS
+from orbit_mq.webhooks import SUBSCRIPTION
 
 log = logging.getLogger("orbit_mq.web")
 Handler = Callable[[Request, Connection], Awaitable[Response]]
 JSON_TYPE = "application/json"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+STATIC = Path(__file__).resolve().parent / "static"  # resolved: an editable install links files
 
 
 def json_content(request: Request) -> bool:
@@ -43,19 +47,23 @@ def json_content(request: Request) -> bool:
     return media == JSON_TYPE
 
 
-def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """A route: the CSRF rule, the login, then `handler` as the caller, errors answered."""
+def api(handler: Handler, *, upload: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """A route: the CSRF rule, the login, then `handler` as the caller, errors answered.
+    An `upload` (a body of raw bytes) needs the X-Orbit-Upload header instead of JSON."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        if request.method not in SAFE_METHODS and not json_content(request):
+        if upload and request.headers.get(files.UPLOAD_HEADER) != "1":
+            message = f"send the header {files.UPLOAD_HEADER}: 1 (uploads need it: CSRF protection)"
+            return problem(ErrorCode.INVALID_REQUEST, message, 400)
+        if not upload and request.method not in SAFE_METHODS and not json_content(request):
             message = f"send {JSON_TYPE} (state-changing calls need it: CSRF protection)"
             return problem(ErrorCode.INVALID_REQUEST, message, 415)
         users: Users = request.app.state.users
         try:
             user = await users.login(basic_credentials(request.headers.get("authorization")))
         except LoginFailed as exc:
-            return login_required(str(exc))
+            return login_required(str(exc), page=PAGE_HEADER in request.headers)
         except OrbitError as exc:
             return failure(exc)
         try:
@@ -74,7 +82,11 @@ def _routes() -> list[Route]:
         Route(f"{API}/openapi.json", api(routes.openapi), methods=["GET"]),
         Route(f"{API}/events", api(routes.events), methods=["GET"]),
         Route(f"{API}/endpoints", api(routes.list_endpoints), methods=["GET"]),
+        Route(f"{API}/webhooks", api(hooks.list_hooks), methods=["GET"]),
         Route(base, api(routes.get_endpoint), methods=["GET"]),
+        Route(base + "/files", api(files.download), methods=["GET"]),
+        Route(base + "/files", api(files.upload, upload=True), methods=["PUT"]),
+        Route(base + "/jobs/{job_id}/webhook", api(hooks.register), methods=["POST"]),
     ]
     # before the generic routes, which would take /jobs for a plugin's name
     for shortcut in SHORTCUTS:
@@ -83,6 +95,15 @@ def _routes() -> list[Route]:
     found.append(Route(base + "/{plugin}", api(routes.describe_plugin), methods=["GET"]))
     found.append(Route(base + "/{plugin}/{method}", api(routes.call_method), methods=["POST"]))
     return found
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _page() -> list[BaseRoute]:
+    """The explorer page: static files only (everything it shows comes from the API)."""
+    return [Route("/", _index), Mount("/static", StaticFiles(directory=STATIC), name="static")]
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
@@ -103,30 +124,39 @@ def create_app(
     idle: float = DEFAULT_IDLE,
     keep_alive: float = KEEP_ALIVE,
     contracts: list[type[Contract]] | None = None,
+    webhooks: str | None = SUBSCRIPTION,
 ) -> Starlette:
     """The gateway for the broker of `settings` (its URL's host, port, vhost and TLS options;
     each request logs in with its own user). `idle`: seconds a user's connection is kept
-    after its last request; `keep_alive`: seconds between comments on a quiet event stream."""
-    users = Users(settings or Settings(), idle)
+    after its last request; `keep_alive`: seconds between comments on a quiet event stream;
+    `webhooks`: the name of the durable subscription webhooks are delivered from (None: no
+    webhooks)."""
+    settings = settings or Settings()
+    users = Users(settings, idle)
+    deliveries = hooks.Deliveries()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         reaper = asyncio.create_task(users.reap())
+        if webhooks is not None:
+            await deliveries.start(settings, webhooks)
         try:
             yield
         finally:
+            await deliveries.close()
             reaper.cancel()
             with suppress(asyncio.CancelledError):
                 await reaper
             await users.close()
 
     app = Starlette(
-        routes=_routes(),
+        routes=[*_routes(), *_page()],
         lifespan=lifespan,
         exception_handlers={404: _http_error, 405: _http_error, Exception: _internal},
     )
     known = contracts if contracts is not None else installed_contracts()
     app.state.users = users
+    app.state.deliveries = deliveries
     app.state.keep_alive = keep_alive
     app.state.contracts = {**Contract.known, **{c.name: c for c in known}}
     app.state.openapi = openapi_document(known)

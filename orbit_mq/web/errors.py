@@ -82,9 +82,15 @@ def problem(
     return error_response(info, status)
 
 
-def login_required(message: str) -> JSONResponse:
-    """401 with the challenge, so that a browser or curl asks for the broker credentials."""
+# The explorer page sends this header: it has a login form of its own, so its 401s come
+# without the challenge that would make the browser pop up its own login dialog.
+PAGE_HEADER = "x-orbit-page"
+
+
+def login_required(message: str, page: bool = False) -> JSONResponse:
+    """401 with the challenge, so that a browser or curl asks for the broker credentials
+    (not for the explorer page's own requests)."""
     info = ErrorInfo(
         code=ErrorCode.UNAUTHORIZED, message=message, details={"type": "LoginRequired"}
     )
-    return error_response(info, 401, {"WWW-Authenticate": LOGIN_REALM})
+    return error_response(info, 401, None if page else {"WWW-Authenticate": LOGIN_REALM})

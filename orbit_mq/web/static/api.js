@@ -20,8 +20,9 @@ export function logout() {
   authorization = null;
 }
 
+// X-Orbit-Page: a wrong password answers 401 without a challenge (no browser login dialog).
 function headers(extra = {}) {
-  return { Authorization: authorization, ...extra };
+  return { Authorization: authorization, "X-Orbit-Page": "1", ...extra };
 }
 
 export async function call(verb, path, body) {
@@ -77,6 +78,7 @@ export function events(patterns, onEvent) {
         }
       } catch (error) {
         if (stop.signal.aborted) return;
+        console.warn(`event stream ${patterns}: ${error.message}; resuming`);
       }
       await new Promise((resolve) => setTimeout(resolve, Math.min(500 * 2 ** tries, 5000)));
     }
@@ -90,6 +92,8 @@ export function upload(path, file, onProgress) {
     const request = new XMLHttpRequest();
     request.open("PUT", `api/v1${path}`);
     request.setRequestHeader("Authorization", authorization);
+    request.setRequestHeader("X-Orbit-Page", "1");
+    request.setRequestHeader("X-Orbit-Upload", "1");
     request.setRequestHeader("Content-Type", "application/octet-stream");
     request.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
     request.onload = () => {

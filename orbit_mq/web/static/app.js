@@ -194,7 +194,8 @@ async function jobsTab(panel) {
   const submit = description.methods.find((m) => m.name === "submit_job").params;
   const specSchema = { ...submit.$defs.JobSpec, $defs: submit.$defs };
   const executor = h("label", { "data-extra": "" }, h("span", {}, "Executor"),
-    h("select", { name: "executor" }, executors.map((e) => h("option", {}, e))));
+    h("select", { name: "executor" }, h("option", { value: "" }, "the endpoint's default"),
+      executors.map((e) => h("option", {}, e))));
   const form = schemaForm(specSchema, { extra: [executor], submit: "Submit job" });
   form.id = "submit-form";
   const list = h("div", { id: "jobs" });
@@ -205,21 +206,20 @@ async function jobsTab(panel) {
     event.preventDefault();
     try {
       const spec = formValue(form);
+      const chosen = executor.querySelector("select").value;
       const job = await api.post(`/endpoints/${endpoint}/psij/submit_job`,
-        { spec, executor: executor.querySelector("select").value });
-      view.jobs.set(job.job_id, job);
+        chosen ? { spec, executor: chosen } : { spec });
+      remember(job);
       say(`submitted ${job.job_id}`);
       renderJobs(list);
     } catch (error) {
       failed(error);
     }
   });
-  for (const job of (await api.get(`/endpoints/${endpoint}/jobs`)).jobs) view.jobs.set(job.job_id, job);
+  for (const job of (await api.get(`/endpoints/${endpoint}/jobs`)).jobs) remember(job);
   renderJobs(list);
   view.stops.push(api.events([`${endpoint}.psij.job_status`], (event) => {
-    const job = view.jobs.get(event.data.job_id) ?? { job_id: event.data.job_id };
-    if ((job.seq ?? 0) < event.data.seq) Object.assign(job, event.data);
-    view.jobs.set(job.job_id, job);
+    remember(event.data);
     renderJobs(list);
   }));
   every(REFRESH, () => {
@@ -229,6 +229,14 @@ async function jobsTab(panel) {
     view.snapshots.splice(0, view.snapshots.length - HISTORY);
     clear(chart, stateChart(view.snapshots));
   });
+}
+
+// What is known of a job: the newest state by seq wins, whichever came first (a submit's
+// answer can arrive after the events of the job's later states).
+function remember(update) {
+  const known = view.jobs.get(update.job_id);
+  const newer = (update.seq ?? 0) >= (known?.seq ?? 0);
+  view.jobs.set(update.job_id, newer ? { ...known, ...update } : { ...update, ...known });
 }
 
 function renderJobs(list) {
