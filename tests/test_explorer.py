@@ -55,9 +55,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         options.add_argument(flag)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    options.add_experimental_option(
-        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
-    )
+    prefs = {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    options.add_experimental_option("prefs", prefs)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(DRIVER)))
     driver.downloads = downloads
