@@ -6,8 +6,8 @@
 Starts `count` real endpoints (workers/endpoint.py, no plugins besides the built-in `control`:
 each its own AMQP connection, request and discovery queues and presence heartbeats at the
 default interval), at most `--parallel` connecting at a time. Writes one JSON line on stdout
-once all are online (`started`, `failed`, `seconds`, `rss_mb`, `fds`), then serves until its stdin closes
-or SIGTERM, stops them all and writes a last line (`stopped`, `seconds`).
+once all are online (`started`, `failed`, `seconds`, `rss_mb`, `fds`), then serves until its
+stdin closes or SIGTERM, stops them all and writes a last line (`stopped`, `seconds`).
 """
 
 from __future__ import annotations
