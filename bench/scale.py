@@ -40,6 +40,7 @@ from orbit_mq.protocol import request_queue
 FLEET = Path(__file__).resolve().parent / "scale_fleet.py"
 START_TIMEOUT = 300.0  # s for one fleet process to have all its endpoints online
 STOP_TIMEOUT = 120.0
+IDLE = {"broker_rss_mb": "beam_rss_mb", "broker_erlang_mb": "erlang_mb", "broker_fds": "fds_used"}
 
 
 def progress(message: str) -> None:
@@ -117,6 +118,14 @@ def cpu_seconds(pids: list[int | None]) -> float:
     return total
 
 
+def beam_rss_mb(pid: int | None) -> float | None:
+    """The node's resident memory as the kernel counts it (the beam process's RSS)."""
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1) if pid else None
+    except psutil.NoSuchProcess:
+        return None
+
+
 async def delete_queues(fabric: orbit_mq.Fabric, prefix: str, count: int) -> None:
     """The rounds' durable `control` request queues (the discovery queues went with them)."""
     async with spare_channel(fabric.connection, "cleanup", 30) as amqp:
@@ -175,7 +184,7 @@ async def sampled(
     traffic["broker_received_bytes_per_s"] = round((after_in - before_in) / seconds, 1)
     return {
         "endpoints": count,
-        "broker": broker_status(broker.status()),
+        "broker": broker_status(broker.status()) | {"beam_rss_mb": beam_rss_mb(broker.pid())},
         "broker_cpu_percent": round(100 * (cpu_after[0] - cpu_before[0]) / seconds, 2),
         "endpoint_cpu_percent": round(100 * (cpu_after[1] - cpu_before[1]) / seconds, 2),
         "heartbeats": traffic,
@@ -185,7 +194,8 @@ async def sampled(
 def extrapolation(rounds: list[dict[str, Any]], baseline: dict[str, Any], at: int) -> Any:
     """Straight lines through the rounds (and N=0: the idle node) to `at` endpoints."""
     figures = {
-        "broker_rss_mb": lambda r: r["broker"]["rss_mb"],
+        "broker_rss_mb": lambda r: r["broker"]["beam_rss_mb"],
+        "broker_erlang_mb": lambda r: r["broker"]["erlang_mb"],
         "broker_connections_mb": lambda r: r["broker"]["connections_mb"],
         "broker_fds": lambda r: r["broker"]["fds_used"],
         "connections": lambda r: r["broker"]["connections"],
@@ -195,7 +205,7 @@ def extrapolation(rounds: list[dict[str, Any]], baseline: dict[str, Any], at: in
         "broker_cpu_percent": lambda r: r["broker_cpu_percent"],
         "endpoint_rss_mb": lambda r: r["start"]["endpoint_rss_mb"],
     }
-    idle = {"broker_rss_mb": baseline["rss_mb"], "broker_fds": baseline["fds_used"]}
+    idle = {name: baseline[key] for name, key in IDLE.items()}
     out = {}
     for name, pick in figures.items():
         points = [(float(r["endpoints"]), float(pick(r))) for r in rounds]
@@ -208,7 +218,7 @@ def extrapolation(rounds: list[dict[str, Any]], baseline: dict[str, Any], at: in
 async def run(args: argparse.Namespace, broker: Broker, home: Path) -> dict[str, Any]:
     counts = [int(c) for c in args.counts.split(",")]
     async with orbit_mq.connect(broker.url) as fabric:
-        baseline = broker_status(broker.status())
+        baseline = broker_status(broker.status()) | {"beam_rss_mb": beam_rss_mb(broker.pid())}
         progress(f"idle node: {baseline['rss_mb']} MB, {baseline['fds_used']} fds")
         rounds = []
         for count in counts:

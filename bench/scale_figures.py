@@ -28,7 +28,15 @@ def broker_status(status: dict[str, Any]) -> dict[str, Any]:
         "sockets_used": fds.get("sockets_used"),
         "sockets_limit": fds.get("sockets_limit"),
         "erlang_processes": status.get("processes", {}).get("used"),
+        "memory_top_mb": memory_top(memory),
     }
+
+
+def memory_top(memory: dict[str, Any], parts: int = 6) -> dict[str, float]:
+    """The largest parts of the node's memory breakdown, MB."""
+    sizes = {k: _bytes(v) for k, v in memory.items() if k not in ("total", "strategy")}
+    largest = sorted(sizes.items(), key=lambda kv: kv[1], reverse=True)[:parts]
+    return {k: round(v / MB, 1) for k, v in largest}
 
 
 def _connection_keys() -> tuple[str, ...]:

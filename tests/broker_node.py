@@ -9,8 +9,9 @@ config, cookie and data under a temporary directory (after ../shared/infra/clust
 A TLS listener: `config` lines may name `{ssl_port}` (a free port of its own), e.g.
 `listeners.ssl.1 = 127.0.0.1:{ssl_port}` with the `ssl_options.*` lines; `plugins` are
 enabled at boot (e.g. rabbitmq_auth_mechanism_ssl); `ctl(...)` runs rabbitmqctl against it.
-`nofile` raises the node's open-file limit (soft and hard) for many connections, e.g.
-`BrokerNode(tmp_path, nofile=65536)`; by default it inherits this process's.
+`nofile` raises the node's open-file limit for many connections, e.g.
+`BrokerNode(tmp_path, nofile=65536)` (capped at the hard limit where that cannot be raised, as
+in a container without CAP_SYS_RESOURCE); by default it inherits this process's.
 
 Needs root and the Debian package rabbitmq-server (its /usr/lib/rabbitmq/bin, not the
 /usr/sbin wrappers that switch to the rabbitmq user and the system node's cookie).
@@ -94,10 +95,14 @@ class BrokerNode:
         }
 
     def _raise_nofile(self) -> None:
-        """In the child before exec: the node's file-descriptor limit (needs root above the
-        hard limit)."""
+        """In the child before exec: the node's file-descriptor limit."""
         assert self.nofile is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        except (ValueError, OSError):  # the hard limit stays where it is
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            wanted = self.nofile if hard == resource.RLIM_INFINITY else min(self.nofile, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
     def start(self) -> str:
         """Boot the node; returns its AMQP URL once it answers (at most BOOT_TIMEOUT s)."""
