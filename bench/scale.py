@@ -187,6 +187,7 @@ async def sampled(
         "broker": broker_status(broker.status()) | {"beam_rss_mb": beam_rss_mb(broker.pid())},
         "broker_cpu_percent": round(100 * (cpu_after[0] - cpu_before[0]) / seconds, 2),
         "endpoint_cpu_percent": round(100 * (cpu_after[1] - cpu_before[1]) / seconds, 2),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared or not
         "heartbeats": traffic,
     }
 
