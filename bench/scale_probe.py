@@ -94,14 +94,24 @@ async def seen(fabric: orbit_mq.Fabric, prefix: str, window: float | None) -> di
 
 
 async def discovery(fabric: orbit_mq.Fabric, prefix: str, count: int, long: float) -> Any:
-    """Fabric.endpoints() with the default window, then the long one, then the answer times."""
-    default = [await seen(fabric, prefix, None) for _ in range(DEFAULT_ROUNDS)]
+    """When the answers to one request arrive (the probe, waiting up to `long` s for all), then
+    Fabric.endpoints() with the default window, each call after a quiet `long` s (the answers
+    of the one before are all in), then back to back (the endpoints may still be answering the
+    call before), then with the long window."""
+    answers = await answer_times(fabric, prefix, count, long)
+    spaced = []
+    for _ in range(DEFAULT_ROUNDS):
+        spaced.append(await seen(fabric, prefix, None))
+        await asyncio.sleep(long)  # a quiet period between samples, not a synchronisation
+    back_to_back = [await seen(fabric, prefix, None) for _ in range(DEFAULT_ROUNDS)]
+    await asyncio.sleep(long)  # the back-to-back answers die out before the long calls
     longer = [await seen(fabric, prefix, long) for _ in range(LONG_ROUNDS)]
     return {
         "expected": count,
+        "answers": answers,
         "default_window_s": fabric.settings.discovery_window,
-        "default_window": default,
+        "default_window_spaced": spaced,
+        "default_window_back_to_back": back_to_back,
         "long_window_s": long,
         "long_window": longer,
-        "answers": await answer_times(fabric, prefix, count, long),
     }
