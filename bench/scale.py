@@ -24,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ class Fleet:
         return time.perf_counter() - began
 
 
-def cpu_seconds(pids: list[int | None]) -> float:
+def cpu_seconds(pids: Sequence[int | None]) -> float:
     total = 0.0
     for pid in filter(None, pids):
         try:
@@ -192,26 +193,36 @@ async def sampled(
     }
 
 
+# The figures projected to more endpoints: where each is in a round's result.
+PROJECTED = {
+    "broker_rss_mb": ("broker", "beam_rss_mb"),
+    "broker_erlang_mb": ("broker", "erlang_mb"),
+    "broker_connections_mb": ("broker", "connections_mb"),
+    "broker_fds": ("broker", "fds_used"),
+    "connections": ("broker", "connections"),
+    "queues": ("broker", "queues"),
+    "erlang_processes": ("broker", "erlang_processes"),
+    "heartbeat_msg_per_s": ("heartbeats", "msg_per_s"),
+    "heartbeat_bytes_per_s": ("heartbeats", "bytes_per_s"),
+    "broker_cpu_percent": ("broker_cpu_percent",),
+    "endpoint_rss_mb": ("start", "endpoint_rss_mb"),
+}
+
+
+def pick(result: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = result
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
 def extrapolation(rounds: list[dict[str, Any]], baseline: dict[str, Any], at: int) -> Any:
     """Straight lines through the rounds (and N=0: the idle node) to `at` endpoints."""
-    figures = {
-        "broker_rss_mb": lambda r: r["broker"]["beam_rss_mb"],
-        "broker_erlang_mb": lambda r: r["broker"]["erlang_mb"],
-        "broker_connections_mb": lambda r: r["broker"]["connections_mb"],
-        "broker_fds": lambda r: r["broker"]["fds_used"],
-        "connections": lambda r: r["broker"]["connections"],
-        "queues": lambda r: r["broker"]["queues"],
-        "heartbeat_msg_per_s": lambda r: r["heartbeats"]["msg_per_s"],
-        "heartbeat_bytes_per_s": lambda r: r["heartbeats"]["bytes_per_s"],
-        "broker_cpu_percent": lambda r: r["broker_cpu_percent"],
-        "endpoint_rss_mb": lambda r: r["start"]["endpoint_rss_mb"],
-    }
-    idle = {name: baseline[key] for name, key in IDLE.items()}
     out = {}
-    for name, pick in figures.items():
-        points = [(float(r["endpoints"]), float(pick(r))) for r in rounds]
-        if name in idle and idle[name] is not None:
-            points.append((0.0, float(idle[name])))
+    for name, path in PROJECTED.items():
+        points = [(float(r["endpoints"]), pick(r, path)) for r in rounds]
+        if name in IDLE and baseline.get(IDLE[name]) is not None:
+            points.append((0.0, float(baseline[IDLE[name]])))
         out[name] = extrapolate(points, at)
     return {"endpoints": at, "linear_fit": out}
 
