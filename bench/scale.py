@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -260,12 +261,16 @@ def main() -> None:
     parser.add_argument("--nofile", type=int, default=65536, help="own node's open-file limit")
     parser.add_argument("--extrapolate", type=int, default=10_000, help="endpoints to project to")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the node and fleets too
     with tempfile.TemporaryDirectory(prefix="orbit-scale-") as tmp:
         home = Path(tmp)
         broker: Broker = ExternalBroker(args.url) if args.url else OwnBroker(home, args.nofile)
         try:
             progress(f"broker: {broker.describe()}")
             result = uvloop.run(run(args, broker, home))
+        except KeyboardInterrupt:
+            progress("interrupted: the endpoints are stopped, the node stops")
+            raise SystemExit(130) from None
         finally:
             broker.close()
     json.dump(result, sys.stdout, indent=2)
