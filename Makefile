@@ -29,7 +29,8 @@ help:
 	@echo "  demo     venv + broker, then orbit-mq demo"
 	@echo "  lint     ruff check, ruff format --check, mypy -p orbit_mq and typing_checks/"
 	@echo "  schemas  orbit-mq schemas"
-	@echo "  bench    the benchmarks: bench/rpc.py, bench/jobs.py, bench/tasks.py, bench/staging.py (JSON on stdout)"
+	@echo "  bench    the benchmarks: bench/rpc.py, bench/jobs.py, bench/tasks.py, bench/staging.py (JSON on stdout);"
+	@echo "           bench/scale.py (endpoints per broker; root, boots a node of its own) runs on its own"
 	@echo "  clean    remove .venv and caches"
 	@echo "Variables: PYTHON=$(PYTHON) PYTEST_ARGS='$(PYTEST_ARGS)' ORBIT_MQ_URL (from the environment; default: local broker)"
 

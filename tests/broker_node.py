@@ -9,6 +9,9 @@ config, cookie and data under a temporary directory (after ../shared/infra/clust
 A TLS listener: `config` lines may name `{ssl_port}` (a free port of its own), e.g.
 `listeners.ssl.1 = 127.0.0.1:{ssl_port}` with the `ssl_options.*` lines; `plugins` are
 enabled at boot (e.g. rabbitmq_auth_mechanism_ssl); `ctl(...)` runs rabbitmqctl against it.
+`nofile` raises the node's open-file limit for many connections, e.g.
+`BrokerNode(tmp_path, nofile=65536)` (capped at the hard limit where that cannot be raised, as
+in a container without CAP_SYS_RESOURCE); by default it inherits this process's.
 
 Needs root and the Debian package rabbitmq-server (its /usr/lib/rabbitmq/bin, not the
 /usr/sbin wrappers that switch to the rabbitmq user and the system node's cookie).
@@ -17,6 +20,7 @@ Needs root and the Debian package rabbitmq-server (its /usr/lib/rabbitmq/bin, no
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -54,6 +58,7 @@ class BrokerNode:
         config: list[str] | None = None,
         advanced: str = "[].",
         plugins: list[str] | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.dir = directory
         self.node = f"orbit-test-{uuid.uuid4().hex[:8]}@localhost"
@@ -61,6 +66,7 @@ class BrokerNode:
         self.config = [line.replace("{ssl_port}", str(self.ssl_port)) for line in config or []]
         self.plugins = plugins or []
         self.advanced = advanced
+        self.nofile = nofile
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,6 +94,16 @@ class BrokerNode:
             "ERL_CRASH_DUMP": str(self.dir / "log" / "erl_crash.dump"),
         }
 
+    def _raise_nofile(self) -> None:
+        """In the child before exec: the node's file-descriptor limit."""
+        assert self.nofile is not None
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        except (ValueError, OSError):  # the hard limit stays where it is
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            wanted = self.nofile if hard == resource.RLIM_INFINITY else min(self.nofile, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
     def start(self) -> str:
         """Boot the node; returns its AMQP URL once it answers (at most BOOT_TIMEOUT s)."""
         for sub in ("home", "mnesia", "log"):
@@ -105,6 +121,7 @@ class BrokerNode:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=None if self.nofile is None else self._raise_nofile,
         )
         deadline = time.monotonic() + BOOT_TIMEOUT
         while not answers_amqp(self.port):
