@@ -134,22 +134,28 @@ class Fabric:
     # -- discovery -------------------------------------------------------------------------
 
     async def endpoints(self, window: float | None = None) -> list[EndpointInfo]:
-        """The live endpoints: every endpoint answering a discovery request within `window` s."""
+        """The live endpoints: every endpoint answering a discovery request within `window` s,
+        and those answering later while answers keep coming (each within DISCOVERY_QUIET s of
+        the one before, up to DISCOVERY_STRETCH windows in all): with hundreds of endpoints
+        the answers take longer than a window to arrive (docs/scaling.md)."""
         window = self.settings.discovery_window if window is None else window
         answers: list[EndpointInfo] = []
+        answered = asyncio.Event()  # set by each answer
         with broker.translated("discovering endpoints"):
             async with spare_channel(self.connection, "discovery", self.settings.timeout) as amqp:
 
                 async def on_answer(message: aiormq.abc.DeliveredMessage) -> None:
+                    answered.set()
                     with suppress(ValueError):
                         answers.append(EndpointInfo.model_validate_json(message.body))
 
                 await amqp.basic_consume(REPLY_TO, on_answer, no_ack=True)
-                properties = discovery_properties(self.user, window)
+                # the request (and so the answers' reply address) lives as long as we may wait
+                properties = discovery_properties(self.user, window * DISCOVERY_STRETCH)
                 await amqp.basic_publish(
                     b"{}", exchange=RPC_EXCHANGE, routing_key=DISCOVER_KEY, properties=properties
                 )
-                await asyncio.sleep(window)  # the collection window itself: answers have no count
+                await _collect(window, answered)
         latest = {info.endpoint: info for info in answers}
         return sorted(latest.values(), key=lambda info: info.endpoint)
 
@@ -385,6 +391,23 @@ class Fabric:
         )
         self._subscriptions.append(subscription)
         return subscription
+
+
+DISCOVERY_QUIET = 0.25  # s without a new answer that ends discovery past its window
+DISCOVERY_STRETCH = 10  # windows discovery may take in all while answers keep coming
+
+
+async def _collect(window: float, answered: asyncio.Event) -> None:
+    """Wait out the discovery window (answers have no count), then while answers still come."""
+    with suppress(TimeoutError):
+        async with asyncio.timeout(window * DISCOVERY_STRETCH):
+            await asyncio.sleep(max(window - DISCOVERY_QUIET, 0))
+            answered.clear()  # only answers at the window's end say more are coming
+            await asyncio.sleep(min(window, DISCOVERY_QUIET))
+            while answered.is_set():  # one came in the last DISCOVERY_QUIET s
+                answered.clear()
+                with suppress(TimeoutError):
+                    await wait_within(answered.wait(), DISCOVERY_QUIET)
 
 
 class EndpointHandle:

@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import aiormq
+import httpx
 import pytest
 from conftest import StartEndpoint
+from test_web import serve
 
 import orbit_mq
 from orbit_mq.config import Settings
 from orbit_mq.contracts.psij import Job, PsiJ
 from orbit_mq.subscribe import durable_queue_name
 from orbit_mq.waiting import wait_within
+from orbit_mq.web import create_app
 from orbit_mq.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -235,3 +238,36 @@ def test_the_signature_is_hmac_sha256_of_the_body() -> None:
     assert signature("key", b"{}") == (
         "sha256=" + hmac.new(b"key", b"{}", hashlib.sha256).hexdigest()
     )
+
+
+async def test_the_gateway_registers_webhooks_for_a_users_own_jobs_and_lists_them(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    receiver: Receiver,
+    name: str,
+    settings: Settings,
+) -> None:
+    await start_endpoint([PsiJPlugin])
+    app = create_app(settings, keep_alive=1.0, webhooks=name)
+    try:
+        async for url in serve(app):
+            async with httpx.AsyncClient(base_url=url, auth=("guest", "guest"), timeout=30) as web:
+                # answered once the gateway started, so its subscription is bound
+                assert (await web.get("/api/v1/webhooks")).json() == []
+                job = await submit(fabric, name, {"executable": "/bin/true"})
+                route = f"/api/v1/endpoints/{name}/jobs/{job.job_id}/webhook"
+                hook = {"url": receiver.url, "secret": SECRET}
+                answer = await web.post(route, json=hook)
+                assert answer.status_code == 200, answer.text
+                await receiver.until("COMPLETED")
+                check_deliveries(receiver, job)
+                listed = (await web.get("/api/v1/webhooks")).json()
+                assert [w["job_id"] for w in listed] == [job.job_id]
+                assert SECRET not in answer.text + json.dumps(listed)
+                short = await web.post(route, json={"url": receiver.url, "secret": "x"})
+                assert short.status_code == 422, short.text
+                unknown = await web.post(route.replace(job.job_id, "no-such-job"), json=hook)
+                assert unknown.status_code == 404, unknown.text
+            await app.state.users.close(retire=True)
+    finally:
+        await _delete_queue(settings.url, durable_queue_name(fabric.user, name))

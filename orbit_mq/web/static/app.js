@@ -196,12 +196,29 @@ async function jobsTab(panel) {
   const executor = h("label", { "data-extra": "" }, h("span", {}, "Executor"),
     h("select", { name: "executor" }, h("option", { value: "" }, "the endpoint's default"),
       executors.map((e) => h("option", {}, e))));
-  const form = schemaForm(specSchema, { extra: [executor], submit: "Submit job" });
+  const hookUrl = h("label", { "data-extra": "" }, h("span", {}, "Webhook URL (optional)"),
+    h("input", { name: "callback", placeholder: "https://… gets every state change" }));
+  const hookSecret = h("label", { "data-extra": "" }, h("span", {}, "Webhook secret"),
+    h("input", { name: "callback_secret", type: "password", autocomplete: "off" }));
+  const form = schemaForm(specSchema, { extra: [executor, hookUrl, hookSecret], submit: "Submit job" });
   form.id = "submit-form";
   const list = h("div", { id: "jobs" });
   const chart = h("div", { class: "chart" });
+  const hooks = h("div", { id: "webhooks" });
   panel.append(h("h3", {}, "Submit"), form, h("h3", {}, "Job states over time"), chart,
-    h("h3", {}, "Jobs"), list);
+    h("h3", {}, "Jobs"), list, h("h3", {}, "Webhooks"), hooks);
+  every(REFRESH * 2, async () => {
+    let found;
+    try {
+      found = await api.get("/webhooks");
+    } catch (error) {
+      clear(hooks, h("p", { class: "muted" }, error.message));
+      return;
+    }
+    clear(hooks, found.length ? table(["job", "url", "status", "delivered", "attempts", "last error"],
+      found.map((w) => [w.job_id.slice(0, 8), w.url, w.status, String(w.delivered),
+        String(w.attempts), w.last_error ?? ""])) : h("p", { class: "muted" }, "none"));
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
@@ -211,6 +228,12 @@ async function jobsTab(panel) {
         chosen ? { spec, executor: chosen } : { spec });
       remember(job);
       say(`submitted ${job.job_id}`);
+      const callback = form.querySelector("[name=callback]").value.trim();
+      if (callback) {
+        const secret = form.querySelector("[name=callback_secret]").value;
+        await api.post(`/endpoints/${endpoint}/jobs/${job.job_id}/webhook`, { url: callback, secret });
+        say(`submitted ${job.job_id}; its state changes go to ${callback}`);
+      }
       renderJobs(list);
     } catch (error) {
       failed(error);
