@@ -19,6 +19,7 @@ from test_web import serve
 
 from orbit_mq.config import Settings
 from orbit_mq.web import create_app
+from orbit_mq.workers.plugins.psij.executors import env_name
 from orbit_mq.workers.plugins.psij.plugin import PsiJ
 from orbit_mq.workers.plugins.staging.plugin import Staging
 from orbit_mq.workers.plugins.sysinfo import SysInfo
@@ -130,6 +131,11 @@ class Page:
         self.find(f"#jobs tbody tr:nth-child({row + 1})").click()
 
 
+@pytest.fixture(autouse=True)
+def site_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name("local", "custom_attributes"), '{"local.note": "from the site"}')
+
+
 async def test_the_whole_flow_in_a_real_browser(page: Page, name: str, tmp_path: Path) -> None:
     await page.run(lambda: page.log_in("guest", "wrong"))
     await page.run(lambda: page.text("#login-error", "Wrong user or password"))
@@ -137,6 +143,8 @@ async def test_the_whole_flow_in_a_real_browser(page: Page, name: str, tmp_path:
     await page.run(lambda: page.log_in("guest", "guest"))
     await page.run(lambda: page.find(f"li[data-endpoint={name}]").click())
 
+    await page.run(lambda: page.find("#tabs [data-tab=jobs]").click())
+    await page.run(lambda: page.text("#site-defaults", "from the site"))  # shown by the form
     await page.run(lambda: page.submit("/bin/echo", "hello"))
     await page.run(lambda: page.text("#jobs", "COMPLETED"))  # live, from the event stream
     await page.run(lambda: page.open_job(0))

@@ -187,20 +187,34 @@ function table(columns, rows, onRow) {
 
 async function jobsTab(panel) {
   const endpoint = view.selected;
-  const [description, executors] = await Promise.all([
+  const [description, executors, health] = await Promise.all([
     api.get(`/endpoints/${endpoint}/psij`),
     api.method(endpoint, "psij", "executors"),
+    api.method(endpoint, "psij", "health"),
   ]);
+  const siteDefaults = health.details.site_defaults ?? {};
   const submit = description.methods.find((m) => m.name === "submit_job").params;
   const specSchema = { ...submit.$defs.JobSpec, $defs: submit.$defs };
+  const defaultExecutor = submit.properties.executor?.default ?? executors[0];
   const executor = h("label", { "data-extra": "" }, h("span", {}, "Executor"),
-    h("select", { name: "executor" }, h("option", { value: "" }, "the endpoint's default"),
+    h("select", { name: "executor" }, h("option", { value: "" }, `default (${defaultExecutor})`),
       executors.map((e) => h("option", {}, e))));
   const hookUrl = h("label", { "data-extra": "" }, h("span", {}, "Webhook URL (optional)"),
     h("input", { name: "callback", placeholder: "https://… gets every state change" }));
   const hookSecret = h("label", { "data-extra": "" }, h("span", {}, "Webhook secret"),
     h("input", { name: "callback_secret", type: "password", autocomplete: "off" }));
-  const form = schemaForm(specSchema, { extra: [executor, hookUrl, hookSecret], submit: "Submit job" });
+  const defaultsShown = h("p", { class: "muted", id: "site-defaults", "data-extra": "" });
+  const showDefaults = () => {
+    const chosen = executor.querySelector("select").value || defaultExecutor;
+    const given = siteDefaults[chosen] ?? {};
+    defaultsShown.textContent = Object.keys(given).length
+      ? `Site defaults (${chosen}), merged under your custom attributes: ${JSON.stringify(given)}`
+      : `No site defaults for ${chosen}.`;
+  };
+  executor.querySelector("select").addEventListener("change", showDefaults);
+  showDefaults();
+  const form = schemaForm(specSchema,
+    { extra: [executor, defaultsShown, hookUrl, hookSecret], submit: "Submit job" });
   form.id = "submit-form";
   const list = h("div", { id: "jobs" });
   const chart = h("div", { class: "chart" });

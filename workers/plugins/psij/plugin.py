@@ -138,6 +138,11 @@ class PsiJ(Plugin, contract.PsiJ):
             "jobs": self.store.counts(),
             "running": len(self.tracker.live),
             "executors": self.pool.available,
+            # what a job's custom_attributes are merged over, per executor
+            "site_defaults": {
+                name: ex.site_custom_attributes(name, self.site_custom_attributes.get(name, {}))
+                for name in self.pool.available
+            },
             "polling_interval": dict(self.pool.intervals),
             "scheduler_calls_last_minute": self.pool.calls.last_minute(),
             "retention": None if policy is None else dataclasses.asdict(policy),
