@@ -8,7 +8,7 @@ events are then delivered one by one, signed as GitHub and psik sign them:
     x-hub-signature-256: sha256=HMAC-SHA256(callback_secret, body)
     x-orbit-delivery: {job_id}:{seq}      (the same on a repeat: receivers drop repeats by it)
 
-    {"endpoint": "hpc1", "owner": "alice", "job_id": "…", "seq": 3, "state": "ACTIVE", …}
+    {"endpoint": "hpc1", "owner": "alice", "job_id": "…", "seq": 3, "state": …, …}
 
 Nothing is lost while this process or the receiver is down: events wait in a durable
 subscription queue; each is written to the store (SQLite) before it is acked, and a job's
@@ -131,6 +131,13 @@ class WebhookStore:
     def hook(self, job_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._db.execute(
             "SELECT * FROM hooks WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return row
+
+    def pending_hook(self, job_id: str) -> sqlite3.Row | None:
+        """The registration of job `job_id` while it has transitions to send."""
+        row: sqlite3.Row | None = self._db.execute(
+            "SELECT * FROM hooks WHERE job_id = ? AND status = 'pending'", (job_id,)
         ).fetchone()
         return row
 
@@ -276,9 +283,7 @@ class Webhooks:
     async def _send_all(self, job_id: str) -> None:
         """Post the job's transitions in seq order until its terminal one, or until it fails."""
         wake = self._wake[job_id]
-        while (
-            not self._closing and (hook := self.store.hook(job_id)) and hook["status"] == "pending"
-        ):
+        while not self._closing and (hook := self.store.pending_hook(job_id)) is not None:
             wake.clear()
             transition = self.store.transition(job_id, hook["delivered"] + 1)
             if transition is None:  # not received yet

@@ -19,13 +19,18 @@ def restartable(url: str) -> bool:
     return local and os.geteuid() == 0 and shutil.which("rabbitmqctl") is not None
 
 
-def answers_amqp(port: int = 5672, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2) as sock:
-            sock.sendall(b"AMQP\x00\x00\x09\x01")
-            return sock.recv(1)[:1] == b"\x01"
-    except OSError:
-        return False
+def answers_amqp(port: int = 5672, host: str = "127.0.0.1", tries: int = 3) -> bool:
+    """Whether an AMQP broker answers the protocol header (a busy one can take seconds)."""
+    for _ in range(tries):
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                return sock.recv(1)[:1] == b"\x01"
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            continue  # timed out: busy, ask again
+    return False
 
 
 async def _run(*command: str, timeout: float = 120) -> None:
