@@ -364,7 +364,13 @@ class Fabric:
 
     def _events(self, keys: tuple[str, ...], durable: str | None) -> Subscription[Event]:
         subscription = Subscription(
-            self.connection, EVENTS_EXCHANGE, keys, Event, durable=durable, user=self.user
+            self.connection,
+            EVENTS_EXCHANGE,
+            keys,
+            Event,
+            durable=durable,
+            user=self.user,
+            queue_type=self.settings.queue_type,
         )
         self._subscriptions.append(subscription)
         return subscription
