@@ -78,9 +78,10 @@ CLUSTER_DIR ?= /tmp/orbit-mq-cluster
 CLUSTER_CONF := $$'net_ticktime = 10\ncluster_partition_handling = autoheal'
 CLUSTER_URL = $$(. $(CLUSTER_DIR)/cluster.env && echo "$$RMQ_CLUSTER_URL")
 # Deselected against the cluster: broker_restart restarts the broker on 127.0.0.1 with
-# rabbitmqctl, that is the system node, not the cluster; tests/test_cluster.py starts a
-# cluster of its own (make test runs it).
-CLUSTER_PYTEST_ARGS ?= -m 'not broker_restart' --ignore=tests/test_cluster.py
+# rabbitmqctl, that is the system node, not the cluster; single_node makes broker users on the
+# local node (rabbitmqctl, management API) or tunnels to one broker address; tests/test_cluster.py
+# starts a cluster of its own (make test runs it).
+CLUSTER_PYTEST_ARGS ?= -m 'not broker_restart and not single_node' --ignore=tests/test_cluster.py
 
 cluster:
 	@RMQ_CLUSTER_DIR=$(CLUSTER_DIR) RMQ_CLUSTER_EXTRA_CONF=$(CLUSTER_CONF) bash scripts/cluster/cluster-up.sh
