@@ -67,13 +67,28 @@ class Replies:
         self._careful = False  # after a lost connection: one reply at a time
         self._one_at_a_time = asyncio.Lock()
         self._waiting = 0  # replies waiting for their turn to go alone
+        self._generation = 0  # connections made after the first
+        self._reconnected = asyncio.Event()
 
     async def open(self) -> None:
         self._connection = await connect(
             self._settings, f"orbit-mq endpoint {self._name} replies", self._route
         )
         self._lane = Lane(self._connection, f"{self._name} replies", confirms=True, kept=True)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
         await self._lane.get()
+
+    def _on_reconnect(self, *_: object) -> None:
+        self._generation += 1
+        self._reconnected.set()
+
+    async def _until_reconnected(self, generation: int) -> None:
+        """Until a connection newer than `generation` is made (TimeoutError after
+        SEND_TIMEOUT s): the lost one may still look open for a moment."""
+        async with asyncio.timeout(SEND_TIMEOUT):
+            while self._generation == generation:
+                self._reconnected.clear()
+                await self._reconnected.wait()
 
     async def close(self) -> None:
         if self._lane is not None:
@@ -113,6 +128,7 @@ class Replies:
             if address in self._dead:
                 log.info("%s replies: dropped a reply to a channel whose node is down", self._name)
                 return
+            generation = self._generation
             try:
                 await self._publish(reply_to, correlation_id, body, message_type)
                 # Back to full speed once none waits to go alone: until then nothing is sent
@@ -122,6 +138,10 @@ class Replies:
             except LOST as exc:
                 if _crashed(exc):  # alone, so this address crashed the channel
                     self._remember_dead(address)
+            try:  # the next try goes on the connection made after this loss
+                await self._until_reconnected(generation)
+            except TimeoutError:
+                break
         log.info("%s replies: a reply was dropped after %d tries", self._name, CAREFUL_TRIES)
 
     def _remember_dead(self, address: str) -> None:
