@@ -389,7 +389,7 @@ class Endpoint:
 
     async def _setup_events(self, amqp: aiormq.Channel) -> None:
         assert self._connection is not None
-        await ensure_topology(self._connection, self.user)
+        await ensure_topology(self._connection, self.user, self.settings.queue_type)
         if self._discoverable:  # its plugins are served: it may answer discovery
             await self._consume_discovery(amqp)
 
