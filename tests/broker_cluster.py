@@ -1,5 +1,6 @@
 """A RabbitMQ cluster of the tests' own: `size` BrokerNodes (tests/broker_node.py) with one
-cookie, the first the seed the others join (after ../shared/infra/cluster/cluster-up.sh).
+cookie, the first the seed the others join (as scripts/cluster/cluster-up.sh does it for
+`make cluster`).
 
     cluster = BrokerCluster(tmp_path, size=3)
     url = cluster.start()   # ≈ 20 s; amqp://guest:guest@127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/
@@ -11,7 +12,7 @@ cookie, the first the seed the others join (after ../shared/infra/cluster/cluste
 Node names and ports are drawn afresh for every cluster, so runs in parallel do not meet.
 `net_ticktime = 10`: the other nodes give up on a hung one within 10-12.5 s (Erlang's tick
 detection) instead of 45-75 s, so quorum queues elect a new leader and channels stop waiting
-on it (the recipe's SIGSTOP experiment; the default 60 s stalls consumers for the whole
+on it (with the default 60 s a SIGSTOPped node stalls consumers via the others for the whole
 freeze). A hung node that comes back has been given up on: `heal` restarts its app, which
 ends the partition (`cluster_partition_handling = ignore` leaves that to the operator).
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 from broker_node import BrokerNode
 
 NET_TICKTIME = 10  # s; see above
+DIAGNOSTICS = "rabbitmq-diagnostics"
 CLUSTER_CONFIG = [f"net_ticktime = {NET_TICKTIME}"]
 SETTLE_TIMEOUT = 60.0  # s for every node to see all members running
 
@@ -64,7 +66,7 @@ class BrokerCluster:
             with ThreadPoolExecutor(len(self.nodes)) as pool:
                 list(pool.map(BrokerNode.start, self.nodes))
             seed = self.nodes[0].node
-            for node in self.nodes[1:]:  # one at a time, as the recipe does
+            for node in self.nodes[1:]:  # one at a time, as scripts/cluster/cluster-up.sh does
                 node.join_cluster(seed)
             self.wait_running()
         except BaseException:
@@ -87,6 +89,23 @@ class BrokerCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"cluster not whole after {timeout} s: {self.running(0)}")
                 time.sleep(0.5)  # polling the CLI: membership has no event to wait on
+
+    def quorum_critical(self, index: int) -> bool:
+        """Whether some quorum queue would lose its majority without this node (a node that
+        was just booted again may still be catching up)."""
+        try:
+            self.nodes[index].ctl("-q", "check_if_node_is_quorum_critical", tool=DIAGNOSTICS)
+        except RuntimeError:
+            return True
+        return False
+
+    def wait_spare(self, index: int, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Until node `index` can go without a quorum queue losing its majority."""
+        deadline = time.monotonic() + timeout
+        while self.quorum_critical(index):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {index} still quorum critical after {timeout} s")
+            time.sleep(0.5)  # polling the CLI: catching up has no event to wait on
 
     def kill(self, index: int) -> None:
         self.nodes[index].kill()

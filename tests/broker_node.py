@@ -165,10 +165,11 @@ class BrokerNode:
         self.ctl("join_cluster", seed)
         self.ctl("start_app")
 
-    def ctl(self, *args: str, stdin: str | None = None) -> str:
-        """Run `rabbitmqctl ARGS` against this node (≈ 1 s: one Erlang VM boot); its output."""
+    def ctl(self, *args: str, stdin: str | None = None, tool: str = "rabbitmqctl") -> str:
+        """Run `rabbitmqctl ARGS` (or another CLI `tool`) against this node (≈ 1 s: one Erlang
+        VM boot); its output."""
         done = subprocess.run(
-            [str(RMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            [str(RMQ_BIN / tool), "-n", self.node, *args],
             env=self._env(),
             input=stdin,
             capture_output=True,
@@ -176,7 +177,7 @@ class BrokerNode:
             timeout=60,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+            raise RuntimeError(f"{tool} {' '.join(args)}: {done.stderr or done.stdout}")
         return done.stdout
 
     def stop(self) -> None:

@@ -205,6 +205,8 @@ async def pair(cluster_settings: orbit_mq.Settings, name: str) -> AsyncIterator[
 async def kill_round(cluster: BrokerCluster, pair: Pair, stream: Stream) -> dict[str, Any]:
     """Kill the node both are on; the seconds until a call is answered and both moved."""
     victim = pair.node(cluster)
+    # Not while the node booted last round still catches up: two down would stall the queues.
+    await asyncio.to_thread(cluster.wait_spare, victim)
     killed = time.monotonic()
     await asyncio.to_thread(cluster.kill, victim)
     failover = await stream.answered_after(killed, FAILOVER_LIMIT)
@@ -326,6 +328,7 @@ async def test_frozen_node_is_left_within_the_bound(cluster: BrokerCluster, pair
     victim = pair.node(cluster)
     try:
         await stream.answered_after(0, 30)
+        await asyncio.to_thread(cluster.wait_spare, victim)
         frozen = time.monotonic()
         await asyncio.to_thread(cluster.freeze, victim)
         try:

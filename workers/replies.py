@@ -76,7 +76,11 @@ class Replies:
         )
         self._lane = Lane(self._connection, f"{self._name} replies", confirms=True, kept=True)
         self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection.close_callbacks.add(self._on_close)
         await self._lane.get()
+
+    def _on_close(self, *_: object) -> None:
+        self._careful = True  # at once: no reply may go beside the first lone one after this
 
     def _on_reconnect(self, *_: object) -> None:
         self._generation += 1
@@ -103,9 +107,12 @@ class Replies:
         if address in self._dead:
             log.info("%s replies: dropped a reply to a channel whose node is down", self._name)
             return
-        if not self._careful:
+        channel = self._lane.current if self._lane is not None else None
+        # Full speed only on an open channel: a reply that would wait for the next connection
+        # waits its turn to go alone, so that nothing else is sent beside a lone reply.
+        if not self._careful and channel is not None:
             try:
-                await self._publish(reply_to, correlation_id, body, message_type)
+                await self._publish(reply_to, correlation_id, body, message_type, channel)
                 return
             except LOST:
                 self._careful = True  # this one, or another sent with it, was the cause
@@ -155,10 +162,15 @@ class Replies:
             self._dead.popitem(last=False)
 
     async def _publish(
-        self, reply_to: str, correlation_id: str | None, body: bytes, message_type: str | None
+        self,
+        reply_to: str,
+        correlation_id: str | None,
+        body: bytes,
+        message_type: str | None,
+        channel: aiormq.abc.AbstractChannel | None = None,
     ) -> None:
         assert self._lane is not None
-        amqp = await self._lane.get(SEND_TIMEOUT)
+        amqp = channel or await self._lane.get(SEND_TIMEOUT)
         # Direct reply-to addresses take mandatory=False (see docs/protocol.md); the confirm
         # says the broker handled it (a lost connection before it: the reply may not be sent).
         await amqp.basic_publish(
