@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from contextlib import suppress
 
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
@@ -31,7 +32,7 @@ from orbit_mq.wire import reply_properties
 log = logging.getLogger("orbit_mq.endpoint")
 
 DEAD_ADDRESSES = 1000  # remembered dead reply-to channels (the oldest are forgotten)
-CAREFUL_TRIES = 3  # a lone reply lost for another reason (its node went) is sent again
+CAREFUL_TRIES = 5  # a lone reply lost for another reason (its node went) is sent again
 SEND_TIMEOUT = 30.0  # s to wait for the replies connection to come back
 LOST = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, ConnectionLost)
 
@@ -86,10 +87,10 @@ class Replies:
         self._generation += 1
         self._reconnected.set()
 
-    async def _until_reconnected(self, generation: int) -> None:
-        """Until a connection newer than `generation` is made (TimeoutError after
-        SEND_TIMEOUT s): the lost one may still look open for a moment."""
-        async with asyncio.timeout(SEND_TIMEOUT):
+    async def _until_reconnected(self, generation: int, timeout: float) -> None:
+        """Until a connection newer than `generation` is made (TimeoutError after `timeout`
+        s): the lost one may still look open for a moment."""
+        async with asyncio.timeout(timeout):
             while self._generation == generation:
                 self._reconnected.clear()
                 await self._reconnected.wait()
@@ -145,10 +146,10 @@ class Replies:
             except LOST as exc:
                 if _crashed(exc):  # alone, so this address crashed the channel
                     self._remember_dead(address)
-            try:  # the next try goes on the connection made after this loss
-                await self._until_reconnected(generation)
-            except TimeoutError:
-                break
+            # The next try goes on the connection made after this loss, or, when none comes
+            # (the connection was fine, the channel alone was lost), after a short wait.
+            with suppress(TimeoutError):
+                await self._until_reconnected(generation, self._settings.reconnect_interval * 2)
         log.info("%s replies: a reply was dropped after %d tries", self._name, CAREFUL_TRIES)
 
     def _remember_dead(self, address: str) -> None:
