@@ -118,6 +118,13 @@ class BrokerCluster:
         node.start()
         self.wait_running(via=index)
 
+    def revive(self) -> None:
+        """Boot again every node that is down (thawing a frozen one first)."""
+        for index, node in enumerate(self.nodes):
+            node.thaw_quietly()
+            if node.process is None or node.process.poll() is not None:
+                self.restart(index)
+
     def freeze(self, index: int) -> None:
         self.nodes[index].freeze()
 

@@ -159,6 +159,10 @@ class BrokerNode:
     def thaw(self) -> None:
         self._signal_beam(signal.SIGCONT)
 
+    def thaw_quietly(self) -> None:
+        with contextlib.suppress(RuntimeError, ProcessLookupError):
+            self.thaw()
+
     def join_cluster(self, seed: str) -> None:
         """Make this freshly booted node a member of `seed`'s cluster (same cookie needed)."""
         self.ctl("stop_app")
@@ -183,8 +187,7 @@ class BrokerNode:
     def stop(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(RuntimeError, ProcessLookupError):
-            self.thaw()  # a frozen VM would not act on SIGTERM
+        self.thaw_quietly()  # a frozen VM would not act on SIGTERM
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
