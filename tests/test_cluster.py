@@ -218,7 +218,15 @@ async def kill_round(cluster: BrokerCluster, pair: Pair, stream: Stream) -> dict
     await asyncio.to_thread(cluster.wait_spare, victim)
     killed = time.monotonic()
     await asyncio.to_thread(cluster.kill, victim)
-    failover = await stream.answered_after(killed, FAILOVER_LIMIT)
+    try:
+        failover = await stream.answered_after(killed, FAILOVER_LIMIT)
+    except TimeoutError:  # say what the queues looked like
+        other = (victim + 1) % len(cluster.nodes)
+        queues = await asyncio.to_thread(
+            cluster.nodes[other].ctl, "-q", "list_queues", "name", "consumers", "messages", "leader"
+        )
+        message = f"no call answered {FAILOVER_LIMIT} s after a kill:\n{queues}"
+        raise AssertionError(message) from None
     endpoint_moved = await pair.endpoint_moves.since(killed, FAILOVER_LIMIT)
     client_moved = await pair.client_moves.since(killed, FAILOVER_LIMIT)
     assert victim not in (cluster.index_of(pair.endpoint_moves.port), pair.node(cluster))
