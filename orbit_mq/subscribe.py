@@ -109,7 +109,9 @@ class Subscription(Generic[M]):
         self._prefetch = prefetch
         # A durable queue of a cluster is a quorum queue where request queues are: a classic
         # one lives on one node, and while that node is down its events are dropped.
-        self._arguments = {"x-queue-type": "quorum"} if durable and queue_type == "quorum" else None
+        self._arguments: dict[str, Any] | None = (
+            {"x-queue-type": "quorum"} if durable and queue_type == "quorum" else None
+        )
         self.queue_name = (
             durable_queue_name(user, durable)
             if durable
