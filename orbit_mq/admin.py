@@ -52,7 +52,7 @@ async def declare_shared_topology(settings: Settings) -> None:
     """Declare the fixed exchanges and the dead-letter queue as the administrator."""
     connection = await broker.connect(settings, "orbit-mq admin")
     try:
-        await broker.ensure_topology(connection, login_user(settings))
+        await broker.ensure_topology(connection, login_user(settings), settings.queue_type)
     finally:
         await broker.quietly(connection.close())
 

@@ -265,19 +265,22 @@ def _ssl_error_in(error: BaseException) -> ssl.SSLError | None:
     return None
 
 
-async def declare_topology(channel: aiormq.abc.AbstractChannel) -> None:
+async def declare_topology(
+    channel: aiormq.abc.AbstractChannel, queue_type: str = "classic"
+) -> None:
     """Declare the fixed exchanges and the dead-letter queue (idempotent; needs configure
-    rights on them, which only the broker's administrators have: see docs/security.md)."""
+    rights on them, which only the broker's administrators have: see docs/security.md).
+    With `queue_type` quorum the dead-letter queue is one too: on a cluster a classic one
+    lives on one node, and while that node is down nothing is dead-lettered."""
+    arguments: dict[str, Any] = {"x-max-length": DEAD_LETTER_LIMIT, "x-overflow": "drop-head"}
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
     with translated("declaring the orbit exchanges"):
         await channel.exchange_declare(RPC_EXCHANGE, exchange_type="direct", durable=True)
         await channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
         await channel.exchange_declare(TOPOLOGY_EXCHANGE, exchange_type="topic", durable=True)
         await channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
-        await channel.queue_declare(
-            DEAD_LETTER_QUEUE,
-            durable=True,
-            arguments={"x-max-length": DEAD_LETTER_LIMIT, "x-overflow": "drop-head"},
-        )
+        await channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments=arguments)
         await channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE)
 
 
@@ -288,12 +291,15 @@ async def _topology_exists(channel: aiormq.abc.AbstractChannel) -> bool:
         for exchange in (RPC_EXCHANGE, EVENTS_EXCHANGE, TOPOLOGY_EXCHANGE, DEAD_LETTER_EXCHANGE):
             await channel.exchange_declare(exchange, passive=True)
         await channel.queue_declare(DEAD_LETTER_QUEUE, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return False
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        # A classic queue of a cluster whose node is down exists: it is back with its node.
+        return "home node" in str(exc)
     return True
 
 
-async def ensure_topology(connection: AbstractRobustConnection, user: str) -> None:
+async def ensure_topology(
+    connection: AbstractRobustConnection, user: str, queue_type: str = "classic"
+) -> None:
     """Make sure the fixed topology exists: checked passively, declared only where missing.
 
     A least-privilege user (docs/security.md) may not declare the shared exchanges, and
@@ -305,7 +311,7 @@ async def ensure_topology(connection: AbstractRobustConnection, user: str) -> No
                 return
     try:
         async with spare_channel(connection, "topology") as amqp:
-            await declare_topology(amqp)
+            await declare_topology(amqp, queue_type)
     except AccessRefused as exc:
         raise AccessRefused(
             f"the orbit exchanges do not exist on this vhost yet and broker user {user!r} may "

@@ -95,7 +95,7 @@ class Fabric:
         if self._connection is None:
             self._connection = await broker.connect(self.settings, f"orbit-mq client {self.user}")
             # a subscriber may come before any endpoint ever ran on this vhost
-            await broker.ensure_topology(self._connection, self.user)
+            await broker.ensure_topology(self._connection, self.user, self.settings.queue_type)
             self._connection.reconnect_callbacks.add(self._on_reconnect)
             self._connection.close_callbacks.add(self._on_drop)
             self._caller = Caller(self._connection, self.settings, self.user)
@@ -379,7 +379,13 @@ class Fabric:
 
     def _events(self, keys: tuple[str, ...], durable: str | None) -> Subscription[Event]:
         subscription = Subscription(
-            self.connection, EVENTS_EXCHANGE, keys, Event, durable=durable, user=self.user
+            self.connection,
+            EVENTS_EXCHANGE,
+            keys,
+            Event,
+            durable=durable,
+            user=self.user,
+            queue_type=self.settings.queue_type,
         )
         self._subscriptions.append(subscription)
         return subscription

@@ -154,7 +154,9 @@ class Settings(BaseSettings):
         description="Longest an endpoint holds a request unacknowledged, s; keep it well below "
         "the broker's consumer_timeout (docs/reliability.md).",
     )
-    queue_type: Literal["classic", "quorum"] = Field("classic", description="Request queue type.")
+    queue_type: Literal["classic", "quorum"] = Field(
+        "classic", description="Type of the request queues and durable subscription queues."
+    )
     session_ttl: float = Field(3600.0, gt=0, description="Default session lifetime when idle, s.")
     discovery_window: float = Field(
         0.5, gt=0, description="How long `endpoints()` collects answers, s."

@@ -97,6 +97,7 @@ class Subscription(Generic[M]):
         durable: str | None = None,
         prefetch: int = 256,
         user: str = "",
+        queue_type: str = "classic",
     ) -> None:
         if not patterns:
             raise ConfigError("subscribe needs at least one routing-key pattern, e.g. 'hpc1.#'")
@@ -106,6 +107,11 @@ class Subscription(Generic[M]):
         self._model = model
         self._durable = durable
         self._prefetch = prefetch
+        # A durable queue of a cluster is a quorum queue where request queues are: a classic
+        # one lives on one node, and while that node is down its events are dropped.
+        self._arguments: dict[str, Any] | None = (
+            {"x-queue-type": "quorum"} if durable and queue_type == "quorum" else None
+        )
         self.queue_name = (
             durable_queue_name(user, durable)
             if durable
@@ -138,7 +144,11 @@ class Subscription(Generic[M]):
         """Declare and bind the queue and consume it (again after every reconnection)."""
         durable = bool(self._durable)
         await amqp.queue_declare(
-            self.queue_name, durable=durable, exclusive=not durable, auto_delete=not durable
+            self.queue_name,
+            durable=durable,
+            exclusive=not durable,
+            auto_delete=not durable,
+            arguments=self._arguments,
         )
         for pattern in self.patterns:
             await amqp.queue_bind(self.queue_name, self._exchange, routing_key=pattern)

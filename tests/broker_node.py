@@ -6,6 +6,10 @@ config, cookie and data under a temporary directory (after ../shared/infra/clust
     ...
     node.stop()
 
+Nodes of one cluster (tests/broker_cluster.py) share a `cookie`, and `join_cluster` makes
+a node a member of another's cluster; `kill`, `freeze` and `thaw` signal the node's beam, and
+`start` after `kill` boots it again on its data (it rejoins its cluster by itself).
+
 A TLS listener: `config` lines may name `{ssl_port}` (a free port of its own), e.g.
 `listeners.ssl.1 = 127.0.0.1:{ssl_port}` with the `ssl_options.*` lines; `plugins` are
 enabled at boot (e.g. rabbitmq_auth_mechanism_ssl); `ctl(...)` runs rabbitmqctl against it.
@@ -19,6 +23,7 @@ Needs root and the Debian package rabbitmq-server (its /usr/lib/rabbitmq/bin, no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -59,9 +64,11 @@ class BrokerNode:
         advanced: str = "[].",
         plugins: list[str] | None = None,
         nofile: int | None = None,
+        cookie: str | None = None,
     ) -> None:
         self.dir = directory
         self.node = f"orbit-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.cookie = cookie  # None: Erlang makes one of the node's own at first boot
         self.port, self.dist_port, self.ssl_port = _free_port(), _free_port(), _free_port()
         self.config = [line.replace("{ssl_port}", str(self.ssl_port)) for line in config or []]
         self.plugins = plugins or []
@@ -108,6 +115,7 @@ class BrokerNode:
         """Boot the node; returns its AMQP URL once it answers (at most BOOT_TIMEOUT s)."""
         for sub in ("home", "mnesia", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self._write_cookie()
         lines = [f"listeners.tcp.1 = 127.0.0.1:{self.port}", "log.console = false"]
         (self.dir / "rabbitmq.conf").write_text("\n".join([*lines, *self.config]) + "\n")
         (self.dir / "advanced.config").write_text(self.advanced + "\n")
@@ -132,10 +140,57 @@ class BrokerNode:
             time.sleep(0.2)  # polling a port while the node boots
         return self.url
 
-    def ctl(self, *args: str, stdin: str | None = None) -> str:
-        """Run `rabbitmqctl ARGS` against this node (≈ 1 s: one Erlang VM boot); its output."""
+    def _write_cookie(self) -> None:
+        path = self.dir / "home" / ".erlang.cookie"
+        if self.cookie is None or (path.exists() and path.read_text() == self.cookie):
+            return
+        path.unlink(missing_ok=True)
+        path.write_text(self.cookie)
+        path.chmod(0o400)  # Erlang refuses a cookie others may read
+
+    def beam_pid(self) -> int | None:
+        """The PID of the node's Erlang VM (its pid file), or None before it wrote one."""
+        try:
+            return int((self.dir / "beam.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _signal_beam(self, sig: signal.Signals) -> None:
+        pid = self.beam_pid()
+        if pid is None:
+            raise RuntimeError(f"broker node {self.node} has no beam pid file")
+        os.kill(pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the node's VM, as a crash would; its data stays for `start`."""
+        self._signal_beam(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=30)  # the rabbitmq-server script ends with its VM
+            self.process = None
+        (self.dir / "beam.pid").unlink(missing_ok=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP the VM: a hung node (its sockets stay open, nothing answers)."""
+        self._signal_beam(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_beam(signal.SIGCONT)
+
+    def thaw_quietly(self) -> None:
+        with contextlib.suppress(RuntimeError, ProcessLookupError):
+            self.thaw()
+
+    def join_cluster(self, seed: str) -> None:
+        """Make this freshly booted node a member of `seed`'s cluster (same cookie needed)."""
+        self.ctl("stop_app")
+        self.ctl("join_cluster", seed)
+        self.ctl("start_app")
+
+    def ctl(self, *args: str, stdin: str | None = None, tool: str = "rabbitmqctl") -> str:
+        """Run `rabbitmqctl ARGS` (or another CLI `tool`) against this node (≈ 1 s: one Erlang
+        VM boot); its output."""
         done = subprocess.run(
-            [str(RMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            [str(RMQ_BIN / tool), "-n", self.node, *args],
             env=self._env(),
             input=stdin,
             capture_output=True,
@@ -143,12 +198,13 @@ class BrokerNode:
             timeout=60,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+            raise RuntimeError(f"{tool} {' '.join(args)}: {done.stderr or done.stdout}")
         return done.stdout
 
     def stop(self) -> None:
         if self.process is None:
             return
+        self.thaw_quietly()  # a frozen VM would not act on SIGTERM
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

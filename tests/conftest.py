@@ -23,7 +23,7 @@ from broker_control import answers_amqp
 from echo_plugin import Echo
 
 import orbit_mq
-from orbit_mq.config import Settings
+from orbit_mq.config import Settings, broker_urls
 from orbit_mq.contracts.psij import TERMINAL
 from orbit_mq.protocol import request_queue
 from orbit_mq.subscribe import Subscription
@@ -168,6 +168,12 @@ def endpoint_process(
     delete_request_queues(settings.url, name)
 
 
+def one_node(url: str) -> str:
+    """The first node's URL of a URL that may name several (a cluster's): for the plain
+    aio-pika and pika connections of the tests, which take one host."""
+    return broker_urls(url)[0]
+
+
 PLUGIN_NAMES = ("sysinfo", "echo", "psij", "queue_info", "staging", "tasks", "rhapsody")
 
 
@@ -175,7 +181,7 @@ def delete_request_queues(url: str, *endpoints: str) -> None:
     """Delete the durable request queues a test's endpoints left on the broker (a broker
     holding thousands of them boots slowly)."""
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection = pika.BlockingConnection(pika.URLParameters(one_node(url)))
     except pika.exceptions.AMQPError:
         return  # the broker is away: nothing to tidy
     try:

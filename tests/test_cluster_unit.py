@@ -72,7 +72,7 @@ def test_quorum_request_queues_have_a_delivery_limit() -> None:
     arguments = broker.request_queue_arguments(Settings(queue_type="quorum"))
     assert arguments["x-delivery-limit"] == broker.DELIVERY_LIMIT
     assert arguments["x-dead-letter-exchange"]
-    assert "x-delivery-limit" not in broker.request_queue_arguments(Settings())
+    assert "x-delivery-limit" not in broker.request_queue_arguments(Settings(queue_type="classic"))
 
 
 def test_inequivalent_arguments_say_what_to_do() -> None:

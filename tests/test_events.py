@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import aio_pika
 import pytest
-from conftest import StartEndpoint
+from conftest import StartEndpoint, one_node
 
 import orbit_mq
 from orbit_mq.protocol import PresenceStatus
@@ -93,7 +93,7 @@ async def test_durable_subscription_keeps_events_while_away(
                 seqs = [event.data["seq"] async for event in _take(again, 5)]
         assert seqs == [1, 2, 3, 4, 5]
     finally:
-        connection = await aio_pika.connect(settings.url)
+        connection = await aio_pika.connect(one_node(settings.url))
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(durable_queue_name(fabric.user, durable))
@@ -144,7 +144,7 @@ async def test_closing_a_durable_subscription_leaves_nothing_behind(
     subscription under the same name gets exactly what the first did not deliver."""
     await start_endpoint()
     durable = f"test-{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect(settings.url)
+    connection = await aio_pika.connect(one_node(settings.url))
     try:
         async with fabric.subscribe(f"{name}.echo.tick", durable=durable) as first:
             await fabric.call(name, "echo", "emit_many", {"count": 10})

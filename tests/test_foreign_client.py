@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 import pytest
-from conftest import StartEndpoint
+from conftest import StartEndpoint, one_node
 from pika.adapters.blocking_connection import BlockingChannel
 
 from orbit_mq.config import Settings
@@ -57,7 +57,7 @@ class Client:
 
     def __init__(self, url: str) -> None:
         self.user = unquote(urlsplit(url).username or "guest")
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.connection = pika.BlockingConnection(pika.URLParameters(one_node(url)))
         self.channel: BlockingChannel = self.connection.channel()
         self.channel.confirm_delivery()
         self.replies: dict[str, list[tuple[pika.BasicProperties, bytes]]] = {}

@@ -45,6 +45,8 @@ from orbit_mq.wire import event_properties, presence_properties
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
+pytestmark = pytest.mark.single_node  # its users, made on the local node
+
 Refused = aiormq.exceptions.ChannelAccessRefused
 Action = Callable[[aiormq.abc.AbstractChannel], Awaitable[Any]]
 

@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 import orjson
 import pytest
-from conftest import StartEndpoint
+from conftest import StartEndpoint, one_node
 
 import orbit_mq
 from orbit_mq.protocol import request_queue
@@ -50,7 +50,7 @@ class RawClient:
 
 @pytest.fixture
 async def raw(settings: orbit_mq.Settings) -> AsyncIterator[RawClient]:
-    connection = await aio_pika.connect(settings.url)
+    connection = await aio_pika.connect(one_node(settings.url))
     async with connection:
         client = RawClient(await connection.channel())
         await client.start()
@@ -147,7 +147,7 @@ async def test_forged_user_id_is_stopped_by_the_broker(
     start_endpoint: StartEndpoint, settings: orbit_mq.Settings, name: str
 ) -> None:
     await start_endpoint()
-    connection = await aio_pika.connect(settings.url)
+    connection = await aio_pika.connect(one_node(settings.url))
     async with connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange("orbit.rpc", ensure=False)

@@ -36,7 +36,7 @@ from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.logs import RefusalLog
 from orbit_mq.workers.plugins.psij import PsiJ as PsiJPlugin
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.single_node]  # its users
 
 AUDIT = "orbit_mq.endpoint.audit"
 

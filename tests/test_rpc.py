@@ -7,7 +7,7 @@ import os
 
 import aio_pika
 import pytest
-from conftest import StartEndpoint
+from conftest import StartEndpoint, one_node
 from echo_plugin import Point, ThingNotFound
 
 import orbit_mq
@@ -99,7 +99,7 @@ async def test_wait_keeps_the_request_until_the_endpoint_comes(
 
 
 async def _wait_for_queued(url: str, queue: str, count: int, timeout: float = 10) -> None:
-    connection = await aio_pika.connect(url)
+    connection = await aio_pika.connect(one_node(url))
     async with connection, asyncio.timeout(timeout):
         channel = await connection.channel()
         while True:

@@ -165,6 +165,7 @@ async def cli(env: dict[str, str], *args: str, expect: int = 0) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.single_node  # makes broker users
 async def test_no_password_in_logs_errors_or_command_lines(
     run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import StartEndpoint, wait_online
+from conftest import StartEndpoint, one_node, wait_online
 from test_cli import assert_one_error_line, run_cli
 from yarl import URL
 
@@ -239,7 +239,7 @@ async def test_dropped_connection_is_resumed_within_the_same_call(
     size = 32 * MiB
     source = tmp_path / "up.bin"
     expected = await asyncio.to_thread(random_file, source, size)
-    port = URL(settings.url).port or 5672
+    port = URL(one_node(settings.url)).port or 5672
     before = broker_sockets(port)
     async with orbit_mq.Fabric(settings) as fabric:
         proxy = await fabric.endpoint(name).plugin("staging", session=False)

@@ -46,6 +46,8 @@ from orbit_mq.workers.tunnels.settings import Address, broker_address
 
 __all__ = ["sshd"]  # the session fixture, used by name
 
+pytestmark = pytest.mark.single_node  # a tunnel carries one broker address
+
 UNREACHABLE = "amqp://guest:guest@broker.orbit.invalid:5672/"
 # The URL names the broker as the SSH host would: plain AMQP on that leg, which must be asked for.
 INSECURE = {"ORBIT_MQ_INSECURE": "1"}

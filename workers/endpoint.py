@@ -34,7 +34,7 @@ from orbit_mq.broker import (
     request_queue_arguments,
     translated,
 )
-from orbit_mq.config import Settings
+from orbit_mq.config import Settings, broker_urls
 from orbit_mq.contracts.control import Control
 from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
 from orbit_mq.lanes import Lane
@@ -63,6 +63,7 @@ from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.outbox import EventWriter, Outbox
 from orbit_mq.workers.ownership import Ownership
 from orbit_mq.workers.plugin import Plugin, PluginContext
+from orbit_mq.workers.replies import Replies
 
 log = bounded_logger("orbit_mq.endpoint")
 
@@ -116,6 +117,14 @@ class Endpoint:
         self.journal.forget_old_replies()  # stored replies are kept for REPLY_RETENTION only
         self._outbox: Outbox | None = None
         self._events_out: EventWriter | None = None
+        self._replies: Replies | None = None  # on a cluster (workers/replies.py)
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The broker connection (its `url` is the node it is on, or tries next)."""
+        if self._connection is None:
+            raise RuntimeError(f"endpoint {self.name!r} is not started")
+        return self._connection
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,6 +142,9 @@ class Endpoint:
         self._connection, self._connected = connection, True
         connection.reconnect_callbacks.add(self._on_reconnect)
         connection.close_callbacks.add(self._connection_lost)
+        if len(broker_urls(self.settings.url)) > 1:
+            self._replies = Replies(self.settings, self.name, self.route)
+            await self._replies.open()
         with translated(f"starting endpoint {self.name!r}"):
             self._events = Lane(
                 connection,
@@ -193,6 +205,8 @@ class Endpoint:
             await self._outbox.stop()
         for lane in [*self._lanes.values(), *filter(None, [self._events])]:
             await lane.close()
+        if self._replies is not None:
+            await self._replies.close()
         if self._connection is not None:
             await quietly(self._connection.close())
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -368,6 +382,9 @@ class Endpoint:
         """Publish a reply (straight to aiormq: replies are the hot path). A reply that cannot
         be sent is dropped: the caller's channel went with the connection, and a caller that
         retries gets the stored answer of a deduplicated call."""
+        if self._replies is not None:  # on a cluster: a connection of their own
+            await self._replies.send(reply_to, correlation_id, body, message_type)
+            return
         # Direct reply-to addresses take mandatory=False (see docs/protocol.md).
         properties = reply_properties(correlation_id, message_type)
         amqp = lane.current
@@ -383,7 +400,7 @@ class Endpoint:
 
     async def _setup_events(self, amqp: aiormq.Channel) -> None:
         assert self._connection is not None
-        await ensure_topology(self._connection, self.user)
+        await ensure_topology(self._connection, self.user, self.settings.queue_type)
         if self._discoverable:  # its plugins are served: it may answer discovery
             await self._consume_discovery(amqp)
 

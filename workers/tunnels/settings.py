@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orbit_mq.config import broker_urls, redact_url
 from orbit_mq.errors import ConfigError
 
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -47,6 +48,12 @@ def parse_address(text: str, default_port: int | None = None, what: str = "addre
 
 def broker_address(url: str) -> Address:
     """The broker's host and port named by an amqp:// or amqps:// URL."""
+    nodes = broker_urls(url)
+    if len(nodes) > 1:
+        raise ConfigError(
+            f"a tunnel carries one broker address, and {redact_url(url)} names {len(nodes)} "
+            "nodes; name the node to reach (the tunnel target, or a URL of one host)"
+        )
     parts = urlsplit(url)
     return Address(parts.hostname or "localhost", parts.port or AMQP_PORTS.get(parts.scheme, 5672))
 
