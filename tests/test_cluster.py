@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ import pytest
 from broker_cluster import NET_TICKTIME, BrokerCluster
 from broker_node import usable
 from echo_plugin import Echo
+from restart_scenario import SdkCollector
 
 import orbit_mq
 from orbit_mq.contracts.psij import TERMINAL
@@ -154,34 +155,6 @@ class Stream:
         return next(when for when in self.answered if when > moment) - moment
 
 
-class JobEvents:
-    """The job_status events of a durable subscription, per job, read in the background."""
-
-    def __init__(self, subscription: orbit_mq.Subscription[orbit_mq.Event]) -> None:
-        self.states: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        self.changed = asyncio.Event()
-        self._task = asyncio.create_task(self._collect(subscription))
-
-    async def _collect(self, subscription: orbit_mq.Subscription[orbit_mq.Event]) -> None:
-        async for event in subscription:
-            self.states[event.data["job_id"]].append((event.data["seq"], event.data["state"]))
-            self.changed.set()
-
-    def ended(self, job_ids: list[str]) -> bool:
-        return all(
-            any(state in TERMINAL for _, state in self.states.get(job, ())) for job in job_ids
-        )
-
-    async def until_ended(self, job_ids: list[str], timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.ended(job_ids):
-                self.changed.clear()
-                await self.changed.wait()
-
-    def close(self) -> None:
-        self._task.cancel()
-
-
 @dataclass
 class Pair:
     endpoint: Endpoint
@@ -280,7 +253,7 @@ async def run_rounds(
     return rounds, errors
 
 
-def check_jobs(events: JobEvents, job_ids: dict[int, str], runs: Path) -> dict[str, list[Any]]:
+def check_jobs(events: SdkCollector, job_ids: dict[int, str], runs: Path) -> dict[str, list[Any]]:
     """What went wrong with the jobs (empty lists when nothing did)."""
     ran = Counter(int(line) for line in runs.read_text().split())
     problems: dict[str, list[Any]] = {
@@ -291,7 +264,7 @@ def check_jobs(events: JobEvents, job_ids: dict[int, str], runs: Path) -> dict[s
         "not_in_order": [],
     }
     for job_id in job_ids.values():
-        steps = events.states.get(job_id, [])
+        steps = events.transitions.get(job_id, [])
         if sum(state in TERMINAL for _, state in steps) != 1 or steps[-1][1] not in TERMINAL:
             problems["not_one_terminal"].append(job_id)
         if [seq for seq, _ in steps] != list(range(1, len(steps) + 1)):
@@ -310,7 +283,7 @@ async def test_killed_node_loses_no_job_and_no_call(
     async with pair.fabric.subscribe(
         f"{pair.endpoint.name}.psij.job_status", durable=durable
     ) as subscription:
-        events = JobEvents(subscription)
+        events = SdkCollector(subscription)
         calls = asyncio.create_task(stream.run())
         try:
             await stream.answered_after(0, 30)  # calls flow before the first kill
@@ -318,7 +291,8 @@ async def test_killed_node_loses_no_job_and_no_call(
         finally:
             stream.stopping.set()
             await wait_within(calls, 60)
-        await events.until_ended(list(job_ids.values()), SETTLE_LIMIT)
+        ids = list(job_ids.values())
+        await events.until(lambda: events.ended(ids), SETTLE_LIMIT)
         events.close()
     with contextlib.suppress(orbit_mq.OrbitError):
         channel = await pair.fabric.connection.channel()

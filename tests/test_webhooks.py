@@ -151,21 +151,33 @@ def check_deliveries(receiver: Receiver, job: Job) -> list[int]:
     return seqs
 
 
-async def test_every_state_change_arrives_signed_in_order_though_the_receiver_was_down(
+@pytest.fixture
+async def active(
     start_endpoint: StartEndpoint,
     fabric: orbit_mq.Fabric,
     hooks: Webhooks,
     receiver: Receiver,
     name: str,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG)
+) -> tuple[Job, Path]:
+    """A job with a webhook, ACTIVE (its POST received), that ends once the flag exists."""
     await start_endpoint([PsiJPlugin])
     flag = tmp_path / "go"
     job = await submit(fabric, name, waiting_job(flag))
     hooks.register(job.job_id, name, fabric.user, receiver.url, SECRET)
     await receiver.until("ACTIVE")
+    return job, flag
+
+
+async def test_every_state_change_arrives_signed_in_order_though_the_receiver_was_down(
+    active: tuple[Job, Path],
+    fabric: orbit_mq.Fabric,
+    hooks: Webhooks,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    job, flag = active
     receiver.stop()
     flag.touch()  # the job ends while nobody receives
     await asyncio.sleep(DOWN_FOR)
@@ -182,18 +194,14 @@ async def test_every_state_change_arrives_signed_in_order_though_the_receiver_wa
 
 
 async def test_what_happens_while_the_gateway_is_down_is_delivered_when_it_returns(
-    start_endpoint: StartEndpoint,
+    active: tuple[Job, Path],
     fabric: orbit_mq.Fabric,
     hooks: Webhooks,
     receiver: Receiver,
     name: str,
     tmp_path: Path,
 ) -> None:
-    await start_endpoint([PsiJPlugin])
-    flag = tmp_path / "go"
-    job = await submit(fabric, name, waiting_job(flag))
-    hooks.register(job.job_id, name, fabric.user, receiver.url, SECRET)
-    await receiver.until("ACTIVE")
+    job, flag = active
     await hooks.close()  # the gateway stops; the job ends meanwhile
     flag.touch()
     await job.wait(timeout=WITHIN)
