@@ -24,12 +24,15 @@ from echo_plugin import Echo
 
 import orbit_mq
 from orbit_mq.config import Settings, broker_urls
+from orbit_mq.contracts import installed_contracts
+from orbit_mq.contracts.control import Control
 from orbit_mq.contracts.psij import TERMINAL
 from orbit_mq.protocol import request_queue
 from orbit_mq.subscribe import Subscription
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugin import Plugin
 from orbit_mq.workers.plugins.sysinfo import SysInfo
+from orbit_mq.workers.registry import load_plugins
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -174,7 +177,16 @@ def one_node(url: str) -> str:
     return broker_urls(url)[0]
 
 
-PLUGIN_NAMES = ("sysinfo", "echo", "psij", "queue_info", "staging", "tasks", "rhapsody")
+def _plugin_names() -> tuple[str, ...]:
+    """Every request queue a test's endpoint may leave: one per installed plugin (control
+    included), per alias (tasks' rhapsody), and the tests' echo plugin."""
+    contracts = [contract.name for contract in installed_contracts()]
+    served = load_plugins([name for name in contracts if name != Control.name])
+    aliases = [alias for cls in served for alias in cls.aliases]
+    return tuple(sorted({*contracts, *aliases, Echo.name}))
+
+
+PLUGIN_NAMES = _plugin_names()
 
 
 def delete_request_queues(url: str, *endpoints: str) -> None:
