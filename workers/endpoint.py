@@ -53,7 +53,7 @@ from orbit_mq.protocol import (
 )
 from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
-from orbit_mq.wire import Request, presence_properties, reply_properties
+from orbit_mq.wire import Request, presence_properties
 from orbit_mq.workers.acking import settled
 from orbit_mq.workers.control import ControlPlugin
 from orbit_mq.workers.dispatch import Dispatcher
@@ -63,7 +63,7 @@ from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.outbox import EventWriter, Outbox
 from orbit_mq.workers.ownership import Ownership
 from orbit_mq.workers.plugin import Plugin, PluginContext
-from orbit_mq.workers.replies import Replies
+from orbit_mq.workers.replies import Replies, reply_on_lane
 
 log = bounded_logger("orbit_mq.endpoint")
 
@@ -334,9 +334,8 @@ class Endpoint:
     ) -> None:
         """Declare and bind the plugin's queue (and its pool's) and consume them (again after
         every reconnection). Pool members compete for the pool's queue: each call goes to one."""
-        pooled = self.pool is not None and dispatcher.plugin.pooled
-        for name in (self.name, self.pool) if pooled else (self.name,):
-            assert name is not None
+        pool = [self.pool] if self.pool is not None and dispatcher.plugin.pooled else []
+        for name in (self.name, *pool):
             queue = request_queue(name, plugin)
             await amqp.queue_declare(
                 queue, durable=True, arguments=request_queue_arguments(self.settings)
@@ -379,24 +378,12 @@ class Endpoint:
         body: bytes,
         message_type: str | None,
     ) -> None:
-        """Publish a reply (straight to aiormq: replies are the hot path). A reply that cannot
-        be sent is dropped: the caller's channel went with the connection, and a caller that
-        retries gets the stored answer of a deduplicated call."""
-        if self._replies is not None:  # on a cluster: a connection of their own
+        """Publish a reply: on the channel the request came on, or on a cluster over a
+        connection of its own (workers/replies.py)."""
+        if self._replies is not None:
             await self._replies.send(reply_to, correlation_id, body, message_type)
-            return
-        # Direct reply-to addresses take mandatory=False (see docs/protocol.md).
-        properties = reply_properties(correlation_id, message_type)
-        amqp = lane.current
-        if amqp is None:
-            log.info("%s: a reply was dropped: the broker connection is down", lane.name)
-            return
-        # wait=False queues the frame without waiting for the socket, so the ack that follows
-        # goes out in the same write.
-        try:
-            await amqp.basic_publish(body, routing_key=reply_to, properties=properties, wait=False)
-        except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
-            log.info("%s: a reply was dropped: %s", lane.name, exc)
+        else:
+            await reply_on_lane(lane, reply_to, correlation_id, body, message_type)
 
     async def _setup_events(self, amqp: aiormq.Channel) -> None:
         assert self._connection is not None

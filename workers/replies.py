@@ -1,5 +1,6 @@
-"""Replies on a cluster: over a connection of their own, each confirmed, so that a caller whose
-node is down costs that connection alone.
+"""Sending replies: on the request's own channel (`reply_on_lane`), and on a cluster over a
+connection of their own, each confirmed, so that a caller whose node is down costs that
+connection alone (`Replies`).
 
 RabbitMQ 3.10 crashes the channel that publishes to the direct reply-to address of a node that
 is not running (`{case_clause,error}` in `rabbit_channel:deliver_reply`), and the channel's
@@ -16,7 +17,6 @@ went with its node; a caller that retries gets the stored reply of a deduplicate
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from contextlib import suppress
 
@@ -28,8 +28,9 @@ from orbit_mq.config import Settings
 from orbit_mq.errors import ConnectionLost
 from orbit_mq.lanes import Lane
 from orbit_mq.wire import reply_properties
+from orbit_mq.workers.logs import bounded_logger
 
-log = logging.getLogger("orbit_mq.endpoint")
+log = bounded_logger("orbit_mq.endpoint")
 
 DEAD_ADDRESSES = 1000  # remembered dead reply-to channels (the oldest are forgotten)
 CAREFUL_TRIES = 5  # a lone reply lost for another reason (its node went) is sent again
@@ -55,6 +56,26 @@ def _crashed(error: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+async def reply_on_lane(
+    lane: Lane, reply_to: str, correlation_id: str | None, body: bytes, message_type: str | None
+) -> None:
+    """Publish a reply on `lane`, the channel its request came on (straight to aiormq: replies
+    are the hot path). A reply that cannot be sent is dropped: the caller's channel went with
+    the connection, and a caller that retries gets the stored answer of a deduplicated call."""
+    # Direct reply-to addresses take mandatory=False (see docs/protocol.md).
+    properties = reply_properties(correlation_id, message_type)
+    amqp = lane.current
+    if amqp is None:
+        log.info("%s: a reply was dropped: the broker connection is down", lane.name)
+        return
+    # wait=False queues the frame without waiting for the socket, so the ack that follows
+    # goes out in the same write.
+    try:
+        await amqp.basic_publish(body, routing_key=reply_to, properties=properties, wait=False)
+    except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
+        log.info("%s: a reply was dropped: %s", lane.name, exc)
 
 
 class Replies:
