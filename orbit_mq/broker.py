@@ -43,6 +43,12 @@ CONNECT_TIMEOUT = 10.0  # s per broker node on the first connection
 Route = Callable[[], tuple[str, int]]
 
 
+def quorum_arguments(queue_type: str) -> dict[str, Any]:
+    """The argument making a queue a quorum queue where `queue_type` says so; none for a
+    classic one, so that a queue declared before the setting existed stays equivalent."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     """Arguments of every request queue; endpoint and waiting clients must declare them alike.
     A quorum queue counts deliveries: a request redelivered DELIVERY_LIMIT times (an endpoint
@@ -272,9 +278,11 @@ async def declare_topology(
     rights on them, which only the broker's administrators have: see docs/security.md).
     With `queue_type` quorum the dead-letter queue is one too: on a cluster a classic one
     lives on one node, and while that node is down nothing is dead-lettered."""
-    arguments: dict[str, Any] = {"x-max-length": DEAD_LETTER_LIMIT, "x-overflow": "drop-head"}
-    if queue_type == "quorum":
-        arguments["x-queue-type"] = "quorum"
+    arguments: dict[str, Any] = {
+        "x-max-length": DEAD_LETTER_LIMIT,
+        "x-overflow": "drop-head",
+        **quorum_arguments(queue_type),
+    }
     with translated("declaring the orbit exchanges"):
         await channel.exchange_declare(RPC_EXCHANGE, exchange_type="direct", durable=True)
         await channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)

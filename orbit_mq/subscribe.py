@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pydantic import BaseModel, ValidationError
 
-from orbit_mq.broker import quietly, translated
+from orbit_mq.broker import quietly, quorum_arguments, translated
 from orbit_mq.errors import ConfigError
 from orbit_mq.lanes import Lane
 from orbit_mq.protocol import check_name, private_subscription_queue, subscription_queue
@@ -109,9 +109,7 @@ class Subscription(Generic[M]):
         self._prefetch = prefetch
         # A durable queue of a cluster is a quorum queue where request queues are: a classic
         # one lives on one node, and while that node is down its events are dropped.
-        self._arguments: dict[str, Any] | None = (
-            {"x-queue-type": "quorum"} if durable and queue_type == "quorum" else None
-        )
+        self._arguments = quorum_arguments(queue_type) if durable else {}
         self.queue_name = (
             durable_queue_name(user, durable)
             if durable
