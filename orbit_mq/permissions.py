@@ -232,8 +232,11 @@ class BrokerUser:
 
     @property
     def pool(self) -> str | None:
-        found = [tag.removeprefix(POOL_TAG_PREFIX) for tag in self.tags]
-        return next((p for p, t in zip(found, self.tags, strict=True) if p != t and p), None)
+        """The pool named by its `orbit-pool-{pool}` tag, if any."""
+        for tag in self.tags:
+            if tag.startswith(POOL_TAG_PREFIX) and tag != POOL_TAG_PREFIX:
+                return tag.removeprefix(POOL_TAG_PREFIX)
+        return None
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ class Dispatcher:
                 self._refusals.warning(user, "%s.%s: %s", self.label, method, str(error))
             if self.pool is not None and _elsewhere_maybe(error):
                 # What this member does not have another member of its pool may: the caller
-                # asks them (orbit_mq.pools).
+                # asks them (PluginProxy._elsewhere_in_pool, orbit_mq/proxy.py).
                 error.details.update(pool=self.pool, member=self.plugin.context.endpoint)
             return error_body(error)
 
