@@ -53,6 +53,7 @@ SIGNATURE_HEADER = "x-hub-signature-256"
 DELIVERY_HEADER = "x-orbit-delivery"
 SUBSCRIPTION = "webhooks"  # the durable subscription's name
 UNCLAIMED_FOR = 3600.0  # s an event of a job nobody registered is kept
+CLEANUP_EVERY = 60.0  # s between deletions of the unclaimed ones (not one per event)
 POST_TIMEOUT = 10.0  # s for one POST
 RECHECK = 30.0  # s a job's sender waits for its next event before looking in the store again
 
@@ -187,7 +188,15 @@ class WebhookStore:
     def infos(self, owner: str | None = None) -> list[WebhookInfo]:
         where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         rows = self._db.execute(f"SELECT * FROM hooks {where} ORDER BY created", args)
-        return [WebhookInfo(**{k: row[k] for k in WebhookInfo.model_fields}) for row in rows]
+        return [_info(row) for row in rows]
+
+    def info(self, job_id: str) -> WebhookInfo | None:
+        row = self.hook(job_id)
+        return None if row is None else _info(row)
+
+
+def _info(row: sqlite3.Row) -> WebhookInfo:
+    return WebhookInfo(**{key: row[key] for key in WebhookInfo.model_fields})
 
 
 class Webhooks:
@@ -213,6 +222,7 @@ class Webhooks:
         self._reader: asyncio.Task[None] | None = None
         self._posting: set[str] = set()  # jobs whose POST is on its way
         self._closing = False
+        self._next_cleanup = 0.0  # time.monotonic() of the next look for unclaimed events
 
     async def start(self) -> None:
         """Subscribe (events that wait in the durable queue come first), then resume the
@@ -251,12 +261,15 @@ class Webhooks:
     def infos(self, owner: str | None = None) -> list[WebhookInfo]:
         return self.store.infos(owner)
 
+    def info(self, job_id: str) -> WebhookInfo | None:
+        return self.store.info(job_id)
+
     async def settled(self, job_id: str) -> WebhookInfo | None:
         """Once job `job_id`'s webhook is done or failed (now, if it is), its state."""
         sender = self._senders.get(job_id)
         if sender is not None:
             await asyncio.wait({sender})
-        return next((info for info in self.store.infos() if info.job_id == job_id), None)
+        return self.store.info(job_id)
 
     async def _read(self, events: Subscription[Any]) -> None:
         """Keep every job transition (before its event is acked), and wake its sender."""
@@ -266,7 +279,9 @@ class Webhooks:
             self.store.keep(data.job_id, Transition(data.seq, data.state.final, body))
             if data.job_id in self._wake or self.store.hook(data.job_id) is not None:
                 self._wake_sender(data.job_id)
-            self.store.forget_unclaimed(time.time() - UNCLAIMED_FOR)
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + CLEANUP_EVERY
+                self.store.forget_unclaimed(time.time() - UNCLAIMED_FOR)
 
     def _wake_sender(self, job_id: str) -> None:
         wake = self._wake.setdefault(job_id, asyncio.Event())

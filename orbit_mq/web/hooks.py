@@ -75,7 +75,8 @@ async def register(request: Request, user: Connection) -> Response:
     psij = await user.fabric.endpoint(endpoint).plugin(PsiJ, session=False)
     await psij.get_job_status(job_id)  # the caller's own job (or an admin's view of it)
     webhooks.register(job_id, endpoint, user.fabric.user, hook.url, hook.secret)
-    [info] = [i for i in webhooks.infos(user.fabric.user) if i.job_id == job_id]
+    info = webhooks.info(job_id)
+    assert info is not None  # registered just now
     return JSON(info.model_dump(mode="json"))
 
 
