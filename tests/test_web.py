@@ -394,7 +394,7 @@ async def test_a_second_user_cannot_see_the_first_users_job(
         await endpoint.start()
         try:
             app = create_app(
-                settings.model_copy(update={"url": vhost.url}), keep_alive=1.0, webhooks=None
+                settings.model_copy(update={"url": vhost.url}), keep_alive=1.0, webhooks=tag
             )
             async for url in serve(app):
                 gateway = Gateway(url, app)
@@ -417,6 +417,10 @@ async def _apart(
         assert wire_error(theirs, 403, "unauthorized")["details"]["type"] == "NotJobOwner"
         cancel = await as_bob.post(f"{jobs}/{job_id}/cancel", json={})
         wire_error(cancel, 403, "unauthorized")
+        hook = {"url": "http://127.0.0.1:9/hook", "secret": "s" * 16}
+        webhook = await as_bob.post(f"{jobs}/{job_id}/webhook", json=hook)
+        wire_error(webhook, 403, "unauthorized")
+        assert (await as_bob.get(f"{API}/webhooks")).json() == []
         listed = (await as_bob.get(jobs)).json()
         assert job_id not in [job["job_id"] for job in listed["jobs"]]
         # bob's password is not alice's: her cached connection does not let him in as her
