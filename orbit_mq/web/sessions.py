@@ -161,9 +161,11 @@ class Sessions:
             self.end(session, "expired")
 
     async def reap(self) -> None:
-        """Sweep every quarter of the idle time (at most a minute), until cancelled."""
+        """Sweep every quarter of the idle time or lifetime (at most a minute), until
+        cancelled."""
+        every = min(self.terms.idle, self.terms.lifetime) / 4
         while True:
-            await asyncio.sleep(min(max(self.terms.idle / 4, 0.05), 60.0))  # a periodic sweep
+            await asyncio.sleep(min(max(every, 0.05), 60.0))  # a periodic sweep, not a wait
             self.sweep()
 
     def close(self) -> None:
