@@ -337,7 +337,9 @@ async def test_no_password_cookie_or_token_in_the_logs_or_in_clear_in_the_store(
                 await client.post(f"{API}/logout", json={}, headers={"X-CSRF-Token": token})
     # the gateway's side: this test's own HTTP client (httpx, httpcore) logs the headers it got
     client_side = ("httpx", "httpcore")
-    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(client_side))
+    logged = "\n".join(
+        caplog.handler.format(r) for r in caplog.records if not r.name.startswith(client_side)
+    )
     assert carol.user in logged  # the log was captured (the login is logged by user name)
     for secret_text in (carol.password, secret, token):
         assert secret_text not in logged
