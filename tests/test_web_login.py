@@ -25,9 +25,9 @@ from orbit_mq.config import Settings
 from orbit_mq.permissions import Role
 from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
-from orbit_mq.web import create_app
+from orbit_mq.web import create_app, openapi_document
 from orbit_mq.web.identity import Users
-from orbit_mq.web.sessions import COOKIE, Session, Sessions, SessionTerms
+from orbit_mq.web.sessions import COOKIE, SECURE_COOKIE, Session, Sessions, SessionTerms
 from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
@@ -87,12 +87,12 @@ async def log_in(client: httpx.AsyncClient, user: str, password: str) -> str:
     return str(body["csrf_token"])
 
 
-def cookie_attributes(response: httpx.Response) -> tuple[str, dict[str, str]]:
+def cookie_attributes(response: httpx.Response, cookie: str = COOKIE) -> tuple[str, dict[str, str]]:
     """The session cookie's value and attributes (lower-case names) of a Set-Cookie."""
     (header,) = response.headers.get_list("set-cookie")
     first, *rest = [part.strip() for part in header.split(";")]
     name, _, value = first.partition("=")
-    assert name == COOKIE, header
+    assert name == cookie, header
     attributes = {}
     for part in rest:
         key, _, val = part.partition("=")
@@ -163,6 +163,32 @@ async def wait_ended_by_cookie(
         return await wait_ended(client, endpoint, job_id)
     finally:
         del client.headers["X-CSRF-Token"]
+
+
+async def test_over_https_the_cookie_is_secure_and_bound_to_the_origin(gateway: Gateway) -> None:
+    # uvicorn takes the scheme from a proxy it trusts (127.0.0.1 by default): as if TLS ended there
+    https = {"X-Forwarded-Proto": "https"}
+    async with gateway.client() as client:
+        body = {"user": "guest", "password": "guest"}
+        response = await client.post(f"{API}/login", json=body, headers=https)
+        assert response.status_code == 200, response.text
+        secret, flags = cookie_attributes(response, SECURE_COOKIE)
+        assert "secure" in flags and "httponly" in flags and flags["path"] == "/"
+        assert "domain" not in flags  # __Host-: this origin only
+        cookie = {"Cookie": f"{SECURE_COOKIE}={secret}", **https}
+        me = await client.get(f"{API}/session", headers=cookie)
+        assert me.status_code == 200 and me.json()["user"] == "guest"
+
+
+def test_the_document_lists_the_login_routes_and_the_cookie_scheme() -> None:
+    document = openapi_document()
+    paths = document["paths"]
+    assert paths[f"{API}/login"]["post"]["security"] == []
+    assert paths[f"{API}/logout"]["post"]["security"] == []
+    assert "get" in paths[f"{API}/session"]
+    scheme = document["components"]["securitySchemes"]["session"]
+    assert scheme == {**scheme, "type": "apiKey", "in": "cookie", "name": COOKIE}
+    assert {"session": []} in document["security"]
 
 
 async def test_a_refused_login_keeps_no_session_and_a_login_cannot_be_forged(
