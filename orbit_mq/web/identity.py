@@ -5,6 +5,8 @@ the broker still checks `user_id` and the endpoints' allow-lists apply unchanged
 connections are kept for `idle` seconds after their last use (an open event stream counts as
 use) and closed at shutdown. A password is never kept: only an HMAC of it under a key made for
 this process, to tell whether a request's credentials are those the connection was opened with.
+The login form's sessions (`sessions`, `login`) reach the same connections through
+`Users.login`, with the password their cookie unseals.
 """
 
 from __future__ import annotations
