@@ -121,7 +121,9 @@ class Webhooks:
         taken = self.store.batches.taken(endpoint, owner, uids)
         if taken:
             shown = ", ".join(shorten(uid) for uid in taken[:5])
-            raise Conflict(f"tasks already in a batch with a webhook: {shown}", {"uids": taken})
+            raise Conflict(
+                f"tasks already in a batch with a webhook: {shown}", {"uids": taken[:100]}
+            )
         batch = secrets.token_hex(8)
         give_up_at = time.time() + self.give_up_after
         self.store.batches.register(batch, endpoint, owner, uids, url, secret, give_up_at)
