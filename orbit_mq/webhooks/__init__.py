@@ -16,7 +16,7 @@ POST (`batches`), with the batch's counts by state and, in its last, `done`:
     x-orbit-delivery: {batch}:{n}
 
     {"endpoint": …, "owner": …, "batch": "…", "n": 2, "transitions": [TaskStatus, …],
-     "counts": {"DONE": 40, "RUNNING": 10}, "tasks": 50, "done": false}
+     "counts": {"RUNNING": 10, "DONE": 40}, "tasks": 50, "done": false}
 
 Nothing is lost while this process or the receiver is down: events wait in one durable
 subscription queue (both kinds: one reader, one set of broker rights); each transition is
