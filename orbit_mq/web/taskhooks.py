@@ -29,6 +29,7 @@ from orbit_mq.web.shortcuts import spec_of
 from orbit_mq.webhooks import Webhooks
 
 SUBMIT = spec_of(Tasks, Tasks.submit_tasks)
+assert SUBMIT.dedupe  # run once per message_id: a call re-sent after a lost connection is safe
 HOOK = "webhook"  # the body's member that is the gateway's, not submit_tasks's
 
 
@@ -72,31 +73,29 @@ async def submit(request: Request, user: Connection) -> Response:
     except ValidationError as exc:
         raise invalid_params(f"{Tasks.name}.{SUBMIT.name}", exc) from None
     assert uids is not None  # the model took them as tasks
-    webhooks: Webhooks | None = request.app.state.deliveries.running() if hook else None
-    batch = None
-    if webhooks is not None and hook is not None:
-        batch = webhooks.register_batch(endpoint, user.fabric.user, uids, hook.url, hook.secret)
-    try:
+
+    async def sent() -> Submitted:
         result = await user.fabric.call(
-            endpoint,
-            Tasks.name,
-            SUBMIT.name,
-            params,
-            timeout=timeout_of(request),
-            retry=SUBMIT.dedupe,
+            endpoint, Tasks.name, SUBMIT.name, params, timeout=timeout_of(request), retry=True
         )
-        sent = Submitted.model_validate(result)
-        if webhooks is not None and batch is not None and sent.duplicates:
-            # known before: what they did may be over, so they start from where they are
-            webhooks.catch_up(batch, await _statuses(user, endpoint, sent.duplicates))
+        return Submitted.model_validate(result)
+
+    if hook is None:
+        return JSON({**(await sent()).model_dump(mode="json"), HOOK: None})
+    webhooks: Webhooks = request.app.state.deliveries.running()
+    batch = webhooks.register_batch(endpoint, user.fabric.user, uids, hook.url, hook.secret)
+    try:
+        submitted = await sent()
     except Exception:
-        if webhooks is not None and batch is not None:
-            webhooks.unregister_batch(batch)
+        webhooks.unregister_batch(batch)
         raise
-    info = webhooks.batch_info(batch) if webhooks is not None and batch is not None else None
-    answer = sent.model_dump(mode="json")
-    answer[HOOK] = info.model_dump(mode="json") if info is not None else None
-    return JSON(answer)
+    if submitted.duplicates:
+        # known before: what they did may be over, so they start from where they are (the
+        # batch stays if this fails: its new tasks were accepted)
+        webhooks.catch_up(batch, await _statuses(user, endpoint, submitted.duplicates))
+    info = webhooks.batch_info(batch)
+    assert info is not None  # registered just now
+    return JSON({**submitted.model_dump(mode="json"), HOOK: info.model_dump(mode="json")})
 
 
 async def register(request: Request, user: Connection) -> Response:
