@@ -2,7 +2,7 @@
 real broker and an endpoint, answer no 5xx (`not_a_server_error`). The operations that would
 run what they are given (submitting jobs, the generic call, staging, stopping the endpoint)
 and the endless event stream are left out; `{endpoint}` is the test's endpoint, so the calls
-reach it instead of stopping at "unknown endpoint"."""
+reach it instead of stopping at "unknown endpoint"; webhooks are on, so their routes are tried."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ import httpx
 import pytest
 from conftest import StartEndpoint
 from echo_plugin import Echo
+from starlette.applications import Starlette
 from test_web import serve
+from test_webhooks import _delete_queue
 
 from orbit_mq.config import Settings
+from orbit_mq.subscribe import durable_queue_name
+from orbit_mq.tls import login_user
 from orbit_mq.web import create_app
 from orbit_mq.workers.plugins.psij.plugin import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
@@ -52,7 +56,15 @@ async def test_generated_calls_get_no_server_error(
     if not ST.exists():
         pytest.skip("needs schemathesis (pip install -e '.[test]')")
     await start_endpoint(plugins=[PsiJ, SysInfo, Echo])
-    app = create_app(settings, keep_alive=1.0, webhooks=None)
+    # webhooks on: their routes answer 503 without them
+    app = create_app(settings, keep_alive=1.0, webhooks=name)
+    try:
+        await _fuzz(app, name, tmp_path)
+    finally:
+        await _delete_queue(settings.url, durable_queue_name(login_user(settings), name))
+
+
+async def _fuzz(app: Starlette, name: str, tmp_path: Path) -> None:
     async for url in serve(app):
         async with httpx.AsyncClient(base_url=url, auth=("guest", "guest")) as client:
             document = (await client.get("/api/v1/openapi.json")).json()

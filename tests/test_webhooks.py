@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,17 @@ class Receiver:
 
     async def until(self, state: str) -> None:
         """Until a POST of `state` arrived (bounded by WITHIN)."""
+        arrived = await self.wait_for(lambda: state in self.states())
+        assert arrived, f"no {state} POST within {WITHIN} s: {self.states()}"
+
+    async def wait_for(self, done: Callable[[], bool]) -> bool:
+        """Whether `done()` held within WITHIN s (checked after each POST)."""
 
         def wait() -> bool:
             with self._changed:
-                return self._changed.wait_for(lambda: state in self.states(), WITHIN)
+                return self._changed.wait_for(done, WITHIN)
 
-        assert await asyncio.to_thread(wait), f"no {state} POST within {WITHIN} s: {self.states()}"
+        return await asyncio.to_thread(wait)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from orbit_mq.contract import Contract
 from orbit_mq.contracts import installed_contracts
 from orbit_mq.errors import OrbitError
 from orbit_mq.protocol import ErrorCode
-from orbit_mq.web import files, hooks, login, routes
+from orbit_mq.web import files, hooks, login, routes, taskhooks
 from orbit_mq.web.errors import failure, problem
 from orbit_mq.web.events import KEEP_ALIVE
 from orbit_mq.web.identity import DEFAULT_IDLE, Connection, Users
@@ -81,6 +81,8 @@ def _routes() -> list[Route]:
         Route(base + "/files", api(files.download), methods=["GET"]),
         Route(base + "/files", api(files.upload, upload=True), methods=["PUT"]),
         Route(base + "/jobs/{job_id}/webhook", api(hooks.register), methods=["POST"]),
+        Route(base + "/tasks", api(taskhooks.submit), methods=["POST"]),
+        Route(base + "/tasks/webhook", api(taskhooks.register), methods=["POST"]),
     ]
     # before the generic routes, which would take /jobs for a plugin's name
     for shortcut in SHORTCUTS:

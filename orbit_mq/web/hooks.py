@@ -5,7 +5,8 @@
 
 The gateway, not the endpoint, posts every state change of the job to `url`, signed with
 `secret` (which is never shown again). Registering checks that the caller may see the job;
-its transitions from before the registration are sent too.
+its transitions from before the registration are sent too. Task batches' routes:
+orbit_mq/web/taskhooks.py; the list has both.
 """
 
 from __future__ import annotations

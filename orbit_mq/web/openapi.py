@@ -14,12 +14,16 @@ from pydantic import BaseModel, TypeAdapter
 from orbit_mq import __version__
 from orbit_mq.contract import Contract
 from orbit_mq.contracts import installed_contracts
+from orbit_mq.contracts.tasks import Tasks
 from orbit_mq.protocol import NAME_PATTERN, EndpointInfo, ErrorCode, ErrorReply, Event
 from orbit_mq.rpc import PluginDescription, RpcSpec
 from orbit_mq.web.errors import STATUS
+from orbit_mq.web.hooks import WebhookRequest
 from orbit_mq.web.login import LoginRequest, SessionInfo
 from orbit_mq.web.sessions import COOKIE, CSRF_HEADER
 from orbit_mq.web.shortcuts import SHORTCUTS, Shortcut
+from orbit_mq.web.taskhooks import HOOK, SUBMIT, TasksWebhookRequest
+from orbit_mq.webhooks import BatchWebhookInfo, WebhookInfo
 
 API = "/api/v1"
 REFS = "#/components/schemas/"
@@ -241,6 +245,67 @@ def _fixed_paths(c: Components) -> dict[str, Any]:
     }
 
 
+def _webhook_paths(c: Components) -> dict[str, Any]:
+    """The webhook routes (docs/explorer.md "Webhooks") and the tasks submission that
+    registers one."""
+    job, batch = c.model(WebhookInfo), c.model(BatchWebhookInfo)
+    prefix = f"{Tasks.name}."
+    submit = c.params(SUBMIT, prefix)
+    submit["properties"][HOOK] = {**c.model(WebhookRequest), "description": "Optional."}
+    submitted = {
+        "allOf": [
+            c.result(SUBMIT, prefix),
+            {"type": "object", "properties": {HOOK: {"anyOf": [batch, {"type": "null"}]}}},
+        ]
+    }
+    job_id = _param("job_id", "path", {"type": "string"}, "A job's id.")
+    errors = (*CALL_ERRORS, ErrorCode.CONFLICT)
+    return {
+        f"{API}/webhooks": {
+            "get": _operation(
+                "webhooks.list",
+                "webhooks",
+                "The caller's webhooks (jobs', then task batches') with their state",
+                responses=_responses(
+                    {"type": "array", "items": {"anyOf": [job, batch]}}, ErrorCode.UNAVAILABLE
+                ),
+            )
+        },
+        f"{ENDPOINT_PATH}/jobs/{{job_id}}/webhook": {
+            "post": _operation(
+                "webhooks.job",
+                "webhooks",
+                "Deliver every state change of one of the caller's jobs to a URL, signed",
+                parameters=[ENDPOINT, job_id],
+                requestBody={"required": True, **_content(c.model(WebhookRequest))},
+                responses=_responses(job, *CALL_ERRORS),
+            )
+        },
+        f"{ENDPOINT_PATH}/tasks/webhook": {
+            "post": _operation(
+                "webhooks.tasks",
+                "webhooks",
+                "Deliver the state changes of tasks already submitted to a URL, as one batch",
+                parameters=[ENDPOINT],
+                requestBody={"required": True, **_content(c.model(TasksWebhookRequest))},
+                responses=_responses(batch, *errors),
+            )
+        },
+        f"{ENDPOINT_PATH}/tasks": {
+            "post": _operation(
+                f"{Tasks.name}.post.tasks",
+                Tasks.name,
+                "Submit tasks, optionally with a webhook for them as one batch",
+                description=f"Calls {Tasks.name}.{SUBMIT.name} (its parameters, and `{HOOK}`: "
+                "registered before the tasks are sent).\n\n" + SUBMIT.doc,
+                parameters=[ENDPOINT],
+                requestBody={"required": True, **_content(submit)},
+                responses=_responses(submitted, *errors),
+            )
+        },
+    }
+
+
 def _plugin_paths(c: Components, contracts: list[type[Contract]]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for shortcut in SHORTCUTS:
@@ -257,7 +322,7 @@ def openapi_document(contracts: list[type[Contract]] | None = None) -> dict[str,
     """The whole document for `contracts` (default: the installed plugins')."""
     c = Components()
     c.model(ErrorReply)
-    paths = {**_fixed_paths(c), **_login_paths(c)}
+    paths = {**_fixed_paths(c), **_webhook_paths(c), **_login_paths(c)}
     installed = contracts if contracts is not None else installed_contracts()
     paths.update(_plugin_paths(c, installed))
     basic = {"type": "http", "scheme": "basic", "description": "A broker user and password."}

@@ -260,9 +260,12 @@ async function jobsTab(panel) {
       clear(hooks, h("p", { class: "muted" }, error.message));
       return;
     }
-    clear(hooks, found.length ? table(["job", "url", "status", "delivered", "attempts", "last error"],
-      found.map((w) => [w.job_id.slice(0, 8), w.url, w.status, String(w.delivered),
-        String(w.attempts), w.last_error ?? ""])) : h("p", { class: "muted" }, "none"));
+    // a job's (delivered: its last seq) or a task batch's (delivered: its last group)
+    const what = (w) => (w.kind === "tasks" ? `${w.tasks} tasks (batch ${w.batch.slice(0, 8)})`
+      : w.job_id.slice(0, 8));
+    clear(hooks, found.length ? table(["job or tasks", "url", "status", "delivered", "attempts",
+      "last error"], found.map((w) => [what(w), w.url, w.status, String(w.delivered),
+      String(w.attempts), w.last_error ?? ""])) : h("p", { class: "muted" }, "none"));
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
