@@ -69,6 +69,25 @@ def web(
             "--idle", metavar="SECONDS", min=1, help="Close a user's broker connection after this."
         ),
     ] = 300.0,
+    session_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--session-idle",
+            metavar="SECONDS",
+            min=1,
+            help="End a login session unused this long (default: 30 minutes).",
+        ),
+    ] = None,
+    session_lifetime: Annotated[
+        float | None,
+        typer.Option(
+            "--session-lifetime",
+            metavar="SECONDS",
+            min=1,
+            help="End a login session this long after the login, whatever its use "
+            "(default: 12 hours).",
+        ),
+    ] = None,
     webhooks: Annotated[
         str | None,
         typer.Option(
@@ -85,17 +104,26 @@ def web(
 ) -> None:
     """Serve the HTTP API: endpoints, plugin calls, jobs and events (docs/explorer.md).
 
-    Every request logs in with HTTP Basic as a user of the broker of --url.
+    Every request logs in as a user of the broker of --url: HTTP Basic, or the session cookie
+    of the explorer's login form.
     """
     import uvicorn
 
     from orbit_mq.web import create_app
+    from orbit_mq.web.sessions import SessionTerms
 
     if ssl_keyfile is not None and ssl_certfile is None:
         raise ConfigError("--ssl-keyfile needs --ssl-certfile")
     host, port = parse_listen(listen)
+    terms = SessionTerms(  # unset: the defaults
+        idle=session_idle or SessionTerms.idle,
+        lifetime=session_lifetime or SessionTerms.lifetime,
+    )
     app = create_app(
-        settings_for(ctx, url=url), idle=idle, webhooks=None if no_webhooks else webhooks
+        settings_for(ctx, url=url),
+        idle=idle,
+        webhooks=None if no_webhooks else webhooks,
+        sessions=terms,
     )
     sock = _bound(host, port)
     scheme = "https" if ssl_certfile else "http"

@@ -1,7 +1,8 @@
-"""The explorer page in Debian's headless Chromium (Selenium, /usr/bin/chromium): log in, see
-the endpoint appear, submit `/bin/echo hello` from the form generated from the JobSpec schema
-and watch it reach COMPLETED with `hello` in its output, cancel a sleeping job, upload a file
-and download it again. Against the real broker, a real endpoint and the gateway on uvicorn;
+"""The explorer page in Debian's headless Chromium (Selenium, /usr/bin/chromium): log in through
+the form (a session cookie), see the endpoint appear, submit `/bin/echo hello` from the form
+generated from the JobSpec schema and watch it reach COMPLETED with `hello` in its output,
+cancel a sleeping job, upload a file and download it again, resume the session after a
+reload, log out. Against the real broker, a real endpoint and the gateway on uvicorn;
 the screenshot it takes is docs/explorer.png (written when ORBIT_MQ_SCREENSHOT=1 or missing)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import StartEndpoint
+from starlette.applications import Starlette
 from test_web import serve
 
 from orbit_mq.config import Settings
@@ -25,6 +27,7 @@ from orbit_mq.workers.plugins.staging.plugin import Staging
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -78,7 +81,7 @@ async def page(
     await start_endpoint([PsiJ, SysInfo, Staging.configured(roots=[files])])
     app = create_app(settings, keep_alive=1.0, webhooks=None)
     async for url in serve(app):
-        yield Page(browser, url, files)
+        yield Page(browser, url, files, app)
         await app.state.users.close(retire=True)
 
 
@@ -86,16 +89,21 @@ class Page:
     """The browser on the explorer; every Selenium call runs in a thread, so the endpoint and
     the gateway in this test's event loop keep serving."""
 
-    def __init__(self, driver: Any, url: str, files: Path) -> None:
-        self.driver, self.url, self.files = driver, url, files
+    def __init__(self, driver: Any, url: str, files: Path, app: Starlette) -> None:
+        self.driver, self.url, self.files, self.app = driver, url, files, app
 
     async def run(self, work: Callable[[], T]) -> T:
         return await asyncio.to_thread(work)
 
     def wait(self, condition: Callable[[Any], T], what: str) -> T:
-        return WebDriverWait(self.driver, WITHIN, poll_frequency=0.2).until(
-            condition, f"the page did not show {what} within {WITHIN} s"
+        # stale: an element of the page before a reload (the logout reloads the page)
+        waiting = WebDriverWait(
+            self.driver,
+            WITHIN,
+            poll_frequency=0.2,
+            ignored_exceptions=[StaleElementReferenceException],
         )
+        return waiting.until(condition, f"the page did not show {what} within {WITHIN} s")
 
     def find(self, css: str) -> WebElement:
         return self.wait(lambda d: d.find_element(By.CSS_SELECTOR, css), css)
@@ -173,5 +181,23 @@ async def test_the_whole_flow_in_a_real_browser(page: Page, name: str, tmp_path:
 
     await page.run(lambda: page.find("#tabs [data-tab=host]").click())
     await page.run(lambda: page.text(".metrics", "CPU"))
+    # a reload resumes the session from its cookie; the logout ends it for good
+    assert len(page.app.state.sessions) == 1
+    (cookie,) = await page.run(lambda: page.driver.get_cookies())
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    await page.run(lambda: page.driver.refresh())
+    await page.run(lambda: page.text("#who", "as guest"))
+    await page.run(lambda: page.find(f"li[data-endpoint={name}]"))
+    assert await page.run(lambda: page.find("#login").get_attribute("hidden")) is not None
+    await page.run(lambda: page.find("#logout").click())
+    await page.run(
+        lambda: page.wait(lambda d: d.find_element(By.ID, "login").is_displayed(), "the login form")
+    )
+    assert len(page.app.state.sessions) == 0
+    assert await page.run(lambda: page.driver.get_cookies()) == []
+    await page.run(lambda: page.driver.refresh())
+    await page.run(lambda: page.find("#login input[name=user]"))
+    assert await page.run(lambda: page.find("#main").get_attribute("hidden")) is not None
+
     if os.environ.get("ORBIT_MQ_SCREENSHOT") or not SCREENSHOT.exists():
         shutil.copyfile(tmp_path / "explorer.png", SCREENSHOT)  # README's picture

@@ -1,9 +1,10 @@
 """`create_app(settings)`: the HTTP API gateway as a Starlette application.
 
-Every route under /api/v1 needs HTTP Basic with a broker user (`identity`); state-changing
-calls (POST) need `Content-Type: application/json`, which a cross-site HTML form cannot send
-without the browser asking first (CSRF). Errors are the wire's error body with the status of
-its code (`errors.STATUS`).
+Every route under /api/v1 needs a broker user: HTTP Basic (`identity`) or the session cookie
+of `POST /api/v1/login` (`login`, `sessions`); state-changing calls need `Content-Type:
+application/json`, which a cross-site HTML form cannot send without the browser asking first,
+and under a session its X-CSRF-Token too (CSRF). Errors are the wire's error body with the
+status of its code (`errors.STATUS`).
 """
 
 from __future__ import annotations
@@ -27,47 +28,37 @@ from orbit_mq.contract import Contract
 from orbit_mq.contracts import installed_contracts
 from orbit_mq.errors import OrbitError
 from orbit_mq.protocol import ErrorCode
-from orbit_mq.web import files, hooks, routes, taskhooks
-from orbit_mq.web.errors import PAGE_HEADER, failure, login_required, problem
+from orbit_mq.web import files, hooks, login, routes, taskhooks
+from orbit_mq.web.errors import failure, problem
 from orbit_mq.web.events import KEEP_ALIVE
-from orbit_mq.web.identity import DEFAULT_IDLE, Connection, LoginFailed, Users, basic_credentials
+from orbit_mq.web.identity import DEFAULT_IDLE, Connection, Users
 from orbit_mq.web.openapi import API, openapi_document
+from orbit_mq.web.sessions import Sessions, SessionTerms
 from orbit_mq.web.shortcuts import SHORTCUTS
 from orbit_mq.webhooks import SUBSCRIPTION
 
 log = logging.getLogger("orbit_mq.web")
 Handler = Callable[[Request, Connection], Awaitable[Response]]
-JSON_TYPE = "application/json"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATIC = Path(__file__).resolve().parent / "static"  # resolved: an editable install links files
 
 
-def json_content(request: Request) -> bool:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media == JSON_TYPE
-
-
 def api(handler: Handler, *, upload: bool = False) -> Callable[[Request], Awaitable[Response]]:
-    """A route: the CSRF rule, the login, then `handler` as the caller, errors answered.
-    An `upload` (a body of raw bytes) needs the X-Orbit-Upload header instead of JSON."""
+    """A route: the CSRF rules, the login (Basic or session), then `handler` as the caller,
+    errors answered. An `upload` (a body of raw bytes) needs the X-Orbit-Upload header
+    instead of JSON."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        if upload and request.headers.get(files.UPLOAD_HEADER) != "1":
-            message = f"send the header {files.UPLOAD_HEADER}: 1 (uploads need it: CSRF protection)"
-            return problem(ErrorCode.INVALID_REQUEST, message, 400)
-        if not upload and request.method not in SAFE_METHODS and not json_content(request):
-            message = f"send {JSON_TYPE} (state-changing calls need it: CSRF protection)"
-            return problem(ErrorCode.INVALID_REQUEST, message, 415)
-        users: Users = request.app.state.users
+        refused = login.content_rule(request, upload)
+        if refused is not None:
+            return refused
+        who = await login.caller(request)
+        if isinstance(who, Response):
+            return who
+        request.state.caller = who
+        user = who.connection
         try:
-            user = await users.login(basic_credentials(request.headers.get("authorization")))
-        except LoginFailed as exc:
-            return login_required(str(exc), page=PAGE_HEADER in request.headers)
-        except OrbitError as exc:
-            return failure(exc)
-        try:
-            return await handler(request, user)
+            return login.held(await handler(request, user), who, request.app.state.sessions)
         except OrbitError as exc:
             return failure(exc)
         finally:
@@ -79,6 +70,9 @@ def api(handler: Handler, *, upload: bool = False) -> Callable[[Request], Awaita
 def _routes() -> list[Route]:
     base = f"{API}/endpoints/{{endpoint}}"
     found = [
+        Route(f"{API}/login", login.login, methods=["POST"]),
+        Route(f"{API}/logout", login.logout, methods=["POST"]),
+        Route(f"{API}/session", api(login.whoami), methods=["GET"]),
         Route(f"{API}/openapi.json", api(routes.openapi), methods=["GET"]),
         Route(f"{API}/events", api(routes.events), methods=["GET"]),
         Route(f"{API}/endpoints", api(routes.list_endpoints), methods=["GET"]),
@@ -127,28 +121,35 @@ def create_app(
     keep_alive: float = KEEP_ALIVE,
     contracts: list[type[Contract]] | None = None,
     webhooks: str | None = SUBSCRIPTION,
+    sessions: SessionTerms | None = None,
+    secure_cookie: bool | None = None,
 ) -> Starlette:
     """The gateway for the broker of `settings` (its URL's host, port, vhost and TLS options;
     each request logs in with its own user). `idle`: seconds a user's connection is kept
     after its last request; `keep_alive`: seconds between comments on a quiet event stream;
     `webhooks`: the name of the durable subscription webhooks are delivered from (None: no
-    webhooks)."""
+    webhooks); `sessions`: how long login sessions last and how many there may be;
+    `secure_cookie`: whether the session cookie is `Secure` (None: when the request came by
+    HTTPS)."""
     settings = settings or Settings()
     users = Users(settings, idle)
+    logins = Sessions(sessions)
     deliveries = hooks.Deliveries()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        reaper = asyncio.create_task(users.reap())
+        reapers = [asyncio.create_task(users.reap()), asyncio.create_task(logins.reap())]
         if webhooks is not None:
             await deliveries.start(settings, webhooks)
         try:
             yield
         finally:
             await deliveries.close()
-            reaper.cancel()
-            with suppress(asyncio.CancelledError):
-                await reaper
+            for reaper in reapers:
+                reaper.cancel()
+                with suppress(asyncio.CancelledError):
+                    await reaper
+            logins.close()  # everyone is logged out: sessions live in this process only
             await users.close()
 
     app = Starlette(
@@ -158,6 +159,8 @@ def create_app(
     )
     known = contracts if contracts is not None else installed_contracts()
     app.state.users = users
+    app.state.sessions = logins
+    app.state.secure_cookie = secure_cookie
     app.state.deliveries = deliveries
     app.state.keep_alive = keep_alive
     app.state.contracts = {**Contract.known, **{c.name: c for c in known}}

@@ -29,7 +29,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 422,  # parameters that do not fit the method's contract
     ErrorCode.NOT_FOUND: 404,  # unknown endpoint, plugin, method, job, …
     ErrorCode.CONFLICT: 409,
-    ErrorCode.UNAUTHORIZED: 403,  # logged in, but not allowed (another user's job)
+    ErrorCode.UNAUTHORIZED: 403,  # logged in, but not allowed: another user's job, no CSRF token
     ErrorCode.UNAVAILABLE: 503,  # the endpoint is offline, or the broker away
     ErrorCode.TIMEOUT: 504,  # no answer before the deadline
     ErrorCode.INTERNAL: 500,

@@ -5,6 +5,8 @@ the broker still checks `user_id` and the endpoints' allow-lists apply unchanged
 connections are kept for `idle` seconds after their last use (an open event stream counts as
 use) and closed at shutdown. A password is never kept: only an HMAC of it under a key made for
 this process, to tell whether a request's credentials are those the connection was opened with.
+The login form's sessions (`sessions`, `login`) reach the same connections through
+`Users.login`, with the password their cookie unseals.
 """
 
 from __future__ import annotations
@@ -78,9 +80,17 @@ class Connection:
     # The user's event streams by pattern set; the connection is in use while one has a
     # listener.
     streams: dict[tuple[str, ...], Stream] = field(default_factory=dict)
+    # HTTP Basic's use of it (sessions count their own, `sessions.Session`): a logout closes
+    # the connection only when no Basic client has used it within the idle time or streams
+    basic_used: float | None = None
+    basic_streams: int = 0
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+
+    def held_by_basic(self, idle: float) -> bool:
+        recent = self.basic_used is not None and time.monotonic() - self.basic_used < idle
+        return recent or self.basic_streams > 0
 
     @property
     def listened(self) -> bool:
@@ -137,6 +147,17 @@ class Users:
             raise
         log.info("broker user %r logged in", credentials.user)
         return fabric
+
+    async def drop(self, user: str) -> None:
+        """Close `user`'s connection now (its last session logged out), durable queues too."""
+        async with self._locks.setdefault(user, asyncio.Lock()):
+            connection = self._open.pop(user, None)
+            if connection is not None:
+                log.info("closing the connection of broker user %r: logged out", user)
+                await connection.close(retire=True)
+
+    def get(self, user: str) -> Connection | None:
+        return self._open.get(user)
 
     async def close_idle(self, idle: float | None = None) -> None:
         """Close the connections unused for `idle` seconds (default: the gateway's) and with

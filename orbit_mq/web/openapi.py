@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of the HTTP API (`GET /api/v1/openapi.json`), made from the same
 contracts and pydantic models as schemas/ (`orbit-mq schemas`), so the two cannot drift: one
 operation per installed plugin method, with the parameter and result schemas `describe`
-gives, plus the generic call, the psij conveniences and the event stream. Models become
-`components/schemas` entries (`{plugin}.{Model}` for a plugin's own).
+gives, plus the generic call, the psij conveniences, the event stream and the login routes.
+Models become `components/schemas` entries (`{plugin}.{Model}` for a plugin's own).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from orbit_mq.protocol import NAME_PATTERN, EndpointInfo, ErrorCode, ErrorReply,
 from orbit_mq.rpc import PluginDescription, RpcSpec
 from orbit_mq.web.errors import STATUS
 from orbit_mq.web.hooks import WebhookRequest
+from orbit_mq.web.login import LoginRequest, SessionInfo
+from orbit_mq.web.sessions import COOKIE, CSRF_HEADER
 from orbit_mq.web.shortcuts import SHORTCUTS, Shortcut
 from orbit_mq.web.taskhooks import HOOK, SUBMIT, TasksWebhookRequest
 from orbit_mq.webhooks import BatchWebhookInfo, WebhookInfo
@@ -74,7 +76,7 @@ def _responses(ok: dict[str, Any], *codes: ErrorCode, media: str = JSON) -> dict
     error = _content({"$ref": REFS + "ErrorReply"})
     out: dict[str, Any] = {"200": {"description": "Success", **_content(ok, media)}}
     out.update({str(STATUS[code]): {"description": code.value, **error} for code in codes})
-    out["401"] = {"description": "Not logged in: HTTP Basic with a broker user", **error}
+    out["401"] = {"description": "Not logged in: HTTP Basic or the session cookie", **error}
     out[OTHERWISE] = {"description": "An error, as on the wire", **error}
     return out
 
@@ -156,6 +158,48 @@ def _events_operation(c: Components) -> dict[str, Any]:
         parameters=[patterns, last_id],
         responses=_responses({"type": "string"}, ErrorCode.INVALID_REQUEST, media=SSE),
     )
+
+
+def _login_paths(c: Components) -> dict[str, Any]:
+    """The login routes: the login and the logout need no login (`security: []`)."""
+    session = c.model(SessionInfo)
+    error = _content({"$ref": REFS + "ErrorReply"})
+    ended = {"204": {"description": "Logged out; the cookie is cleared"}}
+    ended["403"] = {"description": f"Without the session's {CSRF_HEADER}", **error}
+    ended[OTHERWISE] = {"description": "An error, as on the wire", **error}
+    return {
+        f"{API}/login": {
+            "post": _operation(
+                "session.login",
+                "session",
+                "Log in: a session cookie for a broker user and password",
+                description="The broker checks the user and password. Answers the user and "
+                f"the session's CSRF token (send it as {CSRF_HEADER} on state-changing "
+                "calls) and sets the HttpOnly, SameSite=Strict session cookie.",
+                security=[],
+                requestBody={"required": True, **_content(c.model(LoginRequest))},
+                responses=_responses(session, ErrorCode.INVALID_REQUEST, ErrorCode.UNAVAILABLE),
+            )
+        },
+        f"{API}/logout": {
+            "post": _operation(
+                "session.logout",
+                "session",
+                "Log out: the cookie's session ends",
+                security=[],
+                requestBody={"required": False, **_content({"type": "object"})},
+                responses=ended,
+            )
+        },
+        f"{API}/session": {
+            "get": _operation(
+                "session.get",
+                "session",
+                "Who the caller is, and the session's CSRF token (null under HTTP Basic)",
+                responses=_responses(session),
+            )
+        },
+    }
 
 
 def _fixed_paths(c: Components) -> dict[str, Any]:
@@ -278,10 +322,17 @@ def openapi_document(contracts: list[type[Contract]] | None = None) -> dict[str,
     """The whole document for `contracts` (default: the installed plugins')."""
     c = Components()
     c.model(ErrorReply)
-    paths = {**_fixed_paths(c), **_webhook_paths(c)}
+    paths = {**_fixed_paths(c), **_webhook_paths(c), **_login_paths(c)}
     installed = contracts if contracts is not None else installed_contracts()
     paths.update(_plugin_paths(c, installed))
     basic = {"type": "http", "scheme": "basic", "description": "A broker user and password."}
+    session = {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": COOKIE,
+        "description": f"The cookie of POST {API}/login (`__Host-{COOKIE}` over HTTPS); "
+        f"state-changing calls also need the session's {CSRF_HEADER} header.",
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -290,10 +341,10 @@ def openapi_document(contracts: list[type[Contract]] | None = None) -> dict[str,
             "description": "Endpoints, plugins, jobs and events over HTTP (docs/explorer.md).",
         },
         "servers": [{"url": "/"}],
-        "security": [{"basic": []}],
+        "security": [{"basic": []}, {"session": []}],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(c.schemas.items())),
-            "securitySchemes": {"basic": basic},
+            "securitySchemes": {"basic": basic, "session": session},
         },
     }

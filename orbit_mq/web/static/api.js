@@ -1,7 +1,10 @@
-// The gateway's HTTP API, as the logged-in broker user (HTTP Basic on every request; the
-// credentials live in this page's memory only).
+// The gateway's HTTP API, as the logged-in broker user: the login form exchanges the broker
+// user and password for a session cookie (HttpOnly: this page never sees it, the browser
+// sends it) and a CSRF token, which state-changing calls send as X-CSRF-Token. The password
+// is not kept here after the login.
 
-let authorization = null;
+let csrfToken = null;
+let onEnded = () => {};
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -12,30 +15,67 @@ export class ApiError extends Error {
   }
 }
 
-export function login(user, password) {
-  authorization = "Basic " + btoa(unescape(encodeURIComponent(`${user}:${password}`)));
+// `callback()` when a request finds the session ended (expired, or the gateway restarted).
+export function whenEnded(callback) {
+  onEnded = callback;
 }
 
-export function logout() {
-  authorization = null;
+// X-Orbit-Page: a 401 comes without a challenge (no browser login dialog); the CSRF token
+// goes with every state-changing call.
+function headers(verb = "GET", extra = {}) {
+  const found = { "X-Orbit-Page": "1", ...extra };
+  if (verb !== "GET" && csrfToken) found["X-CSRF-Token"] = csrfToken;
+  return found;
 }
 
-// X-Orbit-Page: a wrong password answers 401 without a challenge (no browser login dialog).
-function headers(extra = {}) {
-  return { Authorization: authorization, "X-Orbit-Page": "1", ...extra };
+async function answered(answer) {
+  const text = await answer.text();
+  const parsed = text ? JSON.parse(text) : null;
+  if (!answer.ok) throw new ApiError(answer.status, parsed);
+  return parsed;
 }
 
 export async function call(verb, path, body) {
-  const init = { method: verb, headers: headers() };
+  const init = { method: verb, headers: headers(verb) };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
   const answer = await fetch(`api/v1${path}`, init);
-  const text = await answer.text();
-  const parsed = text ? JSON.parse(text) : null;
-  if (!answer.ok) throw new ApiError(answer.status, parsed);
-  return parsed;
+  if (answer.status === 401 && csrfToken) {
+    csrfToken = null;
+    onEnded();
+  }
+  return answered(answer);
+}
+
+// The login form's: the session's user (a wrong password: ApiError with status 401).
+export async function login(user, password) {
+  const answer = await fetch("api/v1/login", {
+    method: "POST",
+    headers: headers("POST", { "Content-Type": "application/json" }),
+    body: JSON.stringify({ user, password }),
+  });
+  const session = await answered(answer);
+  csrfToken = session.csrf_token;
+  return session.user;
+}
+
+// After a reload: the session the cookie still holds (its user), or null.
+export async function resume() {
+  const answer = await fetch("api/v1/session", { headers: headers() });
+  if (answer.status === 401) return null;
+  const session = await answered(answer);
+  csrfToken = session.csrf_token;
+  return session.user;
+}
+
+export async function logout() {
+  try {
+    await call("POST", "/logout", {});
+  } finally {
+    csrfToken = null;
+  }
 }
 
 export const get = (path) => call("GET", path);
@@ -43,7 +83,8 @@ export const post = (path, body = {}) => call("POST", path, body);
 export const method = (endpoint, plugin, name, params = {}) =>
   post(`/endpoints/${endpoint}/${plugin}/${name}`, params);
 
-// Server-sent events over fetch (EventSource cannot send an Authorization header). Resumes
+// Server-sent events over fetch (the session cookie goes with it as with any request; fetch
+// rather than EventSource so that a 401 comes without the browser's login dialog). Resumes
 // with Last-Event-ID after a dropped connection, so no event is missed; `onEvent(data)` for
 // each. Returns a function that stops it.
 export function events(patterns, onEvent) {
@@ -55,8 +96,13 @@ export function events(patterns, onEvent) {
       try {
         const extra = last ? { "Last-Event-ID": last } : {};
         const answer = await fetch(`api/v1/events?${query}`, {
-          headers: headers(extra), signal: stop.signal,
+          headers: headers("GET", extra), signal: stop.signal,
         });
+        if (answer.status === 401) {
+          csrfToken = null;
+          onEnded();
+          return;
+        }
         if (!answer.ok) throw new ApiError(answer.status, await answer.json());
         const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
@@ -91,8 +137,7 @@ export function upload(path, file, onProgress) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
     request.open("PUT", `api/v1${path}`);
-    request.setRequestHeader("Authorization", authorization);
-    request.setRequestHeader("X-Orbit-Page", "1");
+    for (const [name, value] of Object.entries(headers("PUT"))) request.setRequestHeader(name, value);
     request.setRequestHeader("X-Orbit-Upload", "1");
     request.setRequestHeader("Content-Type", "application/octet-stream");
     request.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
@@ -106,7 +151,7 @@ export function upload(path, file, onProgress) {
   });
 }
 
-// A download through fetch (with the Authorization header), saved by the browser.
+// A download through fetch (the session cookie goes with it), saved by the browser.
 export async function download(path, name) {
   const answer = await fetch(`api/v1${path}`, { headers: headers() });
   if (!answer.ok) throw new ApiError(answer.status, await answer.json());

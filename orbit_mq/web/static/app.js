@@ -17,6 +17,7 @@ const view = {
   jobs: new Map(), // job_id -> job (of the selected endpoint)
   snapshots: [], // job-state counts over time
   stops: [], // what to stop when the endpoint or tab changes
+  refresher: null, // the presence refresh's interval
 };
 
 function say(text) {
@@ -33,28 +34,58 @@ function failed(error) {
 $("#login").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData(event.target);
-  api.login(form.get("user"), form.get("password"));
+  let user;
   try {
-    view.endpoints = await api.get("/endpoints");
+    user = await api.login(form.get("user"), form.get("password"));
   } catch (error) {
-    api.logout();
     $("#login-error").textContent =
       error.status === 401 ? "Wrong user or password." : error.message;
     return;
   }
+  event.target.reset(); // the password is not kept in the page
+  await enter(user);
+});
+
+// The page after a login, or after a reload while the session cookie still holds.
+async function enter(user) {
+  try {
+    view.endpoints = await api.get("/endpoints");
+  } catch (error) {
+    $("#login-error").textContent = error.message;
+    return;
+  }
   $("#login-error").textContent = "";
-  $("#who").textContent = `as ${form.get("user")}`;
+  $("#who").textContent = `as ${user}`;
   $("#login").hidden = true;
   $("#main").hidden = false;
   $("#logout").hidden = false;
   renderEndpoints();
-  setInterval(refreshEndpoints, REFRESH);
-});
+  view.refresher ??= setInterval(refreshEndpoints, REFRESH);
+}
 
-$("#logout").addEventListener("click", () => {
-  api.logout();
+$("#logout").addEventListener("click", async () => {
+  stopAll();
+  try {
+    await api.logout();
+  } catch (error) {
+    console.warn(`logout: ${error.message}`);
+  }
   location.reload();
 });
+
+// A session that ended under the page (expired, or the gateway restarted): back to the form.
+api.whenEnded(() => {
+  stopAll();
+  clearInterval(view.refresher);
+  view.refresher = null;
+  $("#main").hidden = true;
+  $("#logout").hidden = true;
+  $("#who").textContent = "";
+  $("#login").hidden = false;
+  $("#login-error").textContent = "Your session has ended; log in again.";
+});
+
+api.resume().then((user) => user && enter(user)).catch(failed);
 
 // -- endpoints -------------------------------------------------------------------------------
 
