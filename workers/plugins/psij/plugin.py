@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import orjson
 from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt
 
 from orbit_mq.contracts import psij as contract
@@ -35,7 +34,7 @@ from orbit_mq.rpc import INJECTED, CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin, wait_budget
 from orbit_mq.workers.plugins.psij import executors as ex
-from orbit_mq.workers.plugins.psij.files import JobDir, read_page, staging_plan
+from orbit_mq.workers.plugins.psij.files import JobDir, read_page
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
 from orbit_mq.workers.plugins.psij.retention import (
     DEFAULT_INTERVAL,
@@ -365,12 +364,11 @@ class PsiJ(Plugin, contract.PsiJ):
             self._new(user, spec, executor, stream_output, session_id, key)
             for spec, key in zip(specs, request_keys, strict=True)
         ]
-        await asyncio.to_thread(_make_directories, [job.row for job in jobs])
         # Recorded, the jobs run whatever happens to this call (and after a restart too).
         handing = await self.tracker.create(jobs)
         await asyncio.shield(handing)
         await self.tracker.barrier()
-        return [row.info() for row in self.store.many([job.row.job_id for job in jobs])]
+        return [job.row.info() for job in jobs]  # the tracker keeps them as journaled
 
     def _new(
         self,
@@ -458,13 +456,3 @@ class PsiJ(Plugin, contract.PsiJ):
 def _remove_directories(directories: list[Path]) -> None:
     for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _make_directories(rows: list[JobRow]) -> None:
-    for row in rows:
-        job_dir = JobDir(row.job_dir)
-        plan = None
-        if row.staged:
-            directory = Path(row.spec.get("directory") or job_dir.work)
-            plan = staging_plan(row.spec, directory, job_dir.staging_steps)
-        job_dir.prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2), plan)

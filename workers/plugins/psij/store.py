@@ -203,8 +203,12 @@ class JobStore:
     def set_native_id(self, job_id: str, native_id: str) -> None:
         self.db.execute("UPDATE psij_jobs SET native_id = ? WHERE job_id = ?", (native_id, job_id))
 
-    def mark_handed(self, job_id: str) -> None:
-        self.db.execute("UPDATE psij_jobs SET handed = 1 WHERE job_id = ?", (job_id,))
+    def mark_handed(self, *job_ids: str) -> None:
+        """One statement (its own transaction) for a batch about to be handed over."""
+        for start in range(0, len(job_ids), 500):  # SQLite's limit on bound parameters
+            chunk = job_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"UPDATE psij_jobs SET handed = 1 WHERE job_id IN ({marks})", chunk)
 
     def mark_cancel(self, job_id: str) -> None:
         self.db.execute("UPDATE psij_jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))

@@ -10,6 +10,7 @@ streamed jobs go through the same queue, so they are never announced after the j
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -55,6 +56,10 @@ log = bounded_logger("orbit_mq.plugin.psij")
 
 GROUP = 512  # queued reports applied together at most (two journal transactions)
 SUBMIT_THREADS = 4  # concurrent psij submissions (more only contend for the GIL)
+# Jobs one thread call hands over at most. Each call is a hop to a thread and back, each
+# marking a statement: a batch pays them once. A restart fails the jobs of a batch that were
+# marked handed but not yet submitted ("may or may not have started"), so it stays small.
+HAND_BATCH = 8
 HANDOVER_GRACE = 10.0  # s a stopping endpoint waits for submissions under way
 
 
@@ -121,7 +126,7 @@ class Tracker:
         self.live: dict[str, LiveJob] = {}
         self._queue: asyncio.Queue[_Reported | Chunk | _Barrier] = asyncio.Queue()
         self._writing = asyncio.Lock()  # one journal transaction at a time
-        self._submitting = asyncio.Semaphore(SUBMIT_THREADS)
+        self._waiting: collections.deque[tuple[LiveJob, asyncio.Future[None]]] = collections.deque()
         self._handing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -195,49 +200,89 @@ class Tracker:
                     )
         for job in jobs:
             self.live[job.row.job_id] = job
-            entry = {"seq": 1, "state": "NEW", "time": iso(job.row.submitted), "message": None}
-            files.JobDir(job.row.job_dir).append_status([entry])
         return self.hand_over(jobs)
 
     def hand_over(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
         """Hand recorded jobs to their executors, in tasks of the tracker: a caller that stops
         waiting (its request was cancelled) does not stop them. Done when all were handed."""
-        tasks = []
+        loop = asyncio.get_running_loop()
+        handed: list[asyncio.Future[None]] = []
         for job in jobs:
-            task = asyncio.create_task(self._submit(job), name=f"psij-submit-{job.row.job_id}")
+            handed.append(loop.create_future())
+            self._waiting.append((job, handed[-1]))
+        while self._waiting and len(self._handing) < SUBMIT_THREADS:
+            task = asyncio.create_task(self._hand(), name="psij-submit")
             self._handing.add(task)
             task.add_done_callback(self._handing.discard)
-            tasks.append(task)
-        return asyncio.gather(*tasks)
+        return asyncio.gather(*handed)
 
-    async def _submit(self, job: LiveJob) -> None:
-        """Hand the job to its executor; a refusal ends it FAILED (NEW → FAILED)."""
-        row, psij_job = job.row, job.psij_job
-        assert psij_job is not None and job.psij_spec is not None
-        if row.cancel_requested:  # cancelled before it could be handed over
-            self.report(row.job_id, Report(JobState.CANCELED, time.time()))
-            return
-        psij_job.spec = job.psij_spec
-        psij_job.set_job_status_callback(self.on_status(row.job_id))
-        try:
-            async with self._submitting:
-                # From here on a restart cannot tell whether the executor got the job, so it
-                # ends it FAILED unless the executor's id was recorded (monitor.recover).
-                self.store.mark_handed(row.job_id)
-                row.handed = True
-                await asyncio.to_thread(self._submit_blocking, row, psij_job)
-        except Exception as exc:
-            message = (
-                str(exc) if isinstance(exc, _Refused) else f"submission failed: {describe(exc)}"
-            )
-            self.report(row.job_id, Report(JobState.FAILED, time.time(), message=message))
-            return
-        job.submitted = True
-        # The executor reported QUEUED with the native id already; this only covers one that
-        # did not (a lower state than the current one is never recorded).
-        self.report(row.job_id, Report(JobState.QUEUED, time.time(), native_id=psij_job.native_id))
-        if row.cancel_requested:  # asked for while the submission was under way
-            await self._cancel_now(job)
+    async def _hand(self) -> None:
+        """Hand waiting jobs over, a batch per thread call, until none waits: the threads'
+        share of what waited now, at most HAND_BATCH."""
+        while self._waiting:
+            size = min(HAND_BATCH, -(-len(self._waiting) // SUBMIT_THREADS))
+            batch = [self._waiting.popleft() for _ in range(min(size, len(self._waiting)))]
+            try:
+                await self._hand_batch([job for job, _ in batch])
+            except Exception:  # reported per job where it could be; never leave a waiter
+                log.exception("psij: handing jobs to their executors failed")
+            for _, handed in batch:
+                if not handed.done():
+                    handed.set_result(None)
+
+    async def _hand_batch(self, jobs: list[LiveJob]) -> None:
+        """Create the jobs' directories and hand them to their executors in one thread call;
+        a refusal ends a job FAILED (NEW → FAILED), a cancel before it CANCELED."""
+        # What was cancelled before it could be handed over only gets its directory.
+        ready = [job for job in jobs if not job.row.cancel_requested]
+        if ready:
+            # From here on a restart cannot tell whether the executor got the job, so it
+            # ends it FAILED unless the executor's id was recorded (monitor.recover).
+            self.store.mark_handed(*(job.row.job_id for job in ready))
+        for job in ready:
+            job.row.handed = True
+            assert job.psij_job is not None and job.psij_spec is not None
+            job.psij_job.spec = job.psij_spec
+            job.psij_job.set_job_status_callback(self.on_status(job.row.job_id))
+        errors = await asyncio.to_thread(self._hand_blocking, jobs)
+        for job, error in zip(jobs, errors, strict=True):
+            row = job.row
+            if error is not None:
+                message = (
+                    str(error)
+                    if isinstance(error, _Refused)
+                    else f"submission failed: {describe(error)}"
+                )
+                self.report(row.job_id, Report(JobState.FAILED, time.time(), message=message))
+            elif not row.handed:
+                self.report(row.job_id, Report(JobState.CANCELED, time.time()))
+            else:
+                job.submitted = True
+                # The executor reported QUEUED with the native id already; this only covers
+                # one that did not (a lower state than the current one is never recorded).
+                assert job.psij_job is not None
+                native_id = job.psij_job.native_id
+                self.report(row.job_id, Report(JobState.QUEUED, time.time(), native_id=native_id))
+        for job in jobs:
+            if job.submitted and job.row.cancel_requested:  # asked for while under way
+                await self._cancel_now(job)
+
+    def _hand_blocking(self, jobs: list[LiveJob]) -> list[BaseException | None]:
+        """Each job's directory, then (unless cancelled) its submission; what failed, per job
+        (blocking: runs in a thread)."""
+        errors: list[BaseException | None] = []
+        for job in jobs:
+            row = job.row
+            try:
+                files.prepare_job(row, {"seq": 1, "state": "NEW", "time": iso(row.submitted)})
+                if row.handed:
+                    assert job.psij_job is not None
+                    self._submit_blocking(row, job.psij_job)
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def _submit_blocking(self, row: JobRow, psij_job: psij.Job) -> None:
         executor = self.pool.get(row.executor)
@@ -362,7 +407,13 @@ class Tracker:
                 row.exit_code = change.ending.outcome.exit_code
                 row.message = change.ending.outcome.message
             if row.job_id in entries:  # a job's lines of the whole group, at its first change
-                files.JobDir(row.job_dir).append_status(entries.pop(row.job_id))
+                lines = entries.pop(row.job_id)
+                try:
+                    files.JobDir(row.job_dir).append_status(lines)
+                except OSError as exc:  # the journal has it; the file only mirrors it
+                    log.warning(
+                        "psij: job %s: could not append to status.jsonl: %s", row.job_id, exc
+                    )
             if row.state.final:
                 del self.live[row.job_id]
                 change.job.done.set()
