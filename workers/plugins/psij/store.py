@@ -194,6 +194,43 @@ class JobStore:
         )
         self._history(job_id, step, when, message)
 
+    def record_many(
+        self,
+        steps: list[tuple[str, Step, float, int | None, str | None]],
+        native_ids: dict[str, str],
+    ) -> None:
+        """`record` for the steps of many jobs ((job_id, step, when, exit_code, message), in
+        order) and `set_native_id` for `native_ids`: the history in one statement, each job's
+        row once, as its last step left it. Each statement hands the GIL to PSI/J's threads
+        and waits to win it back, so fewer count for more than their own cost."""
+        history = [(job_id, s.seq, s.state.value, when, msg) for job_id, s, when, _, msg in steps]
+        for start in range(0, len(history), 500):  # 5 parameters each, under SQLite's limit
+            chunk = history[start : start + 500]
+            self.db.execute(
+                "INSERT INTO psij_history (job_id, seq, state, time, message) VALUES "
+                + ",".join(["(?,?,?,?,?)"] * len(chunk)),
+                [value for entry in chunk for value in entry],
+            )
+        latest: dict[str, list[Any]] = {}
+        for job_id, step, when, exit_code, message in steps:
+            row = latest.setdefault(job_id, [None, None, None, None, None, None, job_id])
+            row[:3] = step.state.value, step.seq, when
+            if exit_code is not None:  # as COALESCE in `record`: the last one given wins
+                row[3] = exit_code
+            if message is not None:
+                row[4] = message
+        for job_id, native_id in native_ids.items():
+            if job_id in latest:
+                latest[job_id][5] = native_id
+            else:
+                self.set_native_id(job_id, native_id)
+        self.db.executemany(
+            "UPDATE psij_jobs SET state = ?, seq = ?, updated = ?, "
+            "exit_code = COALESCE(?, exit_code), message = COALESCE(?, message), "
+            "native_id = COALESCE(?, native_id) WHERE job_id = ?",
+            latest.values(),
+        )
+
     def _history(self, job_id: str, step: Step, when: float, message: str | None) -> None:
         self.db.execute(
             "INSERT INTO psij_history (job_id, seq, state, time, message) VALUES (?,?,?,?,?)",

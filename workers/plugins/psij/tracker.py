@@ -393,32 +393,35 @@ class Tracker:
         """Journal the changes' steps with their events in one transaction, then keep the
         jobs' rows and `status.jsonl` files in step with it."""
         entries: dict[str, list[dict[str, Any]]] = {}
+        steps: list[tuple[str, Step, float, int | None, str | None]] = []
         async with self._writing:
             with self.journal.transaction():
-                for job_id, native_id in native_ids:
-                    self.store.set_native_id(job_id, native_id)
                 for change in changes:
                     lines = entries.setdefault(change.job.row.job_id, [])
-                    lines.extend(await self._record_steps(change))
+                    lines.extend(await self._record_steps(change, steps))
+                self.store.record_many(steps, dict(native_ids))
+        for job_id, _, _, exit_code, message in steps:  # the rows as the journal has them
+            row = self.live[job_id].row
+            row.exit_code = row.exit_code if exit_code is None else exit_code
+            row.message = row.message if message is None else message
         for change in changes:
             row, last = change.job.row, change.steps[-1]
             row.state, row.seq, row.updated = last.state, last.seq, change.report.time
-            if change.ending is not None:
-                row.exit_code = change.ending.outcome.exit_code
-                row.message = change.ending.outcome.message
             if row.job_id in entries:  # a job's lines of the whole group, at its first change
                 lines = entries.pop(row.job_id)
                 try:
                     files.JobDir(row.job_dir).append_status(lines)
                 except OSError as exc:  # the journal has it; the file only mirrors it
-                    log.warning(
-                        "psij: job %s: could not append to status.jsonl: %s", row.job_id, exc
-                    )
+                    log.warning("psij: job %s: status.jsonl not written: %s", row.job_id, exc)
             if row.state.final:
                 del self.live[row.job_id]
                 change.job.done.set()
 
-    async def _record_steps(self, change: _Change) -> list[dict[str, Any]]:
+    async def _record_steps(
+        self, change: _Change, steps: list[tuple[str, Step, float, int | None, str | None]]
+    ) -> list[dict[str, Any]]:
+        """Announce the change's steps, add them to `steps` (written together by the
+        caller, in the same transaction) and return their status.jsonl lines."""
         row, report, ending = change.job.row, change.report, change.ending
         entries: list[dict[str, Any]] = []
         for step in change.steps:
@@ -427,7 +430,7 @@ class Tracker:
                 exit_code, message = ending.outcome.exit_code, ending.outcome.message
             elif step.state is report.state:
                 message = report.message  # e.g. why a batch job waits
-            self.store.record(row.job_id, step, report.time, exit_code=exit_code, message=message)
+            steps.append((row.job_id, step, report.time, exit_code, message))
             event = self._event(row, step, report.time, message, ending)
             await self.emit("job_status", event, owner=row.user)
             entries.append(
