@@ -297,7 +297,7 @@ def psij_spec(
     if staging_plan is not None:
         executable = sys.executable
         arguments = ["-m", STAGE_JOB, str(staging_plan)]
-    environment = dict(spec.environment)
+    environment: dict[str, str | int] = dict(spec.environment)
     post_launch = None
     if exit_file is not None:
         if recorder is not None and spec.launcher in (None, "single") and not spec.post_launch:
