@@ -266,3 +266,36 @@ async def test_a_job_cancelled_before_its_handover_is_never_submitted(tmp_path: 
     await asyncio.wait_for(revived.done.wait(), 5)
     assert rig.states(row.job_id) == [(2, "CANCELED")]
     await rig.tracker.stop()
+
+
+@pytest.mark.parametrize("update_from", [True, False])
+def test_steps_recorded_together_match_steps_recorded_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_from: bool
+) -> None:
+    """JobStore.record_many (one statement for many rows; UPDATE … FROM where SQLite has it)
+    leaves the journal as `record` and `set_native_id` step by step do."""
+    from orbit_mq.workers.plugins.psij import store as store_module
+
+    monkeypatch.setattr(store_module, "UPDATE_FROM", update_from)
+    one_by_one, together = Rig(tmp_path / "a"), Rig(tmp_path / "b")
+    jobs = [one_by_one.job() for _ in range(3)]
+    for rig in (one_by_one, together):
+        for job in jobs:
+            rig.store.insert(job.row)
+    a, b, c = (job.row.job_id for job in jobs)
+    now = time.time()
+    steps = [
+        (a, Step(2, QUEUED), now, None, "waits for a node"),
+        (b, Step(2, QUEUED), now, None, None),
+        (a, Step(3, ACTIVE), now + 1, None, None),
+        (b, Step(3, FAILED), now + 2, 5, "exit code 5"),
+    ]
+    for job_id, step, when, exit_code, message in steps:
+        one_by_one.store.record(job_id, step, when, exit_code=exit_code, message=message)
+    for job_id, native_id in ((a, "10"), (c, "12")):
+        one_by_one.store.set_native_id(job_id, native_id)
+    together.store.record_many(steps, {a: "10", c: "12"})
+    for job_id in (a, b, c):
+        assert together.store.get(job_id) == one_by_one.store.get(job_id)
+        assert together.store.history(job_id) == one_by_one.store.history(job_id)
+    assert together.store.get(a).message == "waits for a node"  # type: ignore[union-attr]

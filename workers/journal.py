@@ -82,6 +82,26 @@ def add_columns(db: sqlite3.Connection, added: dict[str, dict[str, str]]) -> Non
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
+# Bound parameters a statement may have in every SQLite still around (999 before 3.32).
+MAX_PARAMETERS = 999
+
+
+def insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT `rows` (tuples of one length) with as few statements as the parameter limit
+    allows, in order (AUTOINCREMENT ids follow it). `into`: "table (column, …)". Each
+    statement releases the GIL and, with other threads busy, waits to win it back: one
+    statement for many rows costs little more than for one."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = MAX_PARAMETERS // width
+    marks = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        values = [value for row in chunk for value in row]
+        db.execute(f"INSERT INTO {into} VALUES {','.join([marks] * len(chunk))}", values)
+
+
 def journal_path(home: Path, endpoint: str) -> Path:
     return home / "endpoints" / endpoint / "journal.sqlite3"
 
@@ -137,13 +157,8 @@ class Journal:
             self._queued.append((exchange, routing_key, body, message_id))
 
     def _insert_events(self, events: list[tuple[str, str, bytes, str]]) -> None:
-        for start in range(0, len(events), 500):  # 4 parameters each, under SQLite's limit
-            chunk = events[start : start + 500]
-            self.db.execute(  # in order: the ids, and so the publishing order, follow it
-                "INSERT INTO outbox (exchange, routing_key, body, message_id) VALUES "
-                + ",".join(["(?,?,?,?)"] * len(chunk)),
-                [value for event in chunk for value in event],
-            )
+        # in order: the ids, and so the publishing order, follow it
+        insert_rows(self.db, "outbox (exchange, routing_key, body, message_id)", list(events))
 
     def pending_events(self, limit: int = 500) -> list[OutboxEntry]:
         rows = self.db.execute(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -108,6 +109,11 @@ def prepare_job(row: JobRow, first: dict[str, Any]) -> None:
         plan = staging_plan(row.spec, directory, job_dir.staging_steps)
     job_dir.prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2), plan)
     job_dir.start_status(first | {"message": None})
+
+
+def iso(timestamp: float) -> str:
+    """UTC ISO 8601 with a `Z`, as pydantic writes the datetimes of every other message."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def staging_plan(spec: dict[str, Any], directory: Path, steps: Path) -> dict[str, Any]:

@@ -10,18 +10,15 @@ streamed jobs go through the same queue, so they are never announced after the j
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orbit_mq.contracts.psij.models import (
     JobOutputEvent,
-    JobSpec,
     JobState,
     JobStatusEvent,
 )
@@ -42,10 +39,10 @@ from orbit_mq.workers.plugins.psij.executors import (
     LOCAL,
     ExecutorPool,
     describe,
-    local_problem,
     terminate_local_process,
 )
-from orbit_mq.workers.plugins.psij.files import Chunk
+from orbit_mq.workers.plugins.psij.files import Chunk, iso
+from orbit_mq.workers.plugins.psij.handover import Handover
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 
@@ -55,11 +52,6 @@ if TYPE_CHECKING:
 log = bounded_logger("orbit_mq.plugin.psij")
 
 GROUP = 512  # queued reports applied together at most (two journal transactions)
-SUBMIT_THREADS = 4  # concurrent psij submissions (more only contend for the GIL)
-# Jobs one thread call hands over at most. Each call is a hop to a thread and back, each
-# marking a statement: a batch pays them once. A restart fails the jobs of a batch that were
-# marked handed but not yet submitted ("may or may not have started"), so it stays small.
-HAND_BATCH = 8
 HANDOVER_GRACE = 10.0  # s a stopping endpoint waits for submissions under way
 
 
@@ -110,11 +102,6 @@ def _runs(
     return runs
 
 
-def iso(timestamp: float) -> str:
-    """UTC ISO 8601 with a `Z`, as pydantic writes the datetimes of every other message."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
 class Tracker:
     def __init__(
         self, journal: Journal, store: JobStore, emit: Emitter, pool: ExecutorPool
@@ -126,8 +113,9 @@ class Tracker:
         self.live: dict[str, LiveJob] = {}
         self._queue: asyncio.Queue[_Reported | Chunk | _Barrier] = asyncio.Queue()
         self._writing = asyncio.Lock()  # one journal transaction at a time
-        self._waiting: collections.deque[tuple[LiveJob, asyncio.Future[None]]] = collections.deque()
-        self._handing: set[asyncio.Task[None]] = set()
+        self.handover = Handover(self)
+        self._creators: set[asyncio.Task[None]] = set()
+        self._creating: list[tuple[list[LiveJob], asyncio.Future[asyncio.Future[list[None]]]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -139,8 +127,9 @@ class Tracker:
     async def stop(self) -> None:
         """Apply what was already reported, then stop listening (jobs keep running; the next
         start re-attaches them)."""
-        if self._handing:  # a submission in a thread cannot be stopped: let it finish
-            await asyncio.wait(set(self._handing), timeout=HANDOVER_GRACE)
+        busy = self._creators | self.handover.tasks
+        if busy:  # a submission in a thread cannot be stopped: let it finish
+            await asyncio.wait(busy, timeout=HANDOVER_GRACE)
         with contextlib.suppress(TimeoutError):
             await wait_within(self.barrier(), 5)
         self._closed = True
@@ -187,112 +176,48 @@ class Tracker:
 
     async def create(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
         """Record new jobs in state NEW (seq 1), announce them and start handing them to their
-        executors (`hand_over`); the future is done once they all were handed."""
+        executors (`hand_over`); the future is done once they all were handed. What other
+        requests create meanwhile is recorded in the same transaction (one commit, and one
+        statement per table, for all of them); once asked for, the jobs are created even if
+        the caller stops waiting."""
+        created: asyncio.Future[asyncio.Future[list[None]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._creating.append((jobs, created))
+        if len(self._creating) == 1:  # the first to wait: record what waits once it can
+            task = asyncio.create_task(self._create_waiting(), name="psij-create")
+            self._creators.add(task)
+            task.add_done_callback(self._creators.discard)
+        return await asyncio.shield(created)
+
+    async def _create_waiting(self) -> None:
         async with self._writing:
-            with self.journal.transaction():
-                for job in jobs:
-                    self.store.insert(job.row)
-                    step = Step(1, JobState.NEW)
-                    await self.emit(
-                        "job_status",
-                        self._event(job.row, step, job.row.submitted),
-                        owner=job.row.user,
-                    )
+            waiting, self._creating = self._creating, []
+            try:
+                await self._record_new([job for jobs, _ in waiting for job in jobs])
+            except Exception:  # e.g. a request key taken: only that request may fail
+                for jobs, created in waiting:
+                    try:
+                        await self._record_new(jobs)
+                    except Exception as exc:
+                        created.set_exception(exc)
+        for jobs, created in waiting:
+            if not created.done():
+                created.set_result(self.hand_over(jobs))
+
+    async def _record_new(self, jobs: list[LiveJob]) -> None:
+        with self.journal.transaction():
+            self.store.insert_many([job.row for job in jobs])
+            for job in jobs:
+                event = self._event(job.row, Step(1, JobState.NEW), job.row.submitted)
+                await self.emit("job_status", event, owner=job.row.user)
         for job in jobs:
             self.live[job.row.job_id] = job
-        return self.hand_over(jobs)
 
     def hand_over(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
         """Hand recorded jobs to their executors, in tasks of the tracker: a caller that stops
         waiting (its request was cancelled) does not stop them. Done when all were handed."""
-        loop = asyncio.get_running_loop()
-        handed: list[asyncio.Future[None]] = []
-        for job in jobs:
-            handed.append(loop.create_future())
-            self._waiting.append((job, handed[-1]))
-        while self._waiting and len(self._handing) < SUBMIT_THREADS:
-            task = asyncio.create_task(self._hand(), name="psij-submit")
-            self._handing.add(task)
-            task.add_done_callback(self._handing.discard)
-        return asyncio.gather(*handed)
-
-    async def _hand(self) -> None:
-        """Hand waiting jobs over, a batch per thread call, until none waits: the threads'
-        share of what waited now, at most HAND_BATCH."""
-        while self._waiting:
-            size = min(HAND_BATCH, -(-len(self._waiting) // SUBMIT_THREADS))
-            batch = [self._waiting.popleft() for _ in range(min(size, len(self._waiting)))]
-            try:
-                await self._hand_batch([job for job, _ in batch])
-            except Exception:  # reported per job where it could be; never leave a waiter
-                log.exception("psij: handing jobs to their executors failed")
-            for _, handed in batch:
-                if not handed.done():
-                    handed.set_result(None)
-
-    async def _hand_batch(self, jobs: list[LiveJob]) -> None:
-        """Create the jobs' directories and hand them to their executors in one thread call;
-        a refusal ends a job FAILED (NEW → FAILED), a cancel before it CANCELED."""
-        # What was cancelled before it could be handed over only gets its directory.
-        ready = [job for job in jobs if not job.row.cancel_requested]
-        if ready:
-            # From here on a restart cannot tell whether the executor got the job, so it
-            # ends it FAILED unless the executor's id was recorded (monitor.recover).
-            self.store.mark_handed(*(job.row.job_id for job in ready))
-        for job in ready:
-            job.row.handed = True
-            assert job.psij_job is not None and job.psij_spec is not None
-            job.psij_job.spec = job.psij_spec
-            job.psij_job.set_job_status_callback(self.on_status(job.row.job_id))
-        errors = await asyncio.to_thread(self._hand_blocking, jobs)
-        for job, error in zip(jobs, errors, strict=True):
-            row = job.row
-            if error is not None:
-                message = (
-                    str(error)
-                    if isinstance(error, _Refused)
-                    else f"submission failed: {describe(error)}"
-                )
-                self.report(row.job_id, Report(JobState.FAILED, time.time(), message=message))
-            elif not row.handed:
-                self.report(row.job_id, Report(JobState.CANCELED, time.time()))
-            else:
-                job.submitted = True
-                # The executor reported QUEUED with the native id already; this only covers
-                # one that did not (a lower state than the current one is never recorded).
-                assert job.psij_job is not None
-                native_id = job.psij_job.native_id
-                self.report(row.job_id, Report(JobState.QUEUED, time.time(), native_id=native_id))
-        for job in jobs:
-            if job.submitted and job.row.cancel_requested:  # asked for while under way
-                await self._cancel_now(job)
-
-    def _hand_blocking(self, jobs: list[LiveJob]) -> list[BaseException | None]:
-        """Each job's directory, then (unless cancelled) its submission; what failed, per job
-        (blocking: runs in a thread)."""
-        errors: list[BaseException | None] = []
-        for job in jobs:
-            row = job.row
-            try:
-                files.prepare_job(row, {"seq": 1, "state": "NEW", "time": iso(row.submitted)})
-                if row.handed:
-                    assert job.psij_job is not None
-                    self._submit_blocking(row, job.psij_job)
-            except Exception as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
-        return errors
-
-    def _submit_blocking(self, row: JobRow, psij_job: psij.Job) -> None:
-        executor = self.pool.get(row.executor)
-        if row.exit_file is not None:  # local: say clearly what cannot start
-            spec = JobSpec.model_validate(row.spec)
-            directory = Path(spec.directory) if spec.directory else row.job_dir / "work"
-            problem = local_problem(spec, directory)
-            if problem is not None:
-                raise _Refused(problem)
-        executor.submit(psij_job)
+        return self.handover.add(jobs)
 
     async def cancel(self, job_id: str) -> None:
         job = self.live.get(job_id)
@@ -302,10 +227,10 @@ class Tracker:
             job.row.cancel_requested = True
             self.store.mark_cancel(job_id)
         if job.submitted:
-            await self._cancel_now(job)
+            await self.cancel_now(job)
         await self.barrier()
 
-    async def _cancel_now(self, job: LiveJob) -> None:
+    async def cancel_now(self, job: LiveJob) -> None:
         assert job.psij_job is not None
         row = job.row
         try:
@@ -486,7 +411,3 @@ class Tracker:
             event.stdout_tail = ending.stdout_tail
             event.stderr_tail = ending.stderr_tail
         return event
-
-
-class _Refused(Exception):
-    """The plugin itself refused to submit (the message says why)."""
