@@ -193,6 +193,11 @@ class ExecutorPool:
                     self._base_intervals[executor] = self.intervals[executor] = float(base)
             return instance
 
+    @property
+    def adapting(self) -> bool:
+        """Whether a started executor's polling interval is adapted (batch executors)."""
+        return bool(self._base_intervals)
+
     def adapt(self, last_changes: dict[str, float], floor: float, ceiling: float) -> None:
         """Set each batch executor's polling interval from when its live jobs last changed
         (see scheduler.py)."""
