@@ -97,9 +97,7 @@ class Handover:
                     if isinstance(error, _Refused)
                     else f"submission failed: {describe(error)}"
                 )
-                self.tracker.report(
-                    row.job_id, Report(JobState.FAILED, time.time(), message=message)
-                )
+                report(row.job_id, Report(JobState.FAILED, time.time(), message=message))
             elif not row.handed:
                 report(row.job_id, Report(JobState.CANCELED, time.time()))
             else:
@@ -108,9 +106,7 @@ class Handover:
                 # one that did not (a lower state than the current one is never recorded).
                 assert job.psij_job is not None
                 native_id = job.psij_job.native_id
-                self.tracker.report(
-                    row.job_id, Report(JobState.QUEUED, time.time(), native_id=native_id)
-                )
+                report(row.job_id, Report(JobState.QUEUED, time.time(), native_id=native_id))
         for job in jobs:
             if job.submitted and job.row.cancel_requested:  # asked for while under way
                 await self.tracker.cancel_now(job)
