@@ -22,6 +22,7 @@ import sys
 import time
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlparse
 
 import psutil
 import uvloop
@@ -144,7 +145,8 @@ def psij_alone(count: int, timeout: float) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace, name: str, endpoint: psutil.Process) -> dict[str, Any]:
-    meter = CpuMeter(endpoint=[endpoint], broker=broker_processes(), client=[psutil.Process()])
+    broker = broker_processes(urlparse(args.url).port or 5672)
+    meter = CpuMeter(endpoint=[endpoint], broker=broker, client=[psutil.Process()])
     async with orbit_mq.connect(args.url) as fabric:
         await wait_online(fabric, name)
         modes = [

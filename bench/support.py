@@ -39,12 +39,21 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def broker_processes() -> list[psutil.Process]:
-    """The local RabbitMQ node's Erlang VM (none when the broker runs elsewhere)."""
+def broker_processes(port: int = 5672) -> list[psutil.Process]:
+    """The local RabbitMQ node's Erlang VM listening on `port` (none when the broker runs
+    elsewhere): other nodes on the host (a test cluster) come and go during a run."""
     found = []
     for process in psutil.process_iter(["name", "cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if process.info["name"] == "beam.smp" and "-s rabbit boot" in command:
+        if process.info["name"] != "beam.smp" or "-s rabbit boot" not in command:
+            continue
+        try:
+            listening = {
+                c.laddr.port for c in process.net_connections("tcp") if c.status == "LISTEN"
+            }
+        except psutil.Error:
+            continue
+        if port in listening:
             found.append(process)
     return found
 

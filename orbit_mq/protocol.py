@@ -6,6 +6,7 @@ the JSON Schemas in schemas/ are generated from these models (`orbit-mq schemas`
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -84,6 +85,7 @@ AUDIT_TOPIC = "audit"
 _OWNER_SAFE = re.compile(r"[A-Za-z0-9@+_-]")
 
 
+@functools.lru_cache(maxsize=4096)  # every event's routing key has one; few users
 def owner_word(user: str) -> str:
     """The routing-key word that stands for broker user `user`: the name with every character
     that is not a letter, digit, '@', '+', '_' or '-' (and a leading '_') %XX-encoded (UTF-8),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -265,4 +266,105 @@ async def test_a_job_cancelled_before_its_handover_is_never_submitted(tmp_path: 
     await recover(rig.tracker, [revived])
     await asyncio.wait_for(revived.done.wait(), 5)
     assert rig.states(row.job_id) == [(2, "CANCELED")]
+    await rig.tracker.stop()
+
+
+@pytest.mark.parametrize("update_from", [True, False])
+def test_steps_recorded_together_match_steps_recorded_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_from: bool
+) -> None:
+    """JobStore.record_many (one statement for many rows; UPDATE … FROM where SQLite has it)
+    leaves the journal as `record` and `set_native_id` step by step do."""
+    from orbit_mq.workers.plugins.psij import store as store_module
+
+    monkeypatch.setattr(store_module, "UPDATE_FROM", update_from)
+    one_by_one, together = Rig(tmp_path / "a"), Rig(tmp_path / "b")
+    jobs = [one_by_one.job() for _ in range(3)]
+    for rig in (one_by_one, together):
+        for job in jobs:
+            rig.store.insert(job.row)
+    a, b, c = (job.row.job_id for job in jobs)
+    now = time.time()
+    steps = [
+        (a, Step(2, QUEUED), now, None, "waits for a node"),
+        (b, Step(2, QUEUED), now, None, None),
+        (a, Step(3, ACTIVE), now + 1, None, None),
+        (b, Step(3, FAILED), now + 2, 5, "exit code 5"),
+    ]
+    for job_id, step, when, exit_code, message in steps:
+        one_by_one.store.record(job_id, step, when, exit_code=exit_code, message=message)
+    for job_id, native_id in ((a, "10"), (c, "12")):
+        one_by_one.store.set_native_id(job_id, native_id)
+    together.store.record_many(steps, {a: "10", c: "12"})
+    for job_id in (a, b, c):
+        assert together.store.get(job_id) == one_by_one.store.get(job_id)
+        assert together.store.history(job_id) == one_by_one.store.history(job_id)
+    assert together.store.get(a).message == "waits for a node"  # type: ignore[union-attr]
+
+
+async def test_jobs_of_concurrent_requests_are_recorded_and_handed_once_each(
+    tmp_path: Path,
+) -> None:
+    """Creates that wait together share a transaction; the hand-over takes them in batches,
+    each job submitted once, with its directory and first status line made before."""
+    rig = Rig(tmp_path)
+    rig.tracker.start()
+    submitted: list[str] = []
+    submit = rig.pool.executor.submit
+
+    def counting(psij_job: psij.Job) -> None:
+        spec = json.loads((tmp_path / psij_job.id / "spec.json").read_text())
+        assert spec == {"executable": "/bin/true"}  # written in the same thread call, before
+        submitted.append(psij_job.id)
+        submit(psij_job)
+
+    rig.pool.executor.submit = counting  # type: ignore[method-assign]
+    requests = [[rig.job() for _ in range(7)] for _ in range(5)]
+    handing = await asyncio.gather(*(rig.tracker.create(jobs) for jobs in requests))
+    await asyncio.gather(*handing)
+    await rig.tracker.barrier()
+    ids = [job.row.job_id for jobs in requests for job in jobs]
+    assert sorted(submitted) == sorted(ids)
+    for job_id in ids:
+        assert rig.states(job_id)[:2] == [(1, "NEW"), (2, "QUEUED")]
+        row = rig.store.get(job_id)
+        assert row is not None and row.handed and row.native_id == "42"
+        lines = (tmp_path / job_id / "status.jsonl").read_text().splitlines()
+        assert [json.loads(line)["state"] for line in lines][:2] == ["NEW", "QUEUED"]
+    await rig.tracker.stop()
+
+
+async def test_a_request_whose_rows_are_refused_fails_alone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.tracker.start()
+    taken, fine = rig.job(), rig.job()
+    taken.row.request_key = "key"
+    await (await rig.tracker.create([taken]))
+    repeat = rig.job()
+    repeat.row.request_key = "key"  # a request key another job has: refused by the journal
+    results = await asyncio.gather(
+        rig.tracker.create([repeat]), rig.tracker.create([fine]), return_exceptions=True
+    )
+    assert isinstance(results[0], sqlite3.IntegrityError)
+    await results[1]  # type: ignore[misc]
+    assert rig.store.get(repeat.row.job_id) is None and rig.store.get(fine.row.job_id)
+    assert repeat.row.job_id not in rig.tracker.live
+    await rig.tracker.stop()
+
+
+async def test_a_job_cancelled_before_its_hand_over_gets_its_directory_only(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    rig.tracker.start()
+    job = rig.job()
+    job.row.cancel_requested = True
+    await (await rig.tracker.create([job]))
+    await asyncio.wait_for(job.done.wait(), 5)
+    assert rig.states(job.row.job_id) == [(1, "NEW"), (2, "CANCELED")]
+    row = rig.store.get(job.row.job_id)
+    assert row is not None and not row.handed and job.psij_job.executor is None  # type: ignore[union-attr]
+    lines = (job.row.job_dir / "status.jsonl").read_text().splitlines()
+    assert [json.loads(line)["state"] for line in lines] == ["NEW", "CANCELED"]
+    assert json.loads((job.row.job_dir / "spec.json").read_text()) == job.row.spec
     await rig.tracker.stop()

@@ -82,6 +82,26 @@ def add_columns(db: sqlite3.Connection, added: dict[str, dict[str, str]]) -> Non
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
+# Bound parameters a statement may have in every SQLite still around (999 before 3.32).
+MAX_PARAMETERS = 999
+
+
+def insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT `rows` (tuples of one length) with as few statements as the parameter limit
+    allows, in order (AUTOINCREMENT ids follow it). `into`: "table (column, …)". Each
+    statement releases the GIL and, with other threads busy, waits to win it back: one
+    statement for many rows costs little more than for one."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = MAX_PARAMETERS // width
+    marks = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        values = [value for row in chunk for value in row]
+        db.execute(f"INSERT INTO {into} VALUES {','.join([marks] * len(chunk))}", values)
+
+
 def journal_path(home: Path, endpoint: str) -> Path:
     return home / "endpoints" / endpoint / "journal.sqlite3"
 
@@ -98,6 +118,8 @@ class Journal:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         add_columns(self.db, _ADDED_COLUMNS)
+        # Events queued in the open transaction (None: none is open), inserted at its end.
+        self._queued: list[tuple[str, str, bytes, str]] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -105,11 +127,15 @@ class Journal:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
+        self._queued = []
         try:
             yield self.db
+            self._insert_events(self._queued)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._queued = None
         self.db.execute("COMMIT")
 
     # -- outbox ----------------------------------------------------------------------------
@@ -122,6 +148,18 @@ class Journal:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
+    def queue_event(self, exchange: str, routing_key: str, body: bytes, message_id: str) -> None:
+        """`add_event`, in the open transaction's one statement for all its events if there
+        is one (each statement hands the GIL to other threads and waits to win it back)."""
+        if self._queued is None:
+            self.add_event(exchange, routing_key, body, message_id)
+        else:
+            self._queued.append((exchange, routing_key, body, message_id))
+
+    def _insert_events(self, events: list[tuple[str, str, bytes, str]]) -> None:
+        # in order: the ids, and so the publishing order, follow it
+        insert_rows(self.db, "outbox (exchange, routing_key, body, message_id)", list(events))
+
     def pending_events(self, limit: int = 500) -> list[OutboxEntry]:
         rows = self.db.execute(
             "SELECT id, exchange, routing_key, body, message_id FROM outbox ORDER BY id LIMIT ?",
@@ -130,8 +168,12 @@ class Journal:
         return [OutboxEntry(*row) for row in rows]
 
     def published(self, ids: list[int]) -> None:
+        if not ids:
+            return
         with self.transaction() as db:
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            for start in range(0, len(ids), 500):  # one statement each, under SQLite's limit
+                chunk = ids[start : start + 500]
+                db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     # -- replies (idempotency) -------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class Outbox:
 
     def add(self, exchange: str, routing_key: str, body: bytes, message_id: str) -> None:
         """Commit an event to the outbox; it is published soon after, in order."""
-        self.journal.add_event(exchange, routing_key, body, message_id)
+        self.journal.queue_event(exchange, routing_key, body, message_id)
         self._empty.clear()
         self._wake.set()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,10 +85,35 @@ class JobDir:
         (blocking)."""
         return read_steps(self.staging_steps)
 
+    def start_status(self, entry: dict[str, Any]) -> None:
+        """status.jsonl with its first line, unless it exists (a job handed over again)."""
+        try:
+            with self.status.open("xb") as out:
+                out.write(orjson.dumps(entry) + b"\n")
+        except FileExistsError:
+            pass
+
     def append_status(self, entries: list[dict[str, Any]]) -> None:
         # A few hundred bytes appended locally, like the journal's own inline writes.
         with self.status.open("ab") as out:
             out.write(b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
+
+
+def prepare_job(row: JobRow, first: dict[str, Any]) -> None:
+    """A new job's directory: work/, spec.json, a staged job's plan and status.jsonl with its
+    `first` line (blocking: call it in a thread)."""
+    job_dir = JobDir(row.job_dir)
+    plan = None
+    if row.staged:
+        directory = Path(row.spec.get("directory") or job_dir.work)
+        plan = staging_plan(row.spec, directory, job_dir.staging_steps)
+    job_dir.prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2), plan)
+    job_dir.start_status(first | {"message": None})
+
+
+def iso(timestamp: float) -> str:
+    """UTC ISO 8601 with a `Z`, as pydantic writes the datetimes of every other message."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def staging_plan(spec: dict[str, Any], directory: Path, steps: Path) -> dict[str, Any]:

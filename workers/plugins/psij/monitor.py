@@ -90,7 +90,8 @@ async def watch(tracker: Tracker, interval: float, floor: float, ceiling: float)
         await asyncio.sleep(interval)
         try:
             await _poll(tracker)
-            tracker.pool.adapt(_last_changes(tracker), floor, ceiling)
+            if tracker.pool.adapting:  # batch executors only: no need to scan every live job
+                tracker.pool.adapt(_last_changes(tracker), floor, ceiling)
         except Exception:  # the next round tries again
             log.exception("psij: polling job files failed")
 

@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import orjson
 from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt
 
 from orbit_mq.contracts import psij as contract
@@ -35,7 +34,7 @@ from orbit_mq.rpc import INJECTED, CallContext, Session
 from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugin import Plugin, wait_budget
 from orbit_mq.workers.plugins.psij import executors as ex
-from orbit_mq.workers.plugins.psij.files import JobDir, read_page, staging_plan
+from orbit_mq.workers.plugins.psij.files import JobDir, read_page
 from orbit_mq.workers.plugins.psij.monitor import recover, watch
 from orbit_mq.workers.plugins.psij.retention import (
     DEFAULT_INTERVAL,
@@ -97,6 +96,7 @@ class PsiJ(Plugin, contract.PsiJ):
         self.pool = ex.ExecutorPool(
             self.root / "psij", self.executor_options, self.queue_polling_interval
         )
+        self.exit_recorder = await asyncio.to_thread(ex.exit_recorder, self.root / "psij")
         self.tracker = Tracker(context.journal, self.store, self.emit, self.pool)
         self.tracker.start()
         await recover(self.tracker, [self._revived(row) for row in self.store.unfinished()])
@@ -365,12 +365,11 @@ class PsiJ(Plugin, contract.PsiJ):
             self._new(user, spec, executor, stream_output, session_id, key)
             for spec, key in zip(specs, request_keys, strict=True)
         ]
-        await asyncio.to_thread(_make_directories, [job.row for job in jobs])
         # Recorded, the jobs run whatever happens to this call (and after a restart too).
         handing = await self.tracker.create(jobs)
         await asyncio.shield(handing)
         await self.tracker.barrier()
-        return [row.info() for row in self.store.many([job.row.job_id for job in jobs])]
+        return [job.row.info() for job in jobs]  # the tracker keeps them as journaled
 
     def _new(
         self,
@@ -440,7 +439,8 @@ class PsiJ(Plugin, contract.PsiJ):
         }
         spec = spec.model_copy(update={"environment": {**spec.environment, **own}})
         plan = JobDir(row.job_dir).staging_plan if spec.staged else None
-        return ex.psij_spec(spec, directory, row.stdout_path, row.stderr_path, row.exit_file, plan)
+        paths = (row.stdout_path, row.stderr_path, row.exit_file, plan)
+        return ex.psij_spec(spec, directory, *paths, recorder=self.exit_recorder)
 
     def _with_site_defaults(self, spec: JobSpec, executor: str) -> JobSpec:
         configured = self.site_custom_attributes.get(executor, {})
@@ -458,13 +458,3 @@ class PsiJ(Plugin, contract.PsiJ):
 def _remove_directories(directories: list[Path]) -> None:
     for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _make_directories(rows: list[JobRow]) -> None:
-    for row in rows:
-        job_dir = JobDir(row.job_dir)
-        plan = None
-        if row.staged:
-            directory = Path(row.spec.get("directory") or job_dir.work)
-            plan = staging_plan(row.spec, directory, job_dir.staging_steps)
-        job_dir.prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2), plan)

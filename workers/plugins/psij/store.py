@@ -20,7 +20,7 @@ from orbit_mq.contracts.psij.models import (
     Job,
     JobState,
 )
-from orbit_mq.workers.journal import add_columns
+from orbit_mq.workers.journal import MAX_PARAMETERS, add_columns, insert_rows
 from orbit_mq.workers.plugins.psij.retention import Ended
 from orbit_mq.workers.plugins.psij.states import Step
 
@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS psij_history (
 # executor before they were recorded as more than NEW.
 _ADDED_COLUMNS = {"psij_jobs": {"handed": "INTEGER NOT NULL DEFAULT 1"}}
 _TERMINAL_NAMES = tuple(state.value for state in TERMINAL)
+# UPDATE … FROM (many rows in one statement) came with SQLite 3.33.
+UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 
 
 def _when(timestamp: float) -> datetime:
@@ -151,10 +153,12 @@ class JobStore:
 
     def insert(self, row: JobRow) -> None:
         """A new job, in state NEW with seq 1 (its first history entry)."""
-        self.db.execute(
-            "INSERT INTO psij_jobs (job_id, request_key, executor, native_id, state, seq, "
-            "submitted, updated, name, session, user, stream_output, spec, job_dir, "
-            "stdout_path, stderr_path, exit_file) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self.insert_many([row])
+
+    def insert_many(self, rows: list[JobRow]) -> None:
+        """`insert` for many jobs, with a statement for their rows and one for their first
+        history entries."""
+        jobs = [
             (
                 row.job_id,
                 row.request_key,
@@ -173,9 +177,17 @@ class JobStore:
                 str(row.stdout_path),
                 str(row.stderr_path),
                 None if row.exit_file is None else str(row.exit_file),
-            ),
+            )
+            for row in rows
+        ]
+        columns = (
+            "psij_jobs (job_id, request_key, executor, native_id, state, seq, submitted, "
+            "updated, name, session, user, stream_output, spec, job_dir, stdout_path, "
+            "stderr_path, exit_file)"
         )
-        self._history(row.job_id, Step(1, JobState.NEW), row.submitted, None)
+        insert_rows(self.db, columns, jobs)
+        history = [(row.job_id, 1, JobState.NEW.value, row.submitted, None) for row in rows]
+        insert_rows(self.db, "psij_history (job_id, seq, state, time, message)", history)
 
     def record(
         self,
@@ -194,6 +206,56 @@ class JobStore:
         )
         self._history(job_id, step, when, message)
 
+    def record_many(
+        self,
+        steps: list[tuple[str, Step, float, int | None, str | None]],
+        native_ids: dict[str, str],
+    ) -> None:
+        """`record` for the steps of many jobs ((job_id, step, when, exit_code, message), in
+        order) and `set_native_id` for `native_ids`: the history in one statement, each job's
+        row once, as its last step left it. Each statement hands the GIL to PSI/J's threads
+        and waits to win it back, so fewer count for more than their own cost."""
+        history = [(job_id, s.seq, s.state.value, when, msg) for job_id, s, when, _, msg in steps]
+        insert_rows(self.db, "psij_history (job_id, seq, state, time, message)", history)
+        latest: dict[str, list[Any]] = {}
+        for job_id, step, when, exit_code, message in steps:
+            row = latest.setdefault(job_id, [job_id, None, None, None, None, None, None])
+            row[1:4] = step.state.value, step.seq, when
+            if exit_code is not None:  # as COALESCE in `record`: the last one given wins
+                row[4] = exit_code
+            if message is not None:
+                row[5] = message
+        for job_id, native_id in native_ids.items():
+            if job_id in latest:
+                latest[job_id][6] = native_id
+            else:
+                self.set_native_id(job_id, native_id)
+        self._update_rows([tuple(row) for row in latest.values()])
+
+    def _update_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Set (job_id, state, seq, updated, exit_code, message, native_id) of each row; None
+        keeps exit_code, message and native_id as they are."""
+        if not UPDATE_FROM:  # SQLite before 3.33: one statement per row
+            self.db.executemany(
+                "UPDATE psij_jobs SET state = ?2, seq = ?3, updated = ?4, "
+                "exit_code = COALESCE(?5, exit_code), message = COALESCE(?6, message), "
+                "native_id = COALESCE(?7, native_id) WHERE job_id = ?1",
+                rows,
+            )
+            return
+        per = MAX_PARAMETERS // 7
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            self.db.execute(
+                "UPDATE psij_jobs SET state = v.column2, seq = v.column3, updated = v.column4, "
+                "exit_code = COALESCE(v.column5, exit_code), "
+                "message = COALESCE(v.column6, message), "
+                "native_id = COALESCE(v.column7, native_id) "
+                f"FROM (VALUES {','.join(['(?,?,?,?,?,?,?)'] * len(chunk))}) AS v "
+                "WHERE psij_jobs.job_id = v.column1",
+                [value for row in chunk for value in row],
+            )
+
     def _history(self, job_id: str, step: Step, when: float, message: str | None) -> None:
         self.db.execute(
             "INSERT INTO psij_history (job_id, seq, state, time, message) VALUES (?,?,?,?,?)",
@@ -203,8 +265,12 @@ class JobStore:
     def set_native_id(self, job_id: str, native_id: str) -> None:
         self.db.execute("UPDATE psij_jobs SET native_id = ? WHERE job_id = ?", (native_id, job_id))
 
-    def mark_handed(self, job_id: str) -> None:
-        self.db.execute("UPDATE psij_jobs SET handed = 1 WHERE job_id = ?", (job_id,))
+    def mark_handed(self, *job_ids: str) -> None:
+        """One statement (its own transaction) for a batch about to be handed over."""
+        for start in range(0, len(job_ids), 500):  # SQLite's limit on bound parameters
+            chunk = job_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"UPDATE psij_jobs SET handed = 1 WHERE job_id IN ({marks})", chunk)
 
     def mark_cancel(self, job_id: str) -> None:
         self.db.execute("UPDATE psij_jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))

@@ -15,12 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orbit_mq.contracts.psij.models import (
     JobOutputEvent,
-    JobSpec,
     JobState,
     JobStatusEvent,
 )
@@ -41,10 +39,10 @@ from orbit_mq.workers.plugins.psij.executors import (
     LOCAL,
     ExecutorPool,
     describe,
-    local_problem,
     terminate_local_process,
 )
-from orbit_mq.workers.plugins.psij.files import Chunk
+from orbit_mq.workers.plugins.psij.files import Chunk, iso
+from orbit_mq.workers.plugins.psij.handover import Handover
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
 
@@ -54,7 +52,6 @@ if TYPE_CHECKING:
 log = bounded_logger("orbit_mq.plugin.psij")
 
 GROUP = 512  # queued reports applied together at most (two journal transactions)
-SUBMIT_THREADS = 4  # concurrent psij submissions (more only contend for the GIL)
 HANDOVER_GRACE = 10.0  # s a stopping endpoint waits for submissions under way
 
 
@@ -105,11 +102,6 @@ def _runs(
     return runs
 
 
-def iso(timestamp: float) -> str:
-    """UTC ISO 8601 with a `Z`, as pydantic writes the datetimes of every other message."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
 class Tracker:
     def __init__(
         self, journal: Journal, store: JobStore, emit: Emitter, pool: ExecutorPool
@@ -121,8 +113,9 @@ class Tracker:
         self.live: dict[str, LiveJob] = {}
         self._queue: asyncio.Queue[_Reported | Chunk | _Barrier] = asyncio.Queue()
         self._writing = asyncio.Lock()  # one journal transaction at a time
-        self._submitting = asyncio.Semaphore(SUBMIT_THREADS)
-        self._handing: set[asyncio.Task[None]] = set()
+        self.handover = Handover(self)
+        self._creators: set[asyncio.Task[None]] = set()
+        self._creating: list[tuple[list[LiveJob], asyncio.Future[asyncio.Future[list[None]]]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -134,8 +127,9 @@ class Tracker:
     async def stop(self) -> None:
         """Apply what was already reported, then stop listening (jobs keep running; the next
         start re-attaches them)."""
-        if self._handing:  # a submission in a thread cannot be stopped: let it finish
-            await asyncio.wait(set(self._handing), timeout=HANDOVER_GRACE)
+        busy = self._creators | self.handover.tasks
+        if busy:  # a submission in a thread cannot be stopped: let it finish
+            await asyncio.wait(busy, timeout=HANDOVER_GRACE)
         with contextlib.suppress(TimeoutError):
             await wait_within(self.barrier(), 5)
         self._closed = True
@@ -182,72 +176,48 @@ class Tracker:
 
     async def create(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
         """Record new jobs in state NEW (seq 1), announce them and start handing them to their
-        executors (`hand_over`); the future is done once they all were handed."""
+        executors (`hand_over`); the future is done once they all were handed. What other
+        requests create meanwhile is recorded in the same transaction (one commit, and one
+        statement per table, for all of them); once asked for, the jobs are created even if
+        the caller stops waiting."""
+        created: asyncio.Future[asyncio.Future[list[None]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._creating.append((jobs, created))
+        if len(self._creating) == 1:  # the first to wait: record what waits once it can
+            task = asyncio.create_task(self._create_waiting(), name="psij-create")
+            self._creators.add(task)
+            task.add_done_callback(self._creators.discard)
+        return await asyncio.shield(created)
+
+    async def _create_waiting(self) -> None:
         async with self._writing:
-            with self.journal.transaction():
-                for job in jobs:
-                    self.store.insert(job.row)
-                    step = Step(1, JobState.NEW)
-                    await self.emit(
-                        "job_status",
-                        self._event(job.row, step, job.row.submitted),
-                        owner=job.row.user,
-                    )
+            waiting, self._creating = self._creating, []
+            try:
+                await self._record_new([job for jobs, _ in waiting for job in jobs])
+            except Exception:  # e.g. a request key taken: only that request may fail
+                for jobs, created in waiting:
+                    try:
+                        await self._record_new(jobs)
+                    except Exception as exc:
+                        created.set_exception(exc)
+        for jobs, created in waiting:
+            if not created.done():
+                created.set_result(self.hand_over(jobs))
+
+    async def _record_new(self, jobs: list[LiveJob]) -> None:
+        with self.journal.transaction():
+            self.store.insert_many([job.row for job in jobs])
+            for job in jobs:
+                event = self._event(job.row, Step(1, JobState.NEW), job.row.submitted)
+                await self.emit("job_status", event, owner=job.row.user)
         for job in jobs:
             self.live[job.row.job_id] = job
-            entry = {"seq": 1, "state": "NEW", "time": iso(job.row.submitted), "message": None}
-            files.JobDir(job.row.job_dir).append_status([entry])
-        return self.hand_over(jobs)
 
     def hand_over(self, jobs: list[LiveJob]) -> asyncio.Future[list[None]]:
         """Hand recorded jobs to their executors, in tasks of the tracker: a caller that stops
         waiting (its request was cancelled) does not stop them. Done when all were handed."""
-        tasks = []
-        for job in jobs:
-            task = asyncio.create_task(self._submit(job), name=f"psij-submit-{job.row.job_id}")
-            self._handing.add(task)
-            task.add_done_callback(self._handing.discard)
-            tasks.append(task)
-        return asyncio.gather(*tasks)
-
-    async def _submit(self, job: LiveJob) -> None:
-        """Hand the job to its executor; a refusal ends it FAILED (NEW → FAILED)."""
-        row, psij_job = job.row, job.psij_job
-        assert psij_job is not None and job.psij_spec is not None
-        if row.cancel_requested:  # cancelled before it could be handed over
-            self.report(row.job_id, Report(JobState.CANCELED, time.time()))
-            return
-        psij_job.spec = job.psij_spec
-        psij_job.set_job_status_callback(self.on_status(row.job_id))
-        try:
-            async with self._submitting:
-                # From here on a restart cannot tell whether the executor got the job, so it
-                # ends it FAILED unless the executor's id was recorded (monitor.recover).
-                self.store.mark_handed(row.job_id)
-                row.handed = True
-                await asyncio.to_thread(self._submit_blocking, row, psij_job)
-        except Exception as exc:
-            message = (
-                str(exc) if isinstance(exc, _Refused) else f"submission failed: {describe(exc)}"
-            )
-            self.report(row.job_id, Report(JobState.FAILED, time.time(), message=message))
-            return
-        job.submitted = True
-        # The executor reported QUEUED with the native id already; this only covers one that
-        # did not (a lower state than the current one is never recorded).
-        self.report(row.job_id, Report(JobState.QUEUED, time.time(), native_id=psij_job.native_id))
-        if row.cancel_requested:  # asked for while the submission was under way
-            await self._cancel_now(job)
-
-    def _submit_blocking(self, row: JobRow, psij_job: psij.Job) -> None:
-        executor = self.pool.get(row.executor)
-        if row.exit_file is not None:  # local: say clearly what cannot start
-            spec = JobSpec.model_validate(row.spec)
-            directory = Path(spec.directory) if spec.directory else row.job_dir / "work"
-            problem = local_problem(spec, directory)
-            if problem is not None:
-                raise _Refused(problem)
-        executor.submit(psij_job)
+        return self.handover.add(jobs)
 
     async def cancel(self, job_id: str) -> None:
         job = self.live.get(job_id)
@@ -257,10 +227,10 @@ class Tracker:
             job.row.cancel_requested = True
             self.store.mark_cancel(job_id)
         if job.submitted:
-            await self._cancel_now(job)
+            await self.cancel_now(job)
         await self.barrier()
 
-    async def _cancel_now(self, job: LiveJob) -> None:
+    async def cancel_now(self, job: LiveJob) -> None:
         assert job.psij_job is not None
         row = job.row
         try:
@@ -348,26 +318,35 @@ class Tracker:
         """Journal the changes' steps with their events in one transaction, then keep the
         jobs' rows and `status.jsonl` files in step with it."""
         entries: dict[str, list[dict[str, Any]]] = {}
+        steps: list[tuple[str, Step, float, int | None, str | None]] = []
         async with self._writing:
             with self.journal.transaction():
-                for job_id, native_id in native_ids:
-                    self.store.set_native_id(job_id, native_id)
                 for change in changes:
                     lines = entries.setdefault(change.job.row.job_id, [])
-                    lines.extend(await self._record_steps(change))
+                    lines.extend(await self._record_steps(change, steps))
+                self.store.record_many(steps, dict(native_ids))
+        for job_id, _, _, exit_code, message in steps:  # the rows as the journal has them
+            row = self.live[job_id].row
+            row.exit_code = row.exit_code if exit_code is None else exit_code
+            row.message = row.message if message is None else message
         for change in changes:
             row, last = change.job.row, change.steps[-1]
             row.state, row.seq, row.updated = last.state, last.seq, change.report.time
-            if change.ending is not None:
-                row.exit_code = change.ending.outcome.exit_code
-                row.message = change.ending.outcome.message
             if row.job_id in entries:  # a job's lines of the whole group, at its first change
-                files.JobDir(row.job_dir).append_status(entries.pop(row.job_id))
+                lines = entries.pop(row.job_id)
+                try:
+                    files.JobDir(row.job_dir).append_status(lines)
+                except OSError as exc:  # the journal has it; the file only mirrors it
+                    log.warning("psij: job %s: status.jsonl not written: %s", row.job_id, exc)
             if row.state.final:
                 del self.live[row.job_id]
                 change.job.done.set()
 
-    async def _record_steps(self, change: _Change) -> list[dict[str, Any]]:
+    async def _record_steps(
+        self, change: _Change, steps: list[tuple[str, Step, float, int | None, str | None]]
+    ) -> list[dict[str, Any]]:
+        """Announce the change's steps, add them to `steps` (written together by the
+        caller, in the same transaction) and return their status.jsonl lines."""
         row, report, ending = change.job.row, change.report, change.ending
         entries: list[dict[str, Any]] = []
         for step in change.steps:
@@ -376,7 +355,7 @@ class Tracker:
                 exit_code, message = ending.outcome.exit_code, ending.outcome.message
             elif step.state is report.state:
                 message = report.message  # e.g. why a batch job waits
-            self.store.record(row.job_id, step, report.time, exit_code=exit_code, message=message)
+            steps.append((row.job_id, step, report.time, exit_code, message))
             event = self._event(row, step, report.time, message, ending)
             await self.emit("job_status", event, owner=row.user)
             entries.append(
@@ -432,7 +411,3 @@ class Tracker:
             event.stdout_tail = ending.stdout_tail
             event.stderr_tail = ending.stderr_tail
         return event
-
-
-class _Refused(Exception):
-    """The plugin itself refused to submit (the message says why)."""
