@@ -20,7 +20,13 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory, Transpor
 from yarl import URL
 
 from orbit_mq.config import Settings, redact_url
-from orbit_mq.errors import AccessRefused, BrokerError, BrokerUnavailable, ConnectionLost
+from orbit_mq.errors import (
+    AccessRefused,
+    BrokerError,
+    BrokerUnavailable,
+    ConnectionLost,
+    PublishRefused,
+)
 from orbit_mq.lanes import spare_channel
 from orbit_mq.protocol import (
     DEAD_LETTER_EXCHANGE,
@@ -100,6 +106,16 @@ def translated(action: str) -> Iterator[None]:
         ConnectionError,
     ) as exc:
         raise ConnectionLost(f"{action}: the broker connection was lost ({exc})") from exc
+    except aiormq.exceptions.DeliveryError as exc:
+        # A publish on a confirmed channel answered with basic.nack: not queued. On a cluster a
+        # quorum queue nacks while its leader's node is down (until a new leader is elected);
+        # without confirms the same message is dropped without a word (docs/scaling.md).
+        if not isinstance(exc.frame, aiormq.spec.Basic.Nack):
+            raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        raise PublishRefused(
+            f"{action}: the broker did not take the message (negative confirm); a queue of a "
+            "cluster may be failing over, so try again"
+        ) from exc
     except aiormq.exceptions.AMQPError as exc:
         raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
     except RuntimeError as exc:
