@@ -257,15 +257,18 @@ class Caller:
             amqp = await lane.get(max(deadline - time.time(), 0.001))
             for call in calls:
                 call.sent_on = amqp
-            confirmation = await amqp.basic_publish(
-                body,
-                exchange=RPC_EXCHANGE,
-                routing_key=f"{target[0]}.{target[1]}",
-                properties=properties,
-                mandatory=persistent,
-                wait=persistent,
-            )
-        # A negative confirm raises (PublishRefused, transient: broker.translated).
+            try:
+                confirmation = await amqp.basic_publish(
+                    body,
+                    exchange=RPC_EXCHANGE,
+                    routing_key=f"{target[0]}.{target[1]}",
+                    properties=properties,
+                    mandatory=persistent,
+                    wait=persistent,
+                )
+            except aiormq.exceptions.DeliveryError:  # a nack: PublishRefused (transient)
+                lane.renew(amqp)  # this channel would be refused again (lanes.py)
+                raise
         if isinstance(confirmation, DeliveredMessage):
             raise EndpointNotFound(
                 f"nothing serves {target[0]}.{target[1]}", endpoint=target[0], plugin=target[1]
