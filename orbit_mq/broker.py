@@ -82,6 +82,12 @@ def translated(action: str) -> Iterator[None]:
         yield
     except BrokerError:
         raise
+    except asyncio.CancelledError as exc:
+        if _cancelled_here():
+            raise
+        # aiormq cancels what waits on a connection it gives up on (a stuck one: no frames
+        # within the heartbeat) instead of raising an error into it.
+        raise ConnectionLost(f"{action}: the broker connection was given up on") from exc
     except aiormq.exceptions.ChannelAccessRefused as exc:
         raise AccessRefused(f"{action}: the broker refused access: {exc}") from exc
     except (
@@ -128,6 +134,16 @@ def translated(action: str) -> Iterator[None]:
             f"{action}: the broker connection is not open ({exc}); after a drop it is "
             "re-established by itself, so try again"
         ) from exc
+
+
+def _cancelled_here() -> bool:
+    """Whether the running task itself is being cancelled (else a CancelledError came from
+    the library, for an operation it cancelled)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop
+        return True
+    return task is None or task.cancelling() > 0
 
 
 class _CorkedWriter:

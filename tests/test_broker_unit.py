@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiormq
 import pytest
 
@@ -76,3 +78,20 @@ def test_a_negative_confirm_is_publish_refused_a_transient_error() -> None:
     with pytest.raises(BrokerError) as other, translated("x"):  # not a nack: not transient
         raise aiormq.exceptions.DeliveryError(None, aiormq.spec.Basic.Ack(delivery_tag=7))
     assert not isinstance(other.value, TransientError)
+
+
+async def test_a_cancellation_by_the_library_is_connection_lost() -> None:
+    """aiormq cancels an RPC waiting on a connection it gave up on (heartbeat missed): that is a
+    lost connection; the task's own cancellation passes through as it is."""
+    with pytest.raises(ConnectionLost, match="given up on"), translated("checking q"):
+        raise asyncio.CancelledError()
+
+    async def waiting() -> None:
+        with translated("checking q"):
+            await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(waiting())
+    await asyncio.sleep(0)  # it waits inside translated
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
