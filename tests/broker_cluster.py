@@ -14,8 +14,11 @@ project's cluster ports 5711-5713 when free), so runs in parallel do not meet.
 `net_ticktime = 10`: the other nodes give up on a hung one within 10-12.5 s (Erlang's tick
 detection) instead of 45-75 s, so quorum queues elect a new leader and channels stop waiting
 on it (with the default 60 s a SIGSTOPped node stalls consumers via the others for the whole
-freeze). A hung node that comes back has been given up on: `heal` restarts its app, which
-ends the partition (`cluster_partition_handling = ignore` leaves that to the operator).
+freeze). A hung node that comes back has been given up on, and finds itself alone: a
+partition. `cluster_partition_handling = autoheal` (as `make cluster`) stops its app as soon as
+it is back, so that no client lands on a node that cannot reach the others (with `ignore` it
+serves on alone: replies published there to a caller on another node vanish, see
+docs/scaling.md); `heal` starts its app again at once instead of autoheal's ≈ 60 s.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from broker_node import BrokerNode, port_free
 
 NET_TICKTIME = 10  # s; see above
 DIAGNOSTICS = "rabbitmq-diagnostics"
-CLUSTER_CONFIG = [f"net_ticktime = {NET_TICKTIME}"]
+CLUSTER_CONFIG = [f"net_ticktime = {NET_TICKTIME}", "cluster_partition_handling = autoheal"]
 SETTLE_TIMEOUT = 60.0  # s for every node to see all members running
 FIRST_PORT = 5711  # the cluster ports of this project: 5711-5713 (as `make cluster`)
 
@@ -155,7 +158,8 @@ class BrokerCluster:
         self.nodes[index].thaw()
 
     def heal(self, index: int) -> None:
-        """After a thaw: restart the node's app (its peers gave up on it), wait until whole."""
+        """After a thaw: restart the node's app (its peers gave up on it; autoheal may have
+        stopped it already), wait until whole."""
         node = self.nodes[index]
         node.ctl("stop_app")
         node.ctl("start_app")

@@ -52,6 +52,8 @@ def usable() -> str | None:
 def port_free(port: int) -> bool:
     """Whether nothing listens on 127.0.0.1:`port`."""
     with socket.socket() as sock:
+        # as a listener binds: a port with connections of an earlier node in TIME_WAIT is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
