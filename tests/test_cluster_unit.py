@@ -19,6 +19,7 @@ from orbit_mq.errors import BrokerError, ConfigError
 from orbit_mq.lanes import Lane
 from orbit_mq.tls import check_transport, connection_urls
 from orbit_mq.waiting import wait_within
+from orbit_mq.workers.replies import SUSPECT_CRASHES, Replies
 
 
 def test_one_url_names_several_nodes() -> None:
@@ -129,3 +130,17 @@ async def test_a_channel_the_broker_refused_is_replaced(settings: Settings) -> N
     finally:
         await lane.close()
         await connection.close()
+
+
+def test_a_reply_address_is_dead_once_it_crashed_two_nodes() -> None:
+    """A lone reply crashing one node (it may be one that hung and woke up alone) makes its
+    address suspect; crashing a second node, or the same one SUSPECT_CRASHES times, dead."""
+    replies = Replies(Settings(url="amqp://u:p@127.0.0.1:5711,127.0.0.1:5712/"), "t")
+    replies._suspect("amq.rabbitmq.reply-to.live", "127.0.0.1:5711")
+    assert "amq.rabbitmq.reply-to.live" not in replies._dead
+    replies._suspect("amq.rabbitmq.reply-to.dead", "127.0.0.1:5711")
+    replies._suspect("amq.rabbitmq.reply-to.dead", "127.0.0.1:5712")
+    assert "amq.rabbitmq.reply-to.dead" in replies._dead
+    for _ in range(SUSPECT_CRASHES):
+        replies._suspect("amq.rabbitmq.reply-to.alone", "127.0.0.1:5711")
+    assert "amq.rabbitmq.reply-to.alone" in replies._dead
