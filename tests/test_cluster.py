@@ -1,7 +1,7 @@
 """Failover on a 3-node cluster of the tests' own (tests/broker_cluster.py: on the cluster
 ports 127.0.0.1:5711-5713 when they are free, else on free ones; booted for this module and
 stopped after it), quorum queues. Part of `make test` (CI); skipped without root and
-/usr/lib/rabbitmq/bin.
+/usr/lib/rabbitmq/bin, except with ORBIT_MQ_REQUIRE_CLUSTER set (CI), where that fails.
 
 (a) The node an endpoint (psij and echo) and a client are both connected to is killed (SIGKILL)
 in the middle of a 200-job run and a stream of RPC calls, then booted again; three rounds,
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -63,6 +64,8 @@ SETTLE_LIMIT = 120.0  # s for every job's terminal event once all are submitted
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerCluster]:
     reason = usable()
     if reason:
+        if os.environ.get("ORBIT_MQ_REQUIRE_CLUSTER"):  # CI (.ci/run): it must run
+            pytest.fail(f"a cluster of the tests' own {reason}")
         pytest.skip(f"a cluster of the tests' own {reason}")
     ports = cluster_ports(3)  # None where `make cluster` runs: then ports of its own
     made = BrokerCluster(tmp_path_factory.mktemp("cluster"), size=3, ports=ports)
