@@ -20,7 +20,13 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory, Transpor
 from yarl import URL
 
 from orbit_mq.config import Settings, redact_url
-from orbit_mq.errors import AccessRefused, BrokerError, BrokerUnavailable, ConnectionLost
+from orbit_mq.errors import (
+    AccessRefused,
+    BrokerError,
+    BrokerUnavailable,
+    ConnectionLost,
+    PublishRefused,
+)
 from orbit_mq.lanes import spare_channel
 from orbit_mq.protocol import (
     DEAD_LETTER_EXCHANGE,
@@ -76,6 +82,12 @@ def translated(action: str) -> Iterator[None]:
         yield
     except BrokerError:
         raise
+    except asyncio.CancelledError as exc:
+        if _cancelled_here():
+            raise
+        # aiormq cancels what waits on a connection it gives up on (a stuck one: no frames
+        # within the heartbeat) instead of raising an error into it.
+        raise ConnectionLost(f"{action}: the broker connection was given up on") from exc
     except aiormq.exceptions.ChannelAccessRefused as exc:
         raise AccessRefused(f"{action}: the broker refused access: {exc}") from exc
     except (
@@ -100,6 +112,16 @@ def translated(action: str) -> Iterator[None]:
         ConnectionError,
     ) as exc:
         raise ConnectionLost(f"{action}: the broker connection was lost ({exc})") from exc
+    except aiormq.exceptions.DeliveryError as exc:
+        # A publish on a confirmed channel answered with basic.nack: not queued. On a cluster a
+        # quorum queue nacks while its leader's node is down (until a new leader is elected);
+        # without confirms the same message is dropped without a word (docs/scaling.md).
+        if not isinstance(exc.frame, aiormq.spec.Basic.Nack):
+            raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        raise PublishRefused(
+            f"{action}: the broker did not take the message (negative confirm); a queue of a "
+            "cluster may be failing over, so try again"
+        ) from exc
     except aiormq.exceptions.AMQPError as exc:
         raise BrokerError(f"{action}: {type(exc).__name__}: {exc}") from exc
     except RuntimeError as exc:
@@ -112,6 +134,16 @@ def translated(action: str) -> Iterator[None]:
             f"{action}: the broker connection is not open ({exc}); after a drop it is "
             "re-established by itself, so try again"
         ) from exc
+
+
+def _cancelled_here() -> bool:
+    """Whether the running task itself is being cancelled (else a CancelledError came from
+    the library, for an operation it cancelled)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop
+        return True
+    return task is None or task.cancelling() > 0
 
 
 class _CorkedWriter:

@@ -21,8 +21,8 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from orbit_mq.broker import translated
-from orbit_mq.config import Settings
-from orbit_mq.errors import BrokerError, CallTimeout, ConnectionLost, EndpointNotFound
+from orbit_mq.config import Settings, broker_urls
+from orbit_mq.errors import CallTimeout, ConnectionLost, EndpointNotFound
 from orbit_mq.lanes import Lane
 from orbit_mq.protocol import BATCH_TYPE, REPLY_TO, RPC_EXCHANGE
 from orbit_mq.wire import BatchItem, batch_body, replies, request_properties
@@ -105,9 +105,18 @@ class Caller:
 
     async def open(self) -> None:
         # Two lanes, each consuming its own direct replies: plain calls go without publisher
-        # confirms (the endpoint's queue was checked before); calls that must wait in a
-        # queue are persistent and confirmed, with mandatory routing.
-        self._fast = Lane(self._connection, "requests", setup=self._consume_replies, kept=True)
+        # confirms on one broker (the endpoint's queue was checked before); calls that must
+        # wait in a queue are persistent and confirmed, with mandatory routing. On a cluster
+        # plain calls are confirmed too: a quorum queue whose leader's node just died refuses
+        # a publish (basic.nack) until a new leader is elected, and without confirms that
+        # refusal is silent, leaving the call to wait for its deadline (docs/scaling.md).
+        self._fast = Lane(
+            self._connection,
+            "requests",
+            confirms=len(broker_urls(self._settings.url)) > 1,
+            setup=self._consume_replies,
+            kept=True,
+        )
         self._safe = Lane(
             self._connection,
             "waiting requests",
@@ -170,16 +179,22 @@ class Caller:
         task.add_done_callback(self._flushing.discard)
 
     async def _flush(self, calls: list[Call]) -> None:
-        for group in batches(calls):
-            try:
-                if len(group) == 1:
-                    await self._publish_one(group[0])
-                else:
-                    await self._publish_batch(group)
-            except Exception as exc:
-                for call in group:
-                    if not call.future.done():
-                        call.future.set_exception(exc)
+        groups = batches(calls)
+        if len(groups) == 1:
+            await self._flush_group(groups[0])
+        else:  # each waits for its own confirm (on a cluster), none for the one before
+            await asyncio.gather(*(self._flush_group(group) for group in groups))
+
+    async def _flush_group(self, group: list[Call]) -> None:
+        try:
+            if len(group) == 1:
+                await self._publish_one(group[0])
+            else:
+                await self._publish_batch(group)
+        except Exception as exc:
+            for call in group:
+                if not call.future.done():
+                    call.future.set_exception(exc)
 
     async def _publish_one(self, call: Call) -> None:
         await self._publish(
@@ -242,20 +257,22 @@ class Caller:
             amqp = await lane.get(max(deadline - time.time(), 0.001))
             for call in calls:
                 call.sent_on = amqp
-            confirmation = await amqp.basic_publish(
-                body,
-                exchange=RPC_EXCHANGE,
-                routing_key=f"{target[0]}.{target[1]}",
-                properties=properties,
-                mandatory=persistent,
-                wait=persistent,
-            )
+            try:
+                confirmation = await amqp.basic_publish(
+                    body,
+                    exchange=RPC_EXCHANGE,
+                    routing_key=f"{target[0]}.{target[1]}",
+                    properties=properties,
+                    mandatory=persistent,
+                    wait=persistent,
+                )
+            except aiormq.exceptions.DeliveryError:  # a nack: PublishRefused (transient)
+                lane.renew(amqp)  # this channel would be refused again (lanes.py)
+                raise
         if isinstance(confirmation, DeliveredMessage):
             raise EndpointNotFound(
                 f"nothing serves {target[0]}.{target[1]}", endpoint=target[0], plugin=target[1]
             )
-        if isinstance(confirmation, aiormq.spec.Basic.Nack):
-            raise BrokerError(f"the broker refused the request to {target[0]}.{target[1]}")
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties

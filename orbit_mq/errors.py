@@ -7,6 +7,7 @@
     ├── BrokerError                 talking to RabbitMQ failed
     │   ├── BrokerUnavailable  (T)  cannot connect
     │   ├── ConnectionLost     (T)  the connection dropped while a call waited
+    │   ├── PublishRefused     (T)  the broker did not take a message (a negative confirm)
     │   ├── AccessRefused           the broker user lacks a permission
     │   ├── TlsError                the TLS handshake failed (untrusted CA, wrong host name)
     │   └── AdminUnavailable        neither the management API nor rabbitmqctl can be used
@@ -77,6 +78,12 @@ class BrokerUnavailable(BrokerError, TransientError):
 
 class ConnectionLost(BrokerError, TransientError):
     pass
+
+
+class PublishRefused(BrokerError, TransientError):
+    """The broker answered a publish with a negative confirm (basic.nack): a queue it routes
+    to could not take the message. A quorum queue does so while its leader's node is down and
+    no new leader is elected (a cluster failing over, usually well under a second)."""
 
 
 class AccessRefused(BrokerError):

@@ -53,6 +53,7 @@ class Lane:
         self._lock = asyncio.Lock()
         self._closed = False
         self._reopening: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Future[None]] = set()  # channels being closed by `renew`
         if kept:
             connection.reconnect_callbacks.add(self._reconnected)
 
@@ -141,6 +142,19 @@ class Lane:
         self._channel = None  # `get` opens a new one; the old one is closed first
         self._reopen(REOPEN_PAUSE, stale=channel)
 
+    def renew(self, refused: aiormq.abc.AbstractChannel) -> None:
+        """Replace a channel the broker answered a publish on with basic.nack: `get` opens a
+        new one, and `refused` is closed (what waited on it, e.g. direct replies, fails as on
+        a lost channel). RabbitMQ 3.10 refuses every later publish of a channel to a quorum
+        queue once its first one met the queue without a leader (its node had just died),
+        even after a new leader is elected; a new channel is taken at once (docs/scaling.md)."""
+        if self._channel is refused:
+            self._channel = None
+            log.warning("%s: the broker refused a publish; the channel is replaced", self.name)
+        task = asyncio.ensure_future(quietly_closed(refused))
+        self._closing.add(task)  # a reference until it is done
+        task.add_done_callback(self._closing.discard)
+
     async def _reconnected(self, *_: Any) -> None:
         self._reopen(0)
 
@@ -174,6 +188,12 @@ class Lane:
         if channel is not None and not channel.is_closed:
             with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
                 await channel.close()
+
+
+async def quietly_closed(channel: aiormq.abc.AbstractChannel) -> None:
+    """Close `channel`; that it is gone already (or its connection) is fine."""
+    with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+        await channel.close()
 
 
 @asynccontextmanager

@@ -9,12 +9,16 @@ cookie, the first the seed the others join (as scripts/cluster/cluster-up.sh doe
     cluster.freeze(1)       # SIGSTOP (a hung node) ... cluster.thaw(1); cluster.heal(1)
     cluster.stop()
 
-Node names and ports are drawn afresh for every cluster, so runs in parallel do not meet.
+Node names are drawn afresh for every cluster, ports too unless given (`cluster_ports`: the
+project's cluster ports 5711-5713 when free), so runs in parallel do not meet.
 `net_ticktime = 10`: the other nodes give up on a hung one within 10-12.5 s (Erlang's tick
 detection) instead of 45-75 s, so quorum queues elect a new leader and channels stop waiting
 on it (with the default 60 s a SIGSTOPped node stalls consumers via the others for the whole
-freeze). A hung node that comes back has been given up on: `heal` restarts its app, which
-ends the partition (`cluster_partition_handling = ignore` leaves that to the operator).
+freeze). A hung node that comes back has been given up on, and finds itself alone: a
+partition. `cluster_partition_handling = autoheal` (as `make cluster`) stops its app as soon as
+it is back, so that no client lands on a node that cannot reach the others (with `ignore` it
+serves on alone: replies published there to a caller on another node vanish, see
+docs/scaling.md); `heal` starts its app again at once instead of autoheal's ≈ 60 s.
 """
 
 from __future__ import annotations
@@ -26,24 +30,46 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from broker_node import BrokerNode
+from broker_node import BrokerNode, port_free
 
 NET_TICKTIME = 10  # s; see above
 DIAGNOSTICS = "rabbitmq-diagnostics"
-CLUSTER_CONFIG = [f"net_ticktime = {NET_TICKTIME}"]
+CLUSTER_CONFIG = [f"net_ticktime = {NET_TICKTIME}", "cluster_partition_handling = autoheal"]
 SETTLE_TIMEOUT = 60.0  # s for every node to see all members running
+FIRST_PORT = 5711  # the cluster ports of this project: 5711-5713 (as `make cluster`)
 
 
 def _cookie() -> str:
     return "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
 
 
+def cluster_ports(size: int) -> list[int] | None:
+    """The cluster ports (FIRST_PORT on, with their distribution ports 20000 above) when all
+    are free; None when any is taken (`make cluster` runs there: its nodes are left alone)."""
+    ports = [FIRST_PORT + index for index in range(size)]
+    if all(port_free(port) and port_free(port + 20000) for port in ports):
+        return ports
+    return None
+
+
 class BrokerCluster:
-    def __init__(self, directory: Path, size: int = 3, config: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        size: int = 3,
+        config: list[str] | None = None,
+        ports: list[int] | None = None,
+    ) -> None:
+        """`ports`: the nodes' AMQP ports (default: free ones drawn at random)."""
         cookie = _cookie()
         lines = [*CLUSTER_CONFIG, *(config or [])]
         self.nodes = [
-            BrokerNode(directory / f"n{index}", config=lines, cookie=cookie)
+            BrokerNode(
+                directory / f"n{index}",
+                config=lines,
+                cookie=cookie,
+                port=ports[index] if ports else None,
+            )
             for index in range(size)
         ]
 
@@ -132,7 +158,8 @@ class BrokerCluster:
         self.nodes[index].thaw()
 
     def heal(self, index: int) -> None:
-        """After a thaw: restart the node's app (its peers gave up on it), wait until whole."""
+        """After a thaw: restart the node's app (its peers gave up on it; autoheal may have
+        stopped it already), wait until whole."""
         node = self.nodes[index]
         node.ctl("stop_app")
         node.ctl("start_app")

@@ -49,6 +49,18 @@ def usable() -> str | None:
     return None
 
 
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        # as a listener binds: a port with connections of an earlier node in TIME_WAIT is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,11 +77,15 @@ class BrokerNode:
         plugins: list[str] | None = None,
         nofile: int | None = None,
         cookie: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.dir = directory
         self.node = f"orbit-test-{uuid.uuid4().hex[:8]}@localhost"
         self.cookie = cookie  # None: Erlang makes one of the node's own at first boot
-        self.port, self.dist_port, self.ssl_port = _free_port(), _free_port(), _free_port()
+        # A given AMQP `port` takes its distribution port 20000 above (RabbitMQ's rule).
+        self.port = port or _free_port()
+        self.dist_port = port + 20000 if port else _free_port()
+        self.ssl_port = _free_port()
         self.config = [line.replace("{ssl_port}", str(self.ssl_port)) for line in config or []]
         self.plugins = plugins or []
         self.advanced = advanced

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiormq
 import pytest
 
 from orbit_mq.broker import translated
-from orbit_mq.errors import AccessRefused, BrokerError, ConnectionLost, TransientError
+from orbit_mq.errors import (
+    AccessRefused,
+    BrokerError,
+    ConnectionLost,
+    PublishRefused,
+    TransientError,
+)
 
 
 def test_a_closed_connection_is_connection_lost() -> None:
@@ -57,3 +65,33 @@ def test_a_refused_login_is_access_refused_not_transient() -> None:
     with pytest.raises(AccessRefused) as refused, translated("connecting"):
         raise aiormq.exceptions.AuthenticationError("ACCESS_REFUSED")
     assert not isinstance(refused.value, TransientError)
+
+
+def test_a_negative_confirm_is_publish_refused_a_transient_error() -> None:
+    """What a quorum queue whose leader's node just died answers a confirmed publish with
+    (aiormq raises it as a DeliveryError): nothing was queued, so a retry is safe."""
+    nack = aiormq.spec.Basic.Nack(delivery_tag=7)
+    with pytest.raises(PublishRefused, match="negative confirm") as refused, translated("x"):
+        raise aiormq.exceptions.DeliveryError(None, nack)
+    assert isinstance(refused.value, TransientError)
+    assert isinstance(refused.value.__cause__, aiormq.exceptions.DeliveryError)
+    with pytest.raises(BrokerError) as other, translated("x"):  # not a nack: not transient
+        raise aiormq.exceptions.DeliveryError(None, aiormq.spec.Basic.Ack(delivery_tag=7))
+    assert not isinstance(other.value, TransientError)
+
+
+async def test_a_cancellation_by_the_library_is_connection_lost() -> None:
+    """aiormq cancels an RPC waiting on a connection it gave up on (heartbeat missed): that is a
+    lost connection; the task's own cancellation passes through as it is."""
+    with pytest.raises(ConnectionLost, match="given up on"), translated("checking q"):
+        raise asyncio.CancelledError()
+
+    async def waiting() -> None:
+        with translated("checking q"):
+            await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(waiting())
+    await asyncio.sleep(0)  # it waits inside translated
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

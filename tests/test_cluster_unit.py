@@ -1,9 +1,11 @@
 """Several broker addresses in one setting: parsing, TLS checks per node, quorum arguments,
 the one-line error for a queue declared with other arguments, and the first connection
-going to the first node that answers (against the real broker)."""
+going to the first node that answers, and a refused channel replaced (against the real
+broker)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import orbit_mq
 from orbit_mq import broker
 from orbit_mq.config import Settings, broker_urls, redact_url
 from orbit_mq.errors import BrokerError, ConfigError
+from orbit_mq.lanes import Lane
 from orbit_mq.tls import check_transport, connection_urls
+from orbit_mq.waiting import wait_within
+from orbit_mq.workers.replies import SUSPECT_CRASHES, Replies
 
 
 def test_one_url_names_several_nodes() -> None:
@@ -107,3 +112,35 @@ async def test_no_node_answering_names_them_all(tmp_path: Path) -> None:
     with pytest.raises(orbit_mq.BrokerUnavailable) as raised:
         await broker.connect(Settings(url=url, home=tmp_path), "test")
     assert str(raised.value).count("127.0.0.1:") == 2
+
+
+async def test_a_channel_the_broker_refused_is_replaced(settings: Settings) -> None:
+    """After a nack (Lane.renew) the lane opens a new channel and closes the refused one."""
+    connection = await broker.connect(settings, "test")
+    lane = Lane(connection, "renewed", confirms=True, kept=True)
+    try:
+        refused = await lane.get(5)
+        lane.renew(refused)
+        renewed = await lane.get(5)
+        assert renewed is not refused and not renewed.is_closed
+        await wait_within(asyncio.wait([refused.closing]), 5)  # its outcome: how it closed
+        assert refused.is_closed
+        lane.renew(refused)  # a second nack of the old channel changes nothing
+        assert await lane.get(5) is renewed
+    finally:
+        await lane.close()
+        await connection.close()
+
+
+def test_a_reply_address_is_dead_once_it_crashed_two_nodes() -> None:
+    """A lone reply crashing one node (it may be one that hung and woke up alone) makes its
+    address suspect; crashing a second node, or the same one SUSPECT_CRASHES times, dead."""
+    replies = Replies(Settings(url="amqp://u:p@127.0.0.1:5711,127.0.0.1:5712/"), "t")
+    replies._suspect("amq.rabbitmq.reply-to.live", "127.0.0.1:5711")
+    assert "amq.rabbitmq.reply-to.live" not in replies._dead
+    replies._suspect("amq.rabbitmq.reply-to.dead", "127.0.0.1:5711")
+    replies._suspect("amq.rabbitmq.reply-to.dead", "127.0.0.1:5712")
+    assert "amq.rabbitmq.reply-to.dead" in replies._dead
+    for _ in range(SUSPECT_CRASHES):
+        replies._suspect("amq.rabbitmq.reply-to.alone", "127.0.0.1:5711")
+    assert "amq.rabbitmq.reply-to.alone" in replies._dead

@@ -373,6 +373,7 @@ async def test_orbit_mq_web_prints_its_url_and_serves_the_api(
 # -- two users ---------------------------------------------------------------------------------
 
 
+@pytest.mark.single_node  # makes broker users on the local node
 async def test_a_second_user_cannot_see_the_first_users_job(
     broker_url: str, settings: Settings, tmp_path: Path
 ) -> None:

@@ -154,7 +154,7 @@ class Endpoint:
                 kept=True,
             )
             await self._events.get()
-            self._outbox = Outbox(self.journal, self._events.get)
+            self._outbox = Outbox(self.journal, self._events.get, self._events.renew)
             self._events_out = EventWriter(self.name, self._outbox, self.settings.legacy_events)
             self._outbox.start()
             for cls in self.plugin_classes:

@@ -34,6 +34,7 @@ from orbit_mq.wire import event_properties
 from orbit_mq.workers.journal import Journal, OutboxEntry
 
 ChannelGetter = Callable[[], Awaitable[aiormq.abc.AbstractChannel]]
+Renew = Callable[[aiormq.abc.AbstractChannel], None]
 IDLE_CHECK = 1.0  # s: the outbox looks at the journal at least this often
 BATCH = 500  # events published per confirm round
 
@@ -47,9 +48,13 @@ def _any(error: BaseException) -> bool:
 
 
 class Outbox:
-    def __init__(self, journal: Journal, channel: ChannelGetter) -> None:
+    def __init__(
+        self, journal: Journal, channel: ChannelGetter, renew: Renew | None = None
+    ) -> None:
+        """`renew` replaces a channel the broker refused a publish on (Lane.renew)."""
         self.journal = journal
         self._channel = channel
+        self._renew = renew
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -125,6 +130,10 @@ class Outbox:
         results = await asyncio.gather(*confirms, return_exceptions=True)
         confirmed: list[int] = []
         failure: BaseException | None = None
+        if self._renew is not None and any(
+            isinstance(result, aiormq.exceptions.DeliveryError) for result in results
+        ):
+            self._renew(amqp)  # a nack: this channel would be refused again (orbit_mq/lanes.py)
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, aiormq.spec.Basic.Ack):
                 confirmed.append(entry.id)

@@ -10,8 +10,11 @@ own connection that would take its consumers and events down again and again.
 
 So, where the URL names several nodes, replies go through `Replies`. When its connection is
 lost with INTERNAL_ERROR the replies are sent one at a time until one is lost alone: its address
-(the caller's channel) is dead, is remembered, and later replies to it are dropped (that channel
-went with its node; a caller that retries gets the stored reply of a deduplicated call).
+(the caller's channel) is suspect, and it is tried on the next connection, the next node. Lost
+alone on two nodes it is dead, is remembered, and later replies to it are dropped (that channel
+went with its node; a caller that retries gets the stored reply of a deduplicated call). One
+node is not enough: a node that hung and woke up alone (its peers gave up on it) crashes on the
+address of a live caller on another node as well.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ log = bounded_logger("orbit_mq.endpoint")
 
 DEAD_ADDRESSES = 1000  # remembered dead reply-to channels (the oldest are forgotten)
 CAREFUL_TRIES = 5  # a lone reply lost for another reason (its node went) is sent again
+SUSPECT_CRASHES = 3  # lone crashes on one node that make an address dead (else: two nodes)
 SEND_TIMEOUT = 30.0  # s to wait for the replies connection to come back
 LOST = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, ConnectionLost)
 
@@ -86,6 +90,7 @@ class Replies:
         self._connection: AbstractRobustConnection | None = None
         self._lane: Lane | None = None
         self._dead: OrderedDict[str, None] = OrderedDict()
+        self._suspects: OrderedDict[str, list[str]] = OrderedDict()  # address -> nodes
         self._careful = False  # after a lost connection: one reply at a time
         self._one_at_a_time = asyncio.Lock()
         self._waiting = 0  # replies waiting for their turn to go alone
@@ -158,20 +163,35 @@ class Replies:
                 log.info("%s replies: dropped a reply to a channel whose node is down", self._name)
                 return
             generation = self._generation
+            url = getattr(self._connection, "url", None)  # the node it is on (broker.py)
+            node = f"{url.host}:{url.port}" if url is not None else ""
             try:
                 await self._publish(reply_to, correlation_id, body, message_type)
                 # Back to full speed once none waits to go alone: until then nothing is sent
                 # beside a lone reply, so a crash it meets is its own.
                 self._careful = self._waiting > 1
+                self._suspects.pop(address, None)
                 return
             except LOST as exc:
                 if _crashed(exc):  # alone, so this address crashed the channel
-                    self._remember_dead(address)
+                    self._suspect(address, node)
             # The next try goes on the connection made after this loss, or, when none comes
             # (the connection was fine, the channel alone was lost), after a short wait.
             with suppress(TimeoutError):
                 await self._until_reconnected(generation, self._settings.reconnect_interval * 2)
         log.info("%s replies: a reply was dropped after %d tries", self._name, CAREFUL_TRIES)
+
+    def _suspect(self, address: str, node: str) -> None:
+        """A lone reply to `address` crashed the connection on `node`. Dead once it did so on
+        two nodes (or SUSPECT_CRASHES times): a node that was hung and woke up alone (its peers
+        gave up on it) crashes on the address of a live caller on another node too."""
+        nodes = self._suspects.setdefault(address, [])
+        nodes.append(node)
+        while len(self._suspects) > DEAD_ADDRESSES:
+            self._suspects.popitem(last=False)
+        if len(set(nodes)) > 1 or len(nodes) >= SUSPECT_CRASHES:
+            del self._suspects[address]
+            self._remember_dead(address)
 
     def _remember_dead(self, address: str) -> None:
         log.warning(
