@@ -21,6 +21,7 @@ import pika
 import pytest
 from broker_control import answers_amqp
 from echo_plugin import Echo
+from webhook_support import Receiver
 
 import orbit_mq
 from orbit_mq.config import Settings, broker_urls
@@ -72,6 +73,15 @@ def broker_url() -> Iterator[str]:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1, running (a test may stop and start it)."""
+    made = Receiver()
+    made.start()
+    yield made
+    made.stop()
 
 
 @pytest.fixture

@@ -18,22 +18,18 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from broker_users import scratch_vhost
+from broker_users import two_users_and_endpoint
 from conftest import StartEndpoint, cli_env, orbit_cli
 from echo_plugin import Echo
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
 
-from orbit_mq import admin
 from orbit_mq.config import Settings
 from orbit_mq.contracts import installed_contracts
-from orbit_mq.permissions import Role
 from orbit_mq.schemas import plugin_descriptions
-from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.web import create_app, openapi_document
 from orbit_mq.web.identity import Users
-from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
@@ -375,34 +371,15 @@ async def test_orbit_mq_web_prints_its_url_and_serves_the_api(
 
 @pytest.mark.single_node  # makes broker users on the local node
 async def test_a_second_user_cannot_see_the_first_users_job(
-    broker_url: str, settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
-    async with scratch_vhost(broker_url, "orbit-web") as vhost:
-        tag = uuid.uuid4().hex[:8]
-        made = Settings(url=vhost.url, home=tmp_path / "admin")
-        alice = await admin.add_user(vhost.accounts, made, Role.CLIENT, f"alice{tag}")
-        vhost.users.append(alice.name)
-        bob = await admin.add_user(vhost.accounts, made, Role.CLIENT, f"bob{tag}")
-        vhost.users.append(bob.name)
-        trusted = [alice.name, bob.name, login_user(Settings(url=broker_url))]
-        endpoint = Endpoint(
-            f"web{tag}",
-            [PsiJ],
-            settings.model_copy(
-                update={"url": vhost.url, "home": tmp_path / "ep", "allowed_users": trusted}
-            ),
-        )
-        await endpoint.start()
-        try:
-            app = create_app(
-                settings.model_copy(update={"url": vhost.url}), keep_alive=1.0, webhooks=tag
-            )
-            async for url in serve(app):
-                gateway = Gateway(url, app)
-                await _apart(gateway, endpoint.name, (alice.name, alice.password), bob.password)
-                await gateway.users.close(retire=True)
-        finally:
-            await endpoint.stop(grace=5)
+    async with two_users_and_endpoint(settings, tmp_path, "orbit-web", [PsiJ]) as two:
+        app = create_app(two.on_vhost, keep_alive=1.0, webhooks=two.vhost.name)
+        async for url in serve(app):
+            gateway = Gateway(url, app)
+            alice, bob = two.alice, two.bob
+            await _apart(gateway, two.endpoint.name, (alice.name, alice.password), bob.password)
+            await gateway.users.close(retire=True)
 
 
 async def _apart(

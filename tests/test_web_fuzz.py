@@ -20,7 +20,7 @@ from conftest import StartEndpoint
 from echo_plugin import Echo
 from starlette.applications import Starlette
 from test_web import serve
-from test_webhooks import _delete_queue
+from webhook_support import delete_queue
 
 from orbit_mq.config import Settings
 from orbit_mq.subscribe import durable_queue_name
@@ -61,7 +61,7 @@ async def test_generated_calls_get_no_server_error(
     try:
         await _fuzz(app, name, tmp_path)
     finally:
-        await _delete_queue(settings.url, durable_queue_name(login_user(settings), name))
+        await delete_queue(settings.url, durable_queue_name(login_user(settings), name))
 
 
 async def _fuzz(app: Starlette, name: str, tmp_path: Path) -> None:

@@ -13,22 +13,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from broker_users import scratch_vhost
+from broker_users import scratch_vhost, two_users_and_endpoint
 from conftest import StartEndpoint
 from echo_plugin import Echo
 from starlette.applications import Starlette
 from test_web import ECHO_HELLO, SseReader, serve, wait_ended, wire_error
 
 from orbit_mq import admin
+from orbit_mq.admin import NewUser
 from orbit_mq.broker_admin import Accounts
 from orbit_mq.config import Settings
 from orbit_mq.permissions import Role
-from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.web import create_app, openapi_document
 from orbit_mq.web.identity import Users
 from orbit_mq.web.sessions import COOKIE, SECURE_COOKIE, Session, Sessions, SessionTerms
-from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
@@ -375,34 +374,17 @@ async def test_no_password_cookie_or_token_in_the_logs_or_in_clear_in_the_store(
 
 
 async def test_one_users_cookie_gives_nothing_of_another_users(
-    broker_url: str, settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
-    async with scratch_vhost(broker_url, "orbit-login") as vhost:
-        tag = uuid.uuid4().hex[:8]
-        made = Settings(url=vhost.url, home=tmp_path / "admin")
-        alice, bob = await _accounts(vhost.accounts, made, tag, "alice", "bob")
-        vhost.users += [alice.user, bob.user]
-        trusted = [alice.user, bob.user, login_user(Settings(url=broker_url))]
-        endpoint = Endpoint(
-            f"login{tag}",
-            [PsiJ],
-            settings.model_copy(
-                update={"url": vhost.url, "home": tmp_path / "ep", "allowed_users": trusted}
-            ),
-        )
-        await endpoint.start()
-        try:
-            on_vhost = settings.model_copy(update={"url": vhost.url})
-            async for gateway in gateway_on(on_vhost, SessionTerms()):
-                await _apart(gateway, endpoint.name, alice, bob)
-        finally:
-            await endpoint.stop(grace=5)
+    async with two_users_and_endpoint(settings, tmp_path, "orbit-login", [PsiJ]) as two:
+        async for gateway in gateway_on(two.on_vhost, SessionTerms()):
+            await _apart(gateway, two.endpoint.name, two.alice, two.bob)
 
 
-async def _apart(gateway: Gateway, endpoint: str, alice: Account, bob: Account) -> None:
+async def _apart(gateway: Gateway, endpoint: str, alice: NewUser, bob: NewUser) -> None:
     jobs = f"{API}/endpoints/{endpoint}/jobs"
     async with gateway.client() as as_alice, gateway.client() as as_bob:
-        alice_token = await log_in(as_alice, alice.user, alice.password)
+        alice_token = await log_in(as_alice, alice.name, alice.password)
         submitted = await as_alice.post(
             jobs, json=ECHO_HELLO, headers={"X-CSRF-Token": alice_token}
         )
@@ -410,7 +392,7 @@ async def _apart(gateway: Gateway, endpoint: str, alice: Account, bob: Account) 
         job_id = submitted.json()["job_id"]
         assert (await as_alice.get(f"{jobs}/{job_id}")).status_code == 200
 
-        bob_token = await log_in(as_bob, bob.user, bob.password)
+        bob_token = await log_in(as_bob, bob.name, bob.password)
         theirs = await as_bob.get(f"{jobs}/{job_id}")
         assert wire_error(theirs, 403, "unauthorized")["details"]["type"] == "NotJobOwner"
         cancel = await as_bob.post(
@@ -424,7 +406,7 @@ async def _apart(gateway: Gateway, endpoint: str, alice: Account, bob: Account) 
             f"{jobs}/{job_id}/cancel", json={}, headers={"X-CSRF-Token": alice_token}
         )
         assert wire_error(borrowed, 403, "unauthorized")["details"]["type"] == "CsrfRejected"
-        assert (await as_bob.get(f"{API}/session")).json()["user"] == bob.user
+        assert (await as_bob.get(f"{API}/session")).json()["user"] == bob.name
         out = await as_bob.post(f"{API}/logout", json={}, headers={"X-CSRF-Token": bob_token})
         assert out.status_code == 204
         assert (await as_alice.get(f"{jobs}/{job_id}")).status_code == 200  # hers goes on

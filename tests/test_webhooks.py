@@ -6,20 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import http.server
 import json
 import logging
-import threading
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiormq
 import httpx
 import pytest
 from conftest import StartEndpoint
 from test_web import serve
+from webhook_support import SECRET, WITHIN, Receiver, delete_queue
 
 import orbit_mq
 from orbit_mq.config import Settings
@@ -36,74 +33,7 @@ from orbit_mq.webhooks import (
 )
 from orbit_mq.workers.plugins.psij.plugin import PsiJ as PsiJPlugin
 
-SECRET = "s3cret-" + uuid.uuid4().hex
 DOWN_FOR = 10.0  # s the receiver is away: the fault's length, not a synchronisation
-WITHIN = 60.0  # s for any awaited delivery
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 recording every POST; stopped and started on one port."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        self.port = 0
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._changed = threading.Condition()
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                with receiver._changed:
-                    receiver.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                    receiver._changed.notify_all()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def states(self) -> list[str]:
-        return [json.loads(body)["state"] for _, body in self.posts]
-
-    async def until(self, state: str) -> None:
-        """Until a POST of `state` arrived (bounded by WITHIN)."""
-        arrived = await self.wait_for(lambda: state in self.states())
-        assert arrived, f"no {state} POST within {WITHIN} s: {self.states()}"
-
-    async def wait_for(self, done: Callable[[], bool]) -> bool:
-        """Whether `done()` held within WITHIN s (checked after each POST)."""
-
-        def wait() -> bool:
-            with self._changed:
-                return self._changed.wait_for(done, WITHIN)
-
-        return await asyncio.to_thread(wait)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    made.start()
-    yield made
-    made.stop()
 
 
 @pytest.fixture
@@ -114,20 +44,13 @@ async def hooks(
     yield made
     await made.close()
     made.store.close()
-    await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+    await delete_queue(settings.url, durable_queue_name(fabric.user, name))
 
 
 async def _webhooks(fabric: orbit_mq.Fabric, tmp_path: Path, name: str, **options: Any) -> Webhooks:
     made = Webhooks(fabric, WebhookStore(tmp_path / "webhooks.db"), subscription=name, **options)
     await made.start()
     return made
-
-
-async def _delete_queue(url: str, queue: str) -> None:
-    connection = await aiormq.connect(url.split(",")[0])
-    channel = await connection.channel()
-    await channel.queue_delete(queue)
-    await connection.close()
 
 
 def waiting_job(flag: Path) -> dict[str, Any]:
@@ -244,7 +167,7 @@ async def test_events_before_the_registration_are_sent_and_a_dead_receiver_is_gi
     finally:
         await hooks.close()
         hooks.store.close()
-        await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+        await delete_queue(settings.url, durable_queue_name(fabric.user, name))
 
 
 def test_the_signature_is_hmac_sha256_of_the_body() -> None:
@@ -283,4 +206,4 @@ async def test_the_gateway_registers_webhooks_for_a_users_own_jobs_and_lists_the
                 assert unknown.status_code == 404, unknown.text
             await app.state.users.close(retire=True)
     finally:
-        await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+        await delete_queue(settings.url, durable_queue_name(fabric.user, name))

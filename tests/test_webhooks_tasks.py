@@ -9,28 +9,25 @@ import asyncio
 import hmac
 import json
 import logging
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from broker_users import scratch_vhost
+from broker_users import two_users_and_endpoint
 from conftest import StartEndpoint
 from test_web import serve
-from test_webhooks import SECRET, WITHIN, Receiver, _delete_queue
+from webhook_support import SECRET, WITHIN, Receiver, delete_queue
 
 import orbit_mq
-from orbit_mq import admin
 from orbit_mq.config import Settings
 from orbit_mq.contracts.tasks import Tasks, TaskSpec, TaskState, TaskStatus
-from orbit_mq.permissions import Role, client_grant
+from orbit_mq.permissions import client_grant
 from orbit_mq.protocol import owned_pattern
 from orbit_mq.subscribe import durable_queue_name
-from orbit_mq.tls import login_user
 from orbit_mq.waiting import wait_within
 from orbit_mq.web import create_app
 from orbit_mq.webhooks import (
@@ -43,20 +40,11 @@ from orbit_mq.webhooks import (
 )
 from orbit_mq.webhooks.batches import GROUP_ITEMS
 from orbit_mq.webhooks.deliver import POST_TIMEOUT
-from orbit_mq.workers.endpoint import Endpoint
 from orbit_mq.workers.plugins.tasks.plugin import TasksPlugin
 
 pytestmark = pytest.mark.timeout(300)
 COUNT = 50  # tasks per batch
 API = "/api/v1"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    made.start()
-    yield made
-    made.stop()
 
 
 class Noticing(httpx.AsyncHTTPTransport):
@@ -97,7 +85,7 @@ async def hooks(
     yield made
     await made.close()
     made.store.close()
-    await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+    await delete_queue(settings.url, durable_queue_name(fabric.user, name))
 
 
 def waiting_tasks(flag: Path, uids: list[str]) -> list[TaskSpec]:
@@ -292,31 +280,15 @@ async def test_the_gateway_submits_with_a_webhook_and_registers_tasks_submitted_
                 assert kinds == ["tasks"] * 3
             await app.state.users.close(retire=True)
     finally:
-        await _delete_queue(settings.url, durable_queue_name(fabric.user, name))
+        await delete_queue(settings.url, durable_queue_name(fabric.user, name))
 
 
-async def test_another_users_task_uids_are_refused(
-    broker_url: str, settings: Settings, tmp_path: Path
-) -> None:
-    async with scratch_vhost(broker_url, "orbit-taskhooks") as vhost:
-        tag = uuid.uuid4().hex[:8]
-        made = Settings(url=vhost.url, home=tmp_path / "admin")
-        users = {}
-        for who in ("alice", "bob"):
-            users[who] = await admin.add_user(vhost.accounts, made, Role.CLIENT, f"{who}{tag}")
-            vhost.users.append(users[who].name)
-        trusted = [users["alice"].name, users["bob"].name, login_user(Settings(url=broker_url))]
-        ep_settings = {"url": vhost.url, "home": tmp_path / "ep", "allowed_users": trusted}
-        endpoint = Endpoint(f"th{tag}", [TasksPlugin], settings.model_copy(update=ep_settings))
-        await endpoint.start()
-        try:
-            gateway = settings.model_copy(update={"url": vhost.url})
-            app = create_app(gateway, keep_alive=1.0, webhooks=tag)
-            async for url in serve(app):
-                await _apart(url, endpoint.name, users)
-                await app.state.users.close(retire=True)
-        finally:
-            await endpoint.stop(grace=5)
+async def test_another_users_task_uids_are_refused(settings: Settings, tmp_path: Path) -> None:
+    async with two_users_and_endpoint(settings, tmp_path, "orbit-th", [TasksPlugin]) as two:
+        app = create_app(two.on_vhost, keep_alive=1.0, webhooks=two.vhost.name)
+        async for url in serve(app):
+            await _apart(url, two.endpoint.name, {"alice": two.alice, "bob": two.bob})
+            await app.state.users.close(retire=True)
 
 
 async def _apart(url: str, endpoint: str, users: dict[str, Any]) -> None:
