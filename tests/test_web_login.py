@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import test_web
 from broker_users import scratch_vhost, two_users_and_endpoint
 from conftest import StartEndpoint
 from echo_plugin import Echo
-from starlette.applications import Starlette
 from test_web import ECHO_HELLO, SseReader, serve, wait_ended, wire_error
 
 from orbit_mq import admin
@@ -26,7 +26,6 @@ from orbit_mq.config import Settings
 from orbit_mq.permissions import Role
 from orbit_mq.waiting import wait_within
 from orbit_mq.web import create_app, openapi_document
-from orbit_mq.web.identity import Users
 from orbit_mq.web.sessions import COOKIE, SECURE_COOKIE, Session, Sessions, SessionTerms
 from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
@@ -35,15 +34,8 @@ API = "/api/v1"
 PAGE = {"X-Orbit-Page": "1"}
 
 
-@dataclass
-class Gateway:
-    url: str
-    app: Starlette
-
-    @property
-    def users(self) -> Users:
-        users: Users = self.app.state.users
-        return users
+class Gateway(test_web.Gateway):
+    """The gateway as test_web has it, with its sessions; clients log in themselves."""
 
     @property
     def sessions(self) -> Sessions:
