@@ -50,7 +50,9 @@ def basic_credentials(header: str | None) -> Credentials:
     """The user and password of an `Authorization: Basic …` header."""
     scheme, _, value = (header or "").partition(" ")
     if scheme.lower() != "basic" or not value:
-        raise LoginFailed("log in with HTTP Basic: your broker user and password")
+        raise LoginFailed(
+            "log in with your broker user and password: HTTP Basic, or POST /api/v1/login"
+        )
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
         user, colon, password = decoded.partition(":")
