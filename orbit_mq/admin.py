@@ -16,6 +16,7 @@ from orbit_mq import broker
 from orbit_mq.broker_admin import Accounts, vhost_of
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConfigError
+from orbit_mq.lanes import quietly
 from orbit_mq.permissions import (
     ALL_EVENTS_TAG,
     Audit,
@@ -54,7 +55,7 @@ async def declare_shared_topology(settings: Settings) -> None:
     try:
         await broker.ensure_topology(connection, login_user(settings), settings.queue_type)
     finally:
-        await broker.quietly(connection.close())
+        await quietly(connection.close())
 
 
 async def add_user(

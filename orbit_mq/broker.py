@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aio_pika
@@ -27,7 +27,7 @@ from orbit_mq.errors import (
     ConnectionLost,
     PublishRefused,
 )
-from orbit_mq.lanes import spare_channel
+from orbit_mq.lanes import quietly, spare_channel
 from orbit_mq.protocol import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -66,13 +66,6 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     if settings.queue_type == "quorum":
         arguments["x-delivery-limit"] = DELIVERY_LIMIT
     return arguments
-
-
-async def quietly(action: Awaitable[Any]) -> None:
-    """Await a broker call whose failure only means the channel or connection is gone (what it
-    would have settled, the broker settles by itself: an unacked delivery is redelivered)."""
-    with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-        await action
 
 
 @contextmanager

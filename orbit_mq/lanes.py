@@ -101,8 +101,7 @@ class Lane:
                 if self.setup is not None:
                     await self.setup(channel)
             except BaseException as exc:
-                with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-                    await channel.close()
+                await quietly(channel.close())
                 if isinstance(exc, aiormq.exceptions.AMQPConnectionError | ConnectionError):
                     raise ConnectionLost(
                         f"{self.name}: the broker connection dropped ({exc})"
@@ -151,7 +150,7 @@ class Lane:
         if self._channel is refused:
             self._channel = None
             log.warning("%s: the broker refused a publish; the channel is replaced", self.name)
-        task = asyncio.ensure_future(quietly_closed(refused))
+        task = asyncio.ensure_future(quietly(refused.close()))
         self._closing.add(task)  # a reference until it is done
         task.add_done_callback(self._closing.discard)
 
@@ -167,8 +166,7 @@ class Lane:
         """Open the lane again, after `pause` s, with longer pauses while that fails (a pause
         between attempts, not a synchronisation); a new connection starts it over."""
         if stale is not None:
-            with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-                await stale.close()
+            await quietly(stale.close())
         while not self._closed:
             await asyncio.sleep(pause)
             try:
@@ -186,14 +184,14 @@ class Lane:
             self._reopening.cancel()
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-                await channel.close()
+            await quietly(channel.close())
 
 
-async def quietly_closed(channel: aiormq.abc.AbstractChannel) -> None:
-    """Close `channel`; that it is gone already (or its connection) is fine."""
+async def quietly(action: Awaitable[Any]) -> None:
+    """Await a broker call whose failure only means the channel or connection is gone (what it
+    would have settled, the broker settles by itself: an unacked delivery is redelivered)."""
     with suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-        await channel.close()
+        await action
 
 
 @asynccontextmanager

@@ -21,9 +21,9 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pydantic import BaseModel, ValidationError
 
-from orbit_mq.broker import quietly, quorum_arguments, translated
+from orbit_mq.broker import quorum_arguments, translated
 from orbit_mq.errors import ConfigError
-from orbit_mq.lanes import Lane
+from orbit_mq.lanes import Lane, quietly
 from orbit_mq.protocol import check_name, private_subscription_queue, subscription_queue
 from orbit_mq.shorten import shorten
 

@@ -17,7 +17,7 @@ from typing import cast
 
 from aiormq.abc import DeliveredMessage
 
-from orbit_mq.broker import quietly
+from orbit_mq.lanes import quietly
 from orbit_mq.workers.logs import bounded_logger
 
 log = bounded_logger("orbit_mq.endpoint")

@@ -30,14 +30,13 @@ from orbit_mq.broker import (
     Route,
     connect,
     ensure_topology,
-    quietly,
     request_queue_arguments,
     translated,
 )
 from orbit_mq.config import Settings, broker_urls
 from orbit_mq.contracts.control import Control
 from orbit_mq.errors import BrokerError, ConfigError, OrbitError, Unavailable
-from orbit_mq.lanes import Lane
+from orbit_mq.lanes import Lane, quietly
 from orbit_mq.protocol import (
     DISCOVER_KEY,
     RPC_EXCHANGE,

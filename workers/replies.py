@@ -26,10 +26,10 @@ from contextlib import suppress
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
-from orbit_mq.broker import Route, connect, quietly
+from orbit_mq.broker import Route, connect
 from orbit_mq.config import Settings
 from orbit_mq.errors import ConnectionLost
-from orbit_mq.lanes import Lane
+from orbit_mq.lanes import Lane, quietly
 from orbit_mq.wire import reply_properties
 from orbit_mq.workers.logs import bounded_logger
 
