@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -82,6 +82,8 @@ def add_columns(db: sqlite3.Connection, added: dict[str, dict[str, str]]) -> Non
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
+T = TypeVar("T")
+
 # Bound parameters a statement may have in every SQLite still around (999 before 3.32).
 MAX_PARAMETERS = 999
 
@@ -94,12 +96,22 @@ def insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple[Any, ...]]) 
     if not rows:
         return
     width = len(rows[0])
-    per = MAX_PARAMETERS // width
-    marks = "(" + ",".join("?" * width) + ")"
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
+    marks = f"({placeholders(width)})"
+    for chunk in within_parameters(rows, width):
         values = [value for row in chunk for value in row]
         db.execute(f"INSERT INTO {into} VALUES {','.join([marks] * len(chunk))}", values)
+
+
+def within_parameters(items: Sequence[T], width: int = 1) -> Iterator[Sequence[T]]:
+    """`items` in order, in slices whose `width` parameters each fit one statement."""
+    per = MAX_PARAMETERS // width
+    for start in range(0, len(items), per):
+        yield items[start : start + per]
+
+
+def placeholders(count: int) -> str:
+    """`?,?,…` for an `IN (…)` of `count` values."""
+    return ",".join("?" * count)
 
 
 def journal_path(home: Path, endpoint: str) -> Path:
@@ -171,9 +183,8 @@ class Journal:
         if not ids:
             return
         with self.transaction() as db:
-            for start in range(0, len(ids), 500):  # one statement each, under SQLite's limit
-                chunk = ids[start : start + 500]
-                db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            for chunk in within_parameters(ids):
+                db.execute(f"DELETE FROM outbox WHERE id IN ({placeholders(len(chunk))})", chunk)
 
     # -- replies (idempotency) -------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from orbit_mq.contracts.psij.models import (
     Job,
     JobState,
 )
-from orbit_mq.workers.journal import MAX_PARAMETERS, add_columns, insert_rows
+from orbit_mq.workers.journal import add_columns, insert_rows, placeholders, within_parameters
 from orbit_mq.workers.plugins.psij.retention import Ended
 from orbit_mq.workers.plugins.psij.states import Step
 
@@ -243,9 +243,7 @@ class JobStore:
                 rows,
             )
             return
-        per = MAX_PARAMETERS // 7
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
+        for chunk in within_parameters(rows, 7):
             self.db.execute(
                 "UPDATE psij_jobs SET state = v.column2, seq = v.column3, updated = v.column4, "
                 "exit_code = COALESCE(v.column5, exit_code), "
@@ -267,9 +265,8 @@ class JobStore:
 
     def mark_handed(self, *job_ids: str) -> None:
         """One statement (its own transaction) for a batch about to be handed over."""
-        for start in range(0, len(job_ids), 500):  # SQLite's limit on bound parameters
-            chunk = job_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk in within_parameters(job_ids):
+            marks = placeholders(len(chunk))
             self.db.execute(f"UPDATE psij_jobs SET handed = 1 WHERE job_id IN ({marks})", chunk)
 
     def mark_cancel(self, job_id: str) -> None:
