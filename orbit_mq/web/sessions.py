@@ -48,6 +48,8 @@ COOKIE = "orbit-session"
 SECURE_COOKIE = "__Host-orbit-session"  # over HTTPS: the browser binds it to this origin
 CSRF_HEADER = "x-csrf-token"
 NONCE = 12  # bytes, AES-GCM's
+# What the cookie's secret is turned into: where its session is filed, the key of its password
+FILED_UNDER, SEALED_WITH = b"orbit-mq session id", b"orbit-mq session key"
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class Session:
 
     def password(self, secret: str) -> str:
         """The password, opened with the cookie's secret (ValueError if it does not fit)."""
-        box = AESGCM(_derive(secret, b"orbit-mq session key"))
+        box = AESGCM(_derive(secret, SEALED_WITH))
         nonce, sealed = self.sealed[:NONCE], self.sealed[NONCE:]
         try:
             return box.decrypt(nonce, sealed, self.key + self.user.encode()).decode()
@@ -122,8 +124,8 @@ class Sessions:
         if len(self._live) >= self.terms.limit:
             raise SessionsFull(f"{self.terms.limit} sessions are open; try again later")
         secret = secrets.token_urlsafe(32)
-        key = _derive(secret, b"orbit-mq session id")
-        box = AESGCM(_derive(secret, b"orbit-mq session key"))
+        key = _derive(secret, FILED_UNDER)
+        box = AESGCM(_derive(secret, SEALED_WITH))
         nonce = secrets.token_bytes(NONCE)
         sealed = nonce + box.encrypt(nonce, password.encode(), key + user.encode())
         session = Session(user, key, sealed, secrets.token_urlsafe(32))
@@ -135,7 +137,7 @@ class Sessions:
         """The live session of a cookie's secret, used once more; None if there is none."""
         if not secret:
             return None
-        session = self._live.get(_derive(secret, b"orbit-mq session id"))
+        session = self._live.get(_derive(secret, FILED_UNDER))
         if session is None:
             return None
         now = time.monotonic()
