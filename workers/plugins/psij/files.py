@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from orbit_mq.workers.plugins.psij.stagejob import read_steps
+from orbit_mq.workers.plugins.psij.states import Step
 
 if TYPE_CHECKING:
     from orbit_mq.workers.plugins.psij.store import JobRow
@@ -101,14 +102,26 @@ class JobDir:
 
 def prepare_job(row: JobRow, first: dict[str, Any]) -> None:
     """A new job's directory: work/, spec.json, a staged job's plan and status.jsonl with its
-    `first` line (blocking: call it in a thread)."""
+    `first` line (`status_line`; blocking: call it in a thread)."""
     job_dir = JobDir(row.job_dir)
     plan = None
     if row.staged:
         directory = Path(row.spec.get("directory") or job_dir.work)
         plan = staging_plan(row.spec, directory, job_dir.staging_steps)
     job_dir.prepare(orjson.dumps(row.spec, option=orjson.OPT_INDENT_2), plan)
-    job_dir.start_status(first | {"message": None})
+    job_dir.start_status(first)
+
+
+def status_line(
+    step: Step, when: float, message: str | None = None, exit_code: int | None = None
+) -> dict[str, Any]:
+    """A status.jsonl line: the step, when it was taken, its message and, for a final one,
+    the exit code."""
+    line: dict[str, Any] = {"seq": step.seq, "state": step.state.value, "time": iso(when)}
+    line["message"] = message
+    if step.state.final:
+        line["exit_code"] = exit_code
+    return line
 
 
 def iso(timestamp: float) -> str:

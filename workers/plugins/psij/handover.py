@@ -16,7 +16,8 @@ from orbit_mq.workers.logs import bounded_logger
 from orbit_mq.workers.plugins.psij import files
 from orbit_mq.workers.plugins.psij.endings import Report
 from orbit_mq.workers.plugins.psij.executors import describe, local_problem
-from orbit_mq.workers.plugins.psij.files import iso
+from orbit_mq.workers.plugins.psij.files import status_line
+from orbit_mq.workers.plugins.psij.states import Step
 from orbit_mq.workers.plugins.psij.store import JobRow
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Handover:
         for job in jobs:
             row = job.row
             try:
-                files.prepare_job(row, {"seq": 1, "state": "NEW", "time": iso(row.submitted)})
+                files.prepare_job(row, status_line(Step(1, JobState.NEW), row.submitted))
                 if row.handed:
                     assert job.psij_job is not None
                     self._submit_blocking(row, job.psij_job)

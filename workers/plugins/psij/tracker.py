@@ -41,7 +41,7 @@ from orbit_mq.workers.plugins.psij.executors import (
     describe,
     terminate_local_process,
 )
-from orbit_mq.workers.plugins.psij.files import Chunk, iso
+from orbit_mq.workers.plugins.psij.files import Chunk, status_line
 from orbit_mq.workers.plugins.psij.handover import Handover
 from orbit_mq.workers.plugins.psij.states import Step, effective_state, plan
 from orbit_mq.workers.plugins.psij.store import JobRow, JobStore
@@ -358,11 +358,7 @@ class Tracker:
             steps.append((row.job_id, step, report.time, exit_code, message))
             event = self._event(row, step, report.time, message, ending)
             await self.emit("job_status", event, owner=row.user)
-            entries.append(
-                {"seq": step.seq, "state": step.state.value, "time": iso(report.time)}
-                | {"message": message}
-                | ({"exit_code": exit_code} if step.state.final else {})
-            )
+            entries.append(status_line(step, report.time, message, exit_code))
         return entries
 
     async def _send_output(self, chunk: Chunk) -> None:
