@@ -20,7 +20,7 @@ from orbit_mq.rpc import PluginDescription, RpcSpec
 from orbit_mq.web.errors import STATUS
 from orbit_mq.web.hooks import WebhookRequest
 from orbit_mq.web.login import LoginRequest, SessionInfo
-from orbit_mq.web.sessions import COOKIE, CSRF_HEADER
+from orbit_mq.web.sessions import COOKIE, CSRF_HEADER, SECURE_COOKIE
 from orbit_mq.web.shortcuts import SHORTCUTS, Shortcut
 from orbit_mq.web.taskhooks import HOOK, SUBMIT, TasksWebhookRequest
 from orbit_mq.webhooks import BatchWebhookInfo, WebhookInfo
@@ -330,7 +330,7 @@ def openapi_document(contracts: list[type[Contract]] | None = None) -> dict[str,
         "type": "apiKey",
         "in": "cookie",
         "name": COOKIE,
-        "description": f"The cookie of POST {API}/login (`__Host-{COOKIE}` over HTTPS); "
+        "description": f"The cookie of POST {API}/login (`{SECURE_COOKIE}` over HTTPS); "
         f"state-changing calls also need the session's {CSRF_HEADER} header.",
     }
     return {
