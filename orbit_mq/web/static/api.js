@@ -20,6 +20,11 @@ export function whenEnded(callback) {
   onEnded = callback;
 }
 
+function sessionEnded() {
+  csrfToken = null;
+  onEnded();
+}
+
 // X-Orbit-Page: a 401 comes without a challenge (no browser login dialog); the CSRF token
 // goes with every state-changing call.
 function headers(verb = "GET", extra = {}) {
@@ -42,10 +47,7 @@ export async function call(verb, path, body) {
     init.headers["Content-Type"] = "application/json";
   }
   const answer = await fetch(`api/v1${path}`, init);
-  if (answer.status === 401 && csrfToken) {
-    csrfToken = null;
-    onEnded();
-  }
+  if (answer.status === 401 && csrfToken) sessionEnded();
   return answered(answer);
 }
 
@@ -99,8 +101,7 @@ export function events(patterns, onEvent) {
           headers: headers("GET", extra), signal: stop.signal,
         });
         if (answer.status === 401) {
-          csrfToken = null;
-          onEnded();
+          sessionEnded();
           return;
         }
         if (!answer.ok) throw new ApiError(answer.status, await answer.json());
