@@ -5,7 +5,6 @@ tests/test_psij_tracker_unit.py)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -192,8 +191,9 @@ def test_exit_code_file(tmp_path: Path) -> None:
 
 
 def test_local_wrapper_records_the_exit_code(tmp_path: Path) -> None:
+    """Under a launcher other than the endpoint's, a /bin/sh wrapper records the status."""
     exit_file = tmp_path / "exit_code"
-    spec = JobSpec(executable="/bin/sh", arguments=["-c", "echo hi; exit 7"])
+    spec = JobSpec(executable="/bin/sh", arguments=["-c", "echo hi; exit 7"], launcher="multiple")
     wrapped = ex.psij_spec(spec, tmp_path, tmp_path / "o", tmp_path / "e", exit_file)
     assert wrapped.executable == "/bin/sh" and wrapped.name == "/bin/sh"
     assert wrapped.arguments is not None
@@ -274,25 +274,3 @@ def test_site_custom_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_numbers_in_a_job_spec_refuse_booleans(spec: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="not a boolean"):
         JobSpec.model_validate({"executable": "/bin/true", **spec})
-
-
-def test_local_recorder_records_the_exit_code(tmp_path: Path) -> None:
-    """Without the /bin/sh wrapper: PSI/J's single launcher runs the program and sources the
-    recorder, which leaves the exit status in the file the job's environment names."""
-    exit_file = tmp_path / "exit_code"
-    recorder = ex.exit_recorder(tmp_path / "psij")
-    spec = JobSpec(executable="/bin/sh", arguments=["-c", "echo hi; exit 7"])
-    made = ex.psij_spec(spec, tmp_path, tmp_path / "o", tmp_path / "e", exit_file, None, recorder)
-    assert made.executable == "/bin/sh" and made.post_launch == recorder
-    job = psij.Job(made)
-    command = psij.Launcher.get_instance("single").get_launch_command(job)
-    done = subprocess.run(command, capture_output=True, env={**os.environ, **made.environment})
-    assert done.returncode == 7 and (tmp_path / "o").read_text() == "hi\n"
-    assert files.read_exit_code(exit_file) == 7
-    # a launcher other than the single one, or a post-launch script of the job's own: wrapped
-    for other in ({"launcher": "multiple"}, {"post_launch": str(tmp_path / "mine.sh")}):
-        changed = spec.model_copy(update=other)
-        paths = (tmp_path / "o", tmp_path / "e", exit_file)
-        wrapped = ex.psij_spec(changed, tmp_path, *paths, recorder=recorder)
-        assert wrapped.executable == "/bin/sh" and ex.EXIT_WRAPPER in (wrapped.arguments or [])
-        assert ex.EXIT_FILE_VARIABLE not in (wrapped.environment or {})

@@ -52,18 +52,11 @@ log = bounded_logger("orbit_mq.plugin.psij")
 
 LOCAL = "local"
 ENV_PREFIX = "ORBIT_MQ_PSIJ_"
-# psij's local attach reports exit code 0 for every attached process, so local jobs run
-# through this wrapper, which leaves the program's exit status in the file named by $0:
-# after an endpoint restart that file is the only record of how the job ended.
+# psij's local attach reports exit code 0 for every attached process, so local jobs leave
+# their program's exit status in a file: after an endpoint restart it is the only record of
+# how the job ended. The endpoint's launcher writes it (launcher.py); jobs under another
+# launcher run through this wrapper, which writes it to the file named by $0.
 EXIT_WRAPPER = 'rc=0; "$@" || rc=$?; echo "$rc" > "$0"; exit "$rc"'
-# The same without a /bin/sh per job (one exec less, ≈ 1 ms of CPU): PSI/J's single launcher
-# keeps the program's exit status in $_PSI_J_EC and sources its post-launch script right
-# after the program, so that script writes the file (named in the job's environment).
-EXIT_RECORDER = (
-    "# orbit_mq: the job's exit status, for an endpoint restarted meanwhile\n"
-    'echo "$_PSI_J_EC" > "$ORBIT_MQ_EXIT_FILE" || true\n'
-)
-EXIT_FILE_VARIABLE = "ORBIT_MQ_EXIT_FILE"
 STAGE_JOB = "orbit_mq.workers.plugins.psij.stagejob"
 
 
@@ -270,16 +263,6 @@ def new_job(job_id: str | None = None) -> psij.Job:
     return job
 
 
-def exit_recorder(directory: Path) -> Path:
-    """The post-launch script that records local jobs' exit codes, written in `directory`
-    (blocking)."""
-    path = directory / "record_exit.sh"
-    directory.mkdir(parents=True, exist_ok=True)
-    if not path.is_file() or path.read_text() != EXIT_RECORDER:
-        path.write_text(EXIT_RECORDER)
-    return path
-
-
 def psij_spec(
     spec: JobSpec,
     directory: Path,
@@ -287,12 +270,11 @@ def psij_spec(
     stderr: Path,
     exit_file: Path | None,
     staging_plan: Path | None = None,
-    recorder: Path | None = None,
 ) -> psij.JobSpec:
-    """The psij.JobSpec to submit; with `exit_file`, made to record the exit code there: by
-    the `recorder` post-launch script (exit_recorder) where PSI/J's single launcher runs the
-    job and the spec has no post-launch script of its own, else by a /bin/sh wrapper; with a
-    `staging_plan`, run through stagejob.py, which stages around the program.
+    """The psij.JobSpec to submit; with `exit_file` (a local job), made to record the exit
+    code there: by the endpoint's launcher (launcher.py) in place of PSI/J's single one, by a
+    /bin/sh wrapper under any other launcher; with a `staging_plan`, run through stagejob.py,
+    which stages around the program.
 
     psij checks the types of every constructor argument (typeguard: ≈ 0.2 ms a spec, on the
     event loop), so the parts jobs share are checked once, in a template per distinct set of
@@ -303,11 +285,13 @@ def psij_spec(
         executable = sys.executable
         arguments = ["-m", STAGE_JOB, str(staging_plan)]
     environment: dict[str, str | int] = dict(spec.environment)
-    post_launch = None
+    launcher = None
     if exit_file is not None:
-        if recorder is not None and spec.launcher in (None, "single") and not spec.post_launch:
-            post_launch = recorder
-            environment[EXIT_FILE_VARIABLE] = str(exit_file)
+        if spec.launcher in (None, "single"):
+            from orbit_mq.workers.plugins.psij import launcher as local
+
+            launcher = local.register()
+            environment[local.EXIT_FILE_VARIABLE] = str(exit_file)
         else:
             arguments = ["-c", EXIT_WRAPPER, str(exit_file), executable, *arguments]
             executable = "/bin/sh"
@@ -323,8 +307,8 @@ def psij_spec(
     job_spec.arguments = arguments
     job_spec.directory = directory
     job_spec.environment = environment or None
-    if post_launch is not None:
-        job_spec.post_launch = post_launch
+    if launcher is not None:
+        job_spec.launcher = launcher
     job_spec.stdout_path = stdout
     job_spec.stderr_path = stderr
     attributes = copy.copy(job_spec.attributes)  # executors may set custom attributes

@@ -96,7 +96,6 @@ class PsiJ(Plugin, contract.PsiJ):
         self.pool = ex.ExecutorPool(
             self.root / "psij", self.executor_options, self.queue_polling_interval
         )
-        self.exit_recorder = await asyncio.to_thread(ex.exit_recorder, self.root / "psij")
         self.tracker = Tracker(context.journal, self.store, self.emit, self.pool)
         self.tracker.start()
         await recover(self.tracker, [self._revived(row) for row in self.store.unfinished()])
@@ -440,7 +439,7 @@ class PsiJ(Plugin, contract.PsiJ):
         spec = spec.model_copy(update={"environment": {**spec.environment, **own}})
         plan = JobDir(row.job_dir).staging_plan if spec.staged else None
         paths = (row.stdout_path, row.stderr_path, row.exit_file, plan)
-        return ex.psij_spec(spec, directory, *paths, recorder=self.exit_recorder)
+        return ex.psij_spec(spec, directory, *paths)
 
     def _with_site_defaults(self, spec: JobSpec, executor: str) -> JobSpec:
         configured = self.site_custom_attributes.get(executor, {})
