@@ -26,6 +26,7 @@ from orbit_mq.errors import (
     AccessRefused,
     CallTimeout,
     ConfigError,
+    ConnectionLost,
     EndpointNotFound,
     EndpointOffline,
     InvalidArguments,
@@ -52,7 +53,7 @@ from orbit_mq.proxy import PluginProxy, proxy_class
 from orbit_mq.retry import until_deadline
 from orbit_mq.subscribe import Subscription
 from orbit_mq.tls import login_user
-from orbit_mq.waiting import wait_within
+from orbit_mq.waiting import Shared, wait_within
 from orbit_mq.wire import discovery_properties, outcome
 
 
@@ -86,6 +87,7 @@ class Fabric:
         self._connection: AbstractRobustConnection | None = None
         self._caller: Caller | None = None
         self._served: dict[str, float] = {}  # request queue -> when last seen with a consumer
+        self._checking: Shared[str, bool] = Shared()  # request queue -> its check under way
         self._proxies: list[PluginProxy] = []
         self._subscriptions: list[Subscription[Any]] = []
         self._reconnected = -RECONNECT_GRACE  # time.monotonic() of the last reconnection
@@ -168,14 +170,24 @@ class Fabric:
 
     async def _served_by(self, endpoint: str, plugin: str, timeout: float | None = None) -> bool:
         """Whether the plugin queue has a consumer; EndpointNotFound when there is no queue.
-        Waits up to `timeout` s (default: the settings') for a lost connection to return."""
+        Waits up to `timeout` s (default: the settings') for a lost connection to return.
+        Calls that ask at once share one check."""
         queue = request_queue(endpoint, plugin)
         seen = self._served.get(queue)
         if seen is not None and time.monotonic() - seen < self.settings.presence_cache:
             return True
+        wait = self.settings.timeout if timeout is None else timeout
+        try:
+            return await self._checking(queue, lambda: self._check(endpoint, plugin, wait), wait)
+        except TimeoutError:
+            raise ConnectionLost(
+                f"checking {queue}: the broker connection did not come back within {wait:.0f} s"
+            ) from None
+
+    async def _check(self, endpoint: str, plugin: str, wait: float) -> bool:
+        queue = request_queue(endpoint, plugin)
         with broker.translated(f"checking {queue}"):
             try:
-                wait = self.settings.timeout if timeout is None else timeout
                 async with spare_channel(self.connection, "check", wait) as amqp:
                     declared = await amqp.queue_declare(queue, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:

@@ -52,6 +52,30 @@ async def test_many_concurrent_calls_share_one_connection(
     assert results == [[t] for t in texts]
 
 
+async def test_a_burst_of_calls_checks_the_endpoint_once(
+    start_endpoint: StartEndpoint,
+    fabric: orbit_mq.Fabric,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls that find no recent sign of the endpoint ask the broker whether its queue is
+    consumed: a burst asks once (a channel and a passive declare each cost the broker more
+    than the call), not once per call."""
+    await start_endpoint()
+    echo = await fabric.endpoint(name).plugin("echo", session=False)
+    checks, check = [], fabric._check
+
+    async def counted(endpoint: str, plugin: str, wait: float) -> bool:
+        checks.append(plugin)
+        return await check(endpoint, plugin, wait)
+
+    monkeypatch.setattr(fabric, "_check", counted)
+    fabric._served.clear()  # as after a reconnection: the next calls must check
+    texts = [f"call-{i}" for i in range(200)]
+    assert await asyncio.gather(*(echo.echo(text=t) for t in texts)) == [[t] for t in texts]
+    assert checks == ["echo"]
+
+
 async def test_a_slow_call_does_not_hold_up_fast_ones(
     start_endpoint: StartEndpoint, fabric: orbit_mq.Fabric, name: str
 ) -> None:
