@@ -29,6 +29,7 @@ import uvloop
 from support import CpuMeter, broker_processes, endpoint_process, percentile, wait_online
 
 import orbit_mq
+from orbit_mq.workers.plugins.psij import launcher as local_launcher
 
 TARGETS = {"jobs_per_s": 170, "lost_events": 0, "duplicate_events": 0}
 SPEC = {"executable": "/bin/true"}
@@ -107,8 +108,9 @@ async def run_mode(
     }
 
 
-def psij_alone(count: int, timeout: float) -> dict[str, Any]:
-    """PSI/J's local executor by itself: `count` runs of /bin/true, first submit to last end."""
+def psij_alone(count: int, timeout: float, launcher: str | None = None) -> dict[str, Any]:
+    """PSI/J's local executor by itself: `count` runs of /bin/true, first submit to last end,
+    under `launcher` (None: PSI/J's default)."""
     from concurrent.futures import ThreadPoolExecutor
     from threading import Event, Lock
 
@@ -125,7 +127,7 @@ def psij_alone(count: int, timeout: float) -> dict[str, Any]:
                     done.set()
 
     def submit(_: int) -> None:
-        job = psij.Job(psij.JobSpec(executable=SPEC["executable"]))
+        job = psij.Job(psij.JobSpec(executable=SPEC["executable"], launcher=launcher))
         job.set_job_status_callback(changed)
         executor.submit(job)
 
@@ -138,6 +140,7 @@ def psij_alone(count: int, timeout: float) -> dict[str, Any]:
     elapsed = time.perf_counter() - began
     return {
         "jobs": count,
+        "launcher": launcher or "single",
         "seconds": round(elapsed, 3),
         "jobs_per_s": round(ended[0] / elapsed, 1),
         "cpu_ms_per_job": meter.per_job_ms(count),
@@ -180,12 +183,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     name = f"bench-jobs-{os.getpid()}"
-    baseline = psij_alone(args.jobs, args.timeout) if args.baseline else None
+    baselines = {}
+    if args.baseline:
+        baselines["psij_alone"] = psij_alone(args.jobs, args.timeout)
+        same = psij_alone(args.jobs, args.timeout, local_launcher.register())
+        baselines["psij_alone_same_launcher"] = same
     with endpoint_process(args.url, name, "psij") as process:
         result = uvloop.run(run(args, name, psutil.Process(process.pid)))
-    if baseline is not None:
-        result["psij_alone"] = baseline
-        result["ratio_to_psij_alone"] = {
+    for key, baseline in baselines.items():
+        result[key] = baseline
+        result[f"ratio_to_{key}"] = {
             mode["mode"]: round(mode["jobs_per_s"] / baseline["jobs_per_s"], 2)
             for mode in result["results"]
         }
