@@ -8,6 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,15 +19,19 @@ import orbit_mq
 
 @contextmanager
 def endpoint_process(url: str, name: str, plugins: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`orbit-mq endpoint start` in its own process, stopped with SIGTERM afterwards."""
+    """`orbit-mq endpoint start` in its own process, stopped with SIGTERM afterwards; its
+    home (journal, job directories) is a temporary directory, removed afterwards, so runs
+    neither leave their jobs behind nor start with the last run's."""
     command = [sys.executable, "-P", "-m", "orbit_mq.cli", "endpoint", "start"]
     command += ["--name", name, "--plugins", plugins, "--log-level", "warning"]
-    process = subprocess.Popen(command, env={**os.environ, "ORBIT_MQ_URL": url})
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with tempfile.TemporaryDirectory(prefix="orbit-mq-bench-") as home:
+        env = {**os.environ, "ORBIT_MQ_URL": url, "ORBIT_MQ_HOME": home}
+        process = subprocess.Popen(command, env=env)
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 async def wait_online(fabric: orbit_mq.Fabric, name: str, timeout: float = 30) -> None:
