@@ -87,17 +87,32 @@ def test_journal_outbox_is_ordered_and_emptied(tmp_path: pytest.TempPathFactory)
     assert [entry.id for entry in journal.pending_events()] == ids[2:]
 
 
-def test_stored_replies_are_forgotten_after_their_retention() -> None:
+async def test_stored_replies_are_forgotten_after_their_retention() -> None:
     journal = Journal(None)
-    journal.store_reply("echo", "alice", "old", b"{}")
+    await journal.store_reply("echo", "alice", "old", b"{}")
     assert journal.forget_old_replies(now=time.time() + REPLY_RETENTION + 1) == 1
     assert journal.stored_reply("echo", "alice", "old") is None
 
 
-def test_a_stored_reply_is_its_callers_alone() -> None:
+async def test_a_stored_reply_is_its_callers_alone() -> None:
     journal = Journal(None)
-    journal.store_reply("echo", "alice", "same", b"1")
-    journal.store_reply("echo", "bob", "same", b"2")  # his own; hers stays
+    await journal.store_reply("echo", "alice", "same", b"1")
+    await journal.store_reply("echo", "bob", "same", b"2")  # his own; hers stays
     assert journal.stored_reply("echo", "alice", "same") == b"1"
     assert journal.stored_reply("echo", "bob", "same") == b"2"
     assert journal.stored_reply("echo", "carol", "same") is None
+
+
+async def test_replies_stored_in_one_turn_share_a_statement_and_its_commit() -> None:
+    journal = Journal(None)
+    statements: list[str] = []
+    journal.db.set_trace_callback(statements.append)
+    await asyncio.gather(*(journal.store_reply("echo", "alice", f"m{i}", b"r") for i in range(50)))
+    writes = [s for s in statements if s.startswith(("INSERT", "BEGIN", "COMMIT"))]
+    assert [w.split(" ")[0] for w in writes] == ["BEGIN", "INSERT", "COMMIT"]
+    assert all(journal.stored_reply("echo", "alice", f"m{i}") == b"r" for i in range(50))
+    # inside a transaction another holds open across an await: they commit together
+    journal.db.execute("BEGIN IMMEDIATE")
+    await journal.store_reply("echo", "alice", "late", b"r")
+    journal.db.execute("ROLLBACK")
+    assert journal.stored_reply("echo", "alice", "late") is None

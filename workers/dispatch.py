@@ -216,7 +216,7 @@ class Dispatcher:
         self._running[key] = future
         try:
             body = await run()  # a success: errors raise (they may be transient: run again)
-            journal.store_reply(self.label, user, message_id, body)
+            await journal.store_reply(self.label, user, message_id, body)
             future.set_result(body)
             return body
         except BaseException as exc:

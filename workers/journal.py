@@ -15,6 +15,7 @@ are short, so they run inline.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -88,18 +89,21 @@ T = TypeVar("T")
 MAX_PARAMETERS = 999
 
 
-def insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple[Any, ...]]) -> None:
-    """INSERT `rows` (tuples of one length) with as few statements as the parameter limit
-    allows, in order (AUTOINCREMENT ids follow it). `into`: "table (column, …)". Each
-    statement releases the GIL and, with other threads busy, waits to win it back: one
-    statement for many rows costs little more than for one."""
+def insert_rows(
+    db: sqlite3.Connection, into: str, rows: list[tuple[Any, ...]], replace: bool = False
+) -> None:
+    """INSERT (OR REPLACE) `rows` (tuples of one length) with as few statements as the
+    parameter limit allows, in order (AUTOINCREMENT ids follow it). `into`: "table (column,
+    …)". Each statement releases the GIL and, with other threads busy, waits to win it back:
+    one statement for many rows costs little more than for one."""
     if not rows:
         return
     width = len(rows[0])
     marks = f"({placeholders(width)})"
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
     for chunk in within_parameters(rows, width):
         values = [value for row in chunk for value in row]
-        db.execute(f"INSERT INTO {into} VALUES {','.join([marks] * len(chunk))}", values)
+        db.execute(f"{verb} INTO {into} VALUES {','.join([marks] * len(chunk))}", values)
 
 
 def within_parameters(items: Sequence[T], width: int = 1) -> Iterator[Sequence[T]]:
@@ -118,6 +122,9 @@ def journal_path(home: Path, endpoint: str) -> Path:
     return home / "endpoints" / endpoint / "journal.sqlite3"
 
 
+_REPLY_COLUMNS = "caller_replies (plugin, user, message_id, body, stored)"
+
+
 class Journal:
     def __init__(self, path: Path | None) -> None:
         """A journal in the file `path`, or in memory (for tests) when `path` is None."""
@@ -132,6 +139,9 @@ class Journal:
         add_columns(self.db, _ADDED_COLUMNS)
         # Events queued in the open transaction (None: none is open), inserted at its end.
         self._queued: list[tuple[str, str, bytes, str]] | None = None
+        # Replies to store at the end of this turn of the event loop, and who waits for them.
+        self._replies: list[tuple[str, str, str, bytes, float]] = []
+        self._replies_kept: asyncio.Future[None] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -195,12 +205,32 @@ class Journal:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def store_reply(self, plugin: str, user: str, message_id: str, body: bytes) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO caller_replies (plugin, user, message_id, body, stored) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (plugin, user, message_id, body, time.time()),
-        )
+    async def store_reply(self, plugin: str, user: str, message_id: str, body: bytes) -> None:
+        """Keep a reply for repeats of its request. The replies of one turn of the event loop
+        are stored with one statement and commit (a burst of calls ends in the same turn, and
+        each statement hands the GIL to other threads and waits to win it back)."""
+        self._replies.append((plugin, user, message_id, body, time.time()))
+        if self._replies_kept is None:
+            loop = asyncio.get_running_loop()
+            self._replies_kept = loop.create_future()
+            loop.call_soon(self._keep_replies)
+        await asyncio.shield(self._replies_kept)
+
+    def _keep_replies(self) -> None:
+        rows, self._replies = self._replies, []
+        kept, self._replies_kept = self._replies_kept, None
+        assert kept is not None
+        try:
+            if self.db.in_transaction:  # one open across an await: the rows commit with it
+                insert_rows(self.db, _REPLY_COLUMNS, rows, replace=True)
+            else:
+                with self.transaction():
+                    insert_rows(self.db, _REPLY_COLUMNS, rows, replace=True)
+        except Exception as exc:
+            kept.set_exception(exc)
+            kept.exception()  # retrieved: its waiters may all have been cancelled
+        else:
+            kept.set_result(None)
 
     def forget_old_replies(self, now: float | None = None) -> int:
         cutoff = (time.time() if now is None else now) - REPLY_RETENTION
