@@ -26,7 +26,15 @@ from urllib.parse import urlparse
 
 import psutil
 import uvloop
-from support import CpuMeter, broker_processes, endpoint_process, percentile, wait_online
+from support import (
+    CpuMeter,
+    bench_home_parent,
+    broker_processes,
+    endpoint_process,
+    file_creation_us,
+    percentile,
+    wait_online,
+)
 
 import orbit_mq
 from orbit_mq.workers.plugins.psij import launcher as local_launcher
@@ -161,6 +169,7 @@ async def run(args: argparse.Namespace, name: str, endpoint: psutil.Process) -> 
         "executor": "local",
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "file_creation_us": file_creation_us(bench_home_parent()),
         "results": modes,
         "targets": TARGETS,
         "met": {
