@@ -4,7 +4,7 @@
         spec.json       the spec as submitted (site defaults merged in)
         status.jsonl    one line per state transition: {"seq", "state", "time", "message"}
         stdout, stderr  the job's output, unless the caller chose other paths
-        exit_code       written by the local executor's wrapper when the program ends
+        exit_code       a local job's exit status, written by its launcher (launcher.py)
         staging.json    a staged job's plan, staging.jsonl its steps as the job did them
         work/           the job's working directory, unless the caller chose one
 
