@@ -35,7 +35,7 @@ DONE = "_PSI_J_LAUNCHER_DONE"
 EXIT_FILE_VARIABLE = "ORBIT_MQ_EXIT_FILE"
 
 SCRIPT = f"""\
-# orbit_mq's launcher for one local process (see orbit_mq/workers/plugins/psij/launcher.py)
+# orbit_mq's launcher for one local process (module orbit_mq.workers.plugins.psij.launcher)
 set -e
 _PSI_J_JOB_ID=$1
 _PSI_J_LOG_FILE=$2
