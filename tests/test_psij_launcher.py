@@ -144,3 +144,8 @@ def test_psij_local_executor_runs_jobs_through_it(tmp_path: Path) -> None:
     assert ended["pre"].state == psij.JobState.FAILED
     assert "module: not found" in (ended["pre"].message or "")
     assert files.read_exit_code(tmp_path / "seven.exit") == 7
+
+
+def test_a_spec_may_name_the_launcher() -> None:
+    ex.check_launcher(JobSpec(executable="/bin/true", launcher=local.NAME))  # known to psij
+    assert local.NAME in psij.Launcher.get_launcher_names()

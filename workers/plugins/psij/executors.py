@@ -238,6 +238,10 @@ class ExecutorPool:
 def check_launcher(spec: JobSpec) -> None:
     from psij import Launcher
 
+    from orbit_mq.workers.plugins.psij import launcher as local
+
+    local.register()  # a spec may name it before any local job was made
+
     if spec.staged and spec.resources is not None and (spec.resources.process_count or 1) > 1:
         raise InvalidJobSpec(
             "spec: staging is done by the job's one process; with process_count > 1 every "
