@@ -27,7 +27,10 @@ from orbit_mq.workers.plugins.staging.plugin import Staging
 from orbit_mq.workers.plugins.sysinfo import SysInfo
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -96,14 +99,23 @@ class Page:
         return await asyncio.to_thread(work)
 
     def wait(self, condition: Callable[[Any], T], what: str) -> T:
-        # stale: an element of the page before a reload (the logout reloads the page)
+        # stale: an element of the page before a reload (the logout reloads the page); while
+        # the reload replaces the document, chromedriver may say so in an error of its own
+        def tried(driver: Any) -> T | bool:
+            try:
+                return condition(driver)
+            except WebDriverException as exc:
+                if "does not belong to the document" not in (exc.msg or ""):
+                    raise
+                return False
+
         waiting = WebDriverWait(
             self.driver,
             WITHIN,
             poll_frequency=0.2,
             ignored_exceptions=[StaleElementReferenceException],
         )
-        return waiting.until(condition, f"the page did not show {what} within {WITHIN} s")
+        return waiting.until(tried, f"the page did not show {what} within {WITHIN} s")
 
     def find(self, css: str) -> WebElement:
         return self.wait(lambda d: d.find_element(By.CSS_SELECTOR, css), css)
