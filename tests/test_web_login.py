@@ -26,6 +26,7 @@ from orbit_mq.config import Settings
 from orbit_mq.permissions import Role
 from orbit_mq.waiting import wait_within
 from orbit_mq.web import create_app, openapi_document
+from orbit_mq.web.identity import FailedLogins, LoginThrottled
 from orbit_mq.web.sessions import COOKIE, SECURE_COOKIE, Session, Sessions, SessionTerms
 from orbit_mq.workers.plugins.psij import PsiJ
 from orbit_mq.workers.plugins.sysinfo import SysInfo
@@ -403,3 +404,62 @@ async def _apart(gateway: Gateway, endpoint: str, alice: NewUser, bob: NewUser) 
         assert out.status_code == 204
         assert (await as_alice.get(f"{jobs}/{job_id}")).status_code == 200  # hers goes on
     assert len(gateway.users) == 1  # bob's connection closed at his logout, alice's stays
+
+
+# -- refused passwords ---------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_user_name_refused_too_often_pauses_and_sessions_keep_working(
+    gateway: Gateway,
+) -> None:
+    clock = Clock()
+    gateway.users.failed = FailedLogins(limit=3, window=60, clock=clock)
+    async with gateway.client() as kept, gateway.client() as client:
+        await log_in(kept, "guest", "guest")  # before the wrong passwords
+        await gateway.users.drop("guest")  # so the next logins must ask the broker
+        for _ in range(3):
+            body = {"user": "guest", "password": "not-the-password"}
+            wire_error(await client.post(f"{API}/login", json=body), 401, "unauthorized")
+        clock.now += 30
+        right = {"user": "guest", "password": "guest"}
+        paused = await client.post(f"{API}/login", json=right)  # even the right one waits
+        error = wire_error(paused, 429, "unauthorized")
+        assert error["details"] == {"type": "LoginThrottled", "retry_after": 30}
+        assert paused.headers["retry-after"] == "30" and "set-cookie" not in paused.headers
+        basic = await client.get(f"{API}/session", auth=("guest", "guest"))
+        assert basic.status_code == 429 and basic.headers["retry-after"] == "30"
+        # a session's own login waits too, but the session is not ended by it
+        assert (await kept.get(f"{API}/session")).status_code == 429
+        assert len(gateway.sessions) == 1
+        other = await client.get(f"{API}/session", auth=("someone-else", "x"))
+        wire_error(other, 401, "unauthorized")  # other names are theirs alone
+        clock.now += 30  # the oldest refusal is a window old
+        await log_in(client, "guest", "guest")
+        assert (await kept.get(f"{API}/session")).status_code == 200
+
+
+def test_refusals_slide_out_of_the_window_and_a_login_forgets_them() -> None:
+    clock = Clock()
+    failed = FailedLogins(limit=2, window=10, clock=clock)
+    failed.refused("alice")
+    clock.now += 6
+    failed.refused("alice")
+    with pytest.raises(LoginThrottled) as paused:
+        failed.check("alice")
+    assert paused.value.retry_after == 4
+    failed.check("bob")
+    clock.now += 4
+    failed.check("alice")  # the first refusal left the window
+    failed.refused("alice")
+    with pytest.raises(LoginThrottled):
+        failed.check("alice")
+    failed.accepted("alice")
+    failed.check("alice")

@@ -87,6 +87,13 @@ def problem(
 PAGE_HEADER = "x-orbit-page"
 
 
+def login_throttled(message: str, retry_after: int) -> JSONResponse:
+    """429: this user name was refused too often lately; `Retry-After` says when to retry."""
+    details = {"type": "LoginThrottled", "retry_after": retry_after}
+    info = ErrorInfo(code=ErrorCode.UNAUTHORIZED, message=message, details=details)
+    return error_response(info, 429, {"Retry-After": str(retry_after)})
+
+
 def login_required(message: str, page: bool = False) -> JSONResponse:
     """401 with the challenge, so that a browser or curl asks for the broker credentials
     (not for the explorer page's own requests)."""

@@ -6,7 +6,9 @@ connections are kept for `idle` seconds after their last use (an open event stre
 use) and closed at shutdown. A password is never kept: only an HMAC of it under a key made for
 this process, to tell whether a request's credentials are those the connection was opened with.
 The login form's sessions (`sessions`, `login`) reach the same connections through
-`Users.login`, with the password their cookie unseals.
+`Users.login`, with the password their cookie unseals. Each refused password costs the broker
+a connection attempt, so a user name refused FAILED_LIMIT times within FAILED_WINDOW seconds
+is not tried again until the oldest of those refusals is that old (`LoginThrottled`, a 429).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,10 +39,57 @@ if TYPE_CHECKING:
 log = logging.getLogger("orbit_mq.web")
 
 DEFAULT_IDLE = 300.0  # s a user's connection stays open after its last request
+FAILED_LIMIT = 10  # refused logins of one user name within FAILED_WINDOW s, then a pause
+FAILED_WINDOW = 60.0
+FAILED_NAMES = 10_000  # user names whose refusals are remembered at most (the oldest go)
 
 
 class LoginFailed(Exception):
     """The request carries no usable credentials, or the broker refused them."""
+
+
+class LoginThrottled(LoginFailed):
+    """Too many refused logins of this user name lately: not tried now."""
+
+    def __init__(self, user: str, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(
+            f"too many refused logins for broker user {user!r}: try again in {self.retry_after} s"
+        )
+
+
+class FailedLogins:
+    """The recent refusals of each user name (a sliding window per name)."""
+
+    def __init__(
+        self,
+        limit: int = FAILED_LIMIT,
+        window: float = FAILED_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._refused: dict[str, collections.deque[float]] = {}
+
+    def check(self, user: str) -> None:
+        """LoginThrottled if `user` was refused `limit` times within the last `window` s."""
+        refused = self._refused.get(user)
+        if refused is None:
+            return
+        now = self.clock()
+        while refused and now - refused[0] >= self.window:
+            refused.popleft()
+        if len(refused) >= self.limit:
+            raise LoginThrottled(user, refused[0] + self.window - now)
+
+    def refused(self, user: str) -> None:
+        times = self._refused.pop(user, None) or collections.deque(maxlen=self.limit)
+        times.append(self.clock())
+        self._refused[user] = times  # the most recently refused name goes last
+        if len(self._refused) > FAILED_NAMES:
+            del self._refused[next(iter(self._refused))]
+
+    def accepted(self, user: str) -> None:
+        self._refused.pop(user, None)
 
 
 @dataclass(frozen=True)
@@ -115,13 +167,15 @@ class Users:
         self._key = secrets.token_bytes(32)  # for this process only: digests mean nothing elsewhere
         self._open: dict[str, Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.failed = FailedLogins()
 
     def _digest(self, credentials: Credentials) -> bytes:
         message = credentials.user.encode() + b"\0" + credentials.password.encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
     async def login(self, credentials: Credentials) -> Connection:
-        """The user's connection, opened now if it is not yet; LoginFailed if refused."""
+        """The user's connection, opened now if it is not yet; LoginFailed if refused,
+        LoginThrottled if this user name was refused too often lately."""
         digest = self._digest(credentials)
         lock = self._locks.setdefault(credentials.user, asyncio.Lock())
         async with lock:
@@ -129,7 +183,14 @@ class Users:
             if known is not None and hmac.compare_digest(known.digest, digest):
                 known.touch()
                 return known
-            connection = Connection(await self._connect(credentials), digest)
+            self.failed.check(credentials.user)
+            try:
+                fabric = await self._connect(credentials)
+            except LoginFailed:
+                self.failed.refused(credentials.user)
+                raise
+            self.failed.accepted(credentials.user)
+            connection = Connection(fabric, digest)
             if known is not None:  # a new password that works: the old connection goes
                 self._open.pop(credentials.user, None)
                 await known.close(retire=False)

@@ -28,9 +28,16 @@ from starlette.responses import Response, StreamingResponse
 
 from orbit_mq.errors import OrbitError, Unavailable, invalid_params
 from orbit_mq.protocol import ErrorCode
-from orbit_mq.web.errors import PAGE_HEADER, failure, login_required, problem
+from orbit_mq.web.errors import PAGE_HEADER, failure, login_required, login_throttled, problem
 from orbit_mq.web.files import UPLOAD_HEADER
-from orbit_mq.web.identity import Connection, Credentials, LoginFailed, Users, basic_credentials
+from orbit_mq.web.identity import (
+    Connection,
+    Credentials,
+    LoginFailed,
+    LoginThrottled,
+    Users,
+    basic_credentials,
+)
 from orbit_mq.web.routes import JSON, json_body
 from orbit_mq.web.sessions import (
     COOKIE,
@@ -120,6 +127,8 @@ async def caller(request: Request) -> Caller | Response:
     try:
         credentials = basic_credentials(header)
         connection = await users.login(credentials)
+    except LoginThrottled as exc:
+        return login_throttled(str(exc), exc.retry_after)
     except LoginFailed as exc:
         return login_required(str(exc), page=page)
     except OrbitError as exc:
@@ -140,6 +149,8 @@ async def _by_session(request: Request, users: Users, page: bool) -> Caller | Re
         return csrf_rejected()
     try:
         connection = await users.login(Credentials(session.user, session.password(secret)))
+    except LoginThrottled as exc:  # someone else's wrong passwords: the session stays
+        return login_throttled(str(exc), exc.retry_after)
     except (LoginFailed, ValueError):
         sessions.end(session, "ended: the broker refused its password")
         return _forget(login_required(ENDED, page=page), request)
@@ -231,6 +242,8 @@ async def login(request: Request) -> Response:
         secret, session = sessions.start(asked.user, asked.password)
     except ValidationError as exc:
         return failure(invalid_params("login", exc))
+    except LoginThrottled as exc:
+        return login_throttled(str(exc), exc.retry_after)
     except LoginFailed as exc:
         return login_required(str(exc), page=True)  # never the browser's dialog: a form
     except SessionsFull as exc:

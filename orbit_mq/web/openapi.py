@@ -19,6 +19,7 @@ from orbit_mq.protocol import NAME_PATTERN, EndpointInfo, ErrorCode, ErrorReply,
 from orbit_mq.rpc import PluginDescription, RpcSpec
 from orbit_mq.web.errors import STATUS
 from orbit_mq.web.hooks import WebhookRequest
+from orbit_mq.web.identity import FAILED_LIMIT, FAILED_WINDOW
 from orbit_mq.web.login import LoginRequest, SessionInfo
 from orbit_mq.web.sessions import COOKIE, CSRF_HEADER, SECURE_COOKIE
 from orbit_mq.web.shortcuts import SHORTCUTS, Shortcut
@@ -77,6 +78,11 @@ def _responses(ok: dict[str, Any], *codes: ErrorCode, media: str = JSON) -> dict
     out: dict[str, Any] = {"200": {"description": "Success", **_content(ok, media)}}
     out.update({str(STATUS[code]): {"description": code.value, **error} for code in codes})
     out["401"] = {"description": "Not logged in: HTTP Basic or the session cookie", **error}
+    out["429"] = {
+        "description": f"The user name was refused {FAILED_LIMIT} times within "
+        f"{FAILED_WINDOW:.0f} s: retry after the Retry-After header's seconds",
+        **error,
+    }
     out[OTHERWISE] = {"description": "An error, as on the wire", **error}
     return out
 
