@@ -21,6 +21,7 @@ holds the launcher alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -121,6 +122,7 @@ def _deployed(directory: Path) -> Path:
 _registered = threading.Lock()
 
 
+@functools.cache  # every job's spec asks: after the first, a lookup (the lock guards the first)
 def register() -> str:
     """Makes the launcher known to psij as NAME, once (psij loads this file the first time)."""
     with _registered:
