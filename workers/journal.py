@@ -19,7 +19,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,12 +220,11 @@ class Journal:
         rows, self._replies = self._replies, []
         kept, self._replies_kept = self._replies_kept, None
         assert kept is not None
+        # a transaction open across an await (another's): the rows commit with it
+        own = nullcontext() if self.db.in_transaction else self.transaction()
         try:
-            if self.db.in_transaction:  # one open across an await: the rows commit with it
+            with own:
                 insert_rows(self.db, _REPLY_COLUMNS, rows, replace=True)
-            else:
-                with self.transaction():
-                    insert_rows(self.db, _REPLY_COLUMNS, rows, replace=True)
         except Exception as exc:
             kept.set_exception(exc)
             kept.exception()  # retrieved: its waiters may all have been cancelled
